@@ -1,0 +1,49 @@
+"""The one place where rnnc reads environment variables (listed in the README).
+
+Example:
+    >>> isinstance(debug_level(), int)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def debug_level() -> int:
+    """``RNNC_DEBUG`` as an integer 0..4 (0 when unset or not a number).
+
+    Example:
+        >>> 0 <= debug_level() <= 4
+        True
+    """
+    raw = os.environ.get("RNNC_DEBUG", "0").strip()
+    try:
+        return max(0, min(4, int(raw)))
+    except ValueError:
+        return 0
+
+
+def triton_interpret() -> bool:
+    """Whether ``TRITON_INTERPRET=1`` asks Triton to run kernels on the CPU.
+
+    Example:
+        >>> triton_interpret() in (True, False)
+        True
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+def cache_dir() -> Path:
+    """``RNNC_CACHE_DIR``, else the platform's user cache directory plus ``rnnc``.
+
+    Example:
+        >>> cache_dir().name in ("rnnc",) or True
+        True
+    """
+    explicit = os.environ.get("RNNC_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rnnc"

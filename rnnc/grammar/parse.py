@@ -1,0 +1,297 @@
+"""Parse ``.rnn`` text into the syntax tree of :mod:`rnnc.grammar.ast`.
+
+Every failure is a :class:`rnnc.ParseError` with a location; no input, however
+malformed, escapes as another exception.
+
+Example:
+    >>> prog = parse("cell e(H) {\\n input x: [H]\\n state h: [H]\\n h = x\\n}", "e.rnn")
+    >>> [c.name for c in prog.cells]
+    ['e']
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import lark
+from lark import Token, Transformer, v_args
+
+from rnnc.errors import ParseError, Source, Span
+from rnnc.grammar import ast
+
+MAX_NESTING = 64  # brackets deeper than this are refused, so nothing recurses without bound
+MAX_LENGTH = 1_000_000  # characters; a cell is a screenful, this is generous
+
+_TOKEN_NAMES = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "INT": "an integer",
+    "_NL": "a new line",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "AT": "'@'",
+    "DOT": "'.'",
+    "COMPARE": "a comparison",
+    "INPUT": "'input'",
+    "WEIGHT": "'weight'",
+    "STATE": "'state'",
+    "$END": "the end of the file",
+}
+
+
+class _BracketFilter:
+    """Post-lexer: drops newlines inside ( ) and [ ], and bounds the nesting depth."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self, source: Source):
+        self.source = source
+
+    def process(self, stream):
+        depth = 0
+        for token in stream:
+            if token.type in ("LPAR", "LSQB"):
+                depth += 1
+                if depth > MAX_NESTING:
+                    span = self.source.span(token.start_pos, token.end_pos)
+                    raise ParseError(f"brackets nested deeper than {MAX_NESTING} levels", span)
+            elif token.type in ("RPAR", "RSQB"):
+                depth = max(0, depth - 1)
+            elif token.type == "_NL" and depth > 0:
+                continue
+            yield token
+
+
+@lru_cache(maxsize=1)
+def _grammar_text() -> str:
+    return resources.files("rnnc.grammar").joinpath("rnn.lark").read_text()
+
+
+def _make_parser(source: Source) -> lark.Lark:
+    return lark.Lark(
+        _grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        postlex=_BracketFilter(source),
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(text: str | bytes, filename: str = "<string>") -> ast.Program:
+    """Parse the text of a ``.rnn`` file.
+
+    Example:
+        >>> parse("cell c(H) { state h: [H]; h = h }").cells[0].dims
+        ('H',)
+    """
+    source = Source(_decode(text, filename), filename)
+    if len(source.text) > MAX_LENGTH:
+        raise ParseError(
+            f"file is too long: needs at most {MAX_LENGTH} characters, has {len(source.text)}",
+            source.span(0, 0),
+        )
+    try:
+        tree = _make_parser(source).parse(source.text)
+    except ParseError:
+        raise
+    except lark.exceptions.UnexpectedInput as exc:
+        raise _explain_unexpected(exc, source) from None
+    except lark.exceptions.LarkError as exc:  # pragma: no cover - defensive
+        raise ParseError(f"cannot parse: {exc}", source.span(0, 0)) from None
+    builder = _AstBuilder(source)
+    try:
+        cells = tuple(builder.transform(tree).children)
+    except lark.exceptions.VisitError as exc:
+        if isinstance(exc.orig_exc, ParseError):
+            raise exc.orig_exc from None
+        raise
+    return ast.Program(cells, filename)
+
+
+def _decode(text: str | bytes, filename: str) -> str:
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        prefix = text[: exc.start].decode("utf-8", errors="replace")
+        source = Source(prefix + "?", filename)
+        raise ParseError(
+            f"needs UTF-8 text, has the byte 0x{text[exc.start]:02x} at offset {exc.start}",
+            source.span(len(prefix), len(prefix) + 1),
+        ) from None
+
+
+def _explain_unexpected(exc: lark.exceptions.UnexpectedInput, source: Source) -> ParseError:
+    pos = getattr(exc, "pos_in_stream", None)
+    if pos is None:
+        pos = len(source.text)
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        ch = source.text[pos] if pos < len(source.text) else ""
+        shown = repr(ch) if ch.isprintable() else f"the character U+{ord(ch):04X}" if ch else "end"
+        return ParseError(f"unexpected character {shown}", source.span(pos, pos + 1))
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
+        token = exc.token
+        expected = sorted({_TOKEN_NAMES.get(t, _literal(t)) for t in exc.expected})
+        if token.type == "$END":
+            found = "the end of the file"
+            pos = len(source.text)
+        else:
+            found = "a new line" if token.type == "_NL" else repr(str(token))
+            pos = token.start_pos if token.start_pos is not None else pos
+        end = pos + (len(str(token)) if token.type not in ("$END", "_NL") else 1)
+        hint = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
+        return ParseError(f"unexpected {found}; expected {hint}", source.span(pos, end))
+    return ParseError("unexpected end of the file", source.span(len(source.text), len(source.text)))
+
+
+def _literal(terminal: str) -> str:
+    keywords = {"CELL": "'cell'", "EMIT": "'emit'", "NONE": "'None'", "MORETHAN": "'>'"}
+    if terminal in keywords:
+        return keywords[terminal]
+    if terminal.startswith("__ANON"):
+        return "a symbol"
+    return terminal.lower().replace("_", " ")
+
+
+class _AstBuilder(Transformer):
+    """Turns lark's parse tree into :mod:`rnnc.grammar.ast` nodes with spans."""
+
+    def __init__(self, source: Source):
+        super().__init__(visit_tokens=False)
+        self.source = source
+
+    def _span(self, meta_or_token) -> Span:
+        if isinstance(meta_or_token, Token):
+            return self.source.span(meta_or_token.start_pos, meta_or_token.end_pos)
+        if getattr(meta_or_token, "empty", False):
+            return self.source.span(0, 0)
+        return self.source.span(meta_or_token.start_pos, meta_or_token.end_pos)
+
+    @v_args(meta=True)
+    def cell(self, meta, children):
+        name, *rest = children
+        dims = [c for c in rest if isinstance(c, Token)]
+        body = tuple(c for c in rest if c is not None and not isinstance(c, Token))
+        return ast.Cell(
+            str(name),
+            tuple(str(d) for d in dims),
+            tuple(self._span(d) for d in dims),
+            body,
+            self._span(meta),
+            self._span(name),
+        )
+
+    @v_args(meta=True)
+    def decl(self, meta, children):
+        kind, name, shape = children
+        return ast.Decl(str(kind), str(name), shape, self._span(meta), self._span(name))
+
+    def shape(self, children):
+        return tuple(c for c in children if c is not None)
+
+    @v_args(meta=True)
+    def dim(self, meta, children):
+        return ast.Dim(tuple(children), self._span(meta))
+
+    def dim_int(self, children):
+        (tok,) = children
+        return ast.DimFactor(int(tok), self._span(tok))
+
+    def dim_name(self, children):
+        (tok,) = children
+        return ast.DimFactor(str(tok), self._span(tok))
+
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        *targets, value = children
+        return ast.Assign(
+            tuple(str(t) for t in targets), tuple(self._span(t) for t in targets), value, self._span(meta)
+        )
+
+    @v_args(meta=True)
+    def emit(self, meta, children):
+        name, value = children
+        return ast.Emit(str(name), value, self._span(meta), self._span(name))
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        left, op, right = children
+        return ast.Binary(str(op), left, right, self._span(meta))
+
+    def _binary(op):  # noqa: N805 - a factory used in the class body
+        @v_args(meta=True)
+        def build(self, meta, children):
+            left, right = children
+            return ast.Binary(op, left, right, self._span(meta))
+
+        return build
+
+    add = _binary("+")
+    sub = _binary("-")
+    mul = _binary("*")
+    div = _binary("/")
+    matmul = _binary("@")
+    pow = _binary("**")
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Unary("-", children[0], self._span(meta))
+
+    def unary(self, children):  # unary plus: no effect
+        return children[-1]
+
+    def paren(self, children):
+        return children[0]
+
+    @v_args(meta=True)
+    def number(self, meta, children):
+        (tok,) = children
+        return ast.Number(float(tok), str(tok), self._span(tok))
+
+    def name(self, children):
+        (tok,) = children
+        return ast.Name(str(tok), self._span(tok))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        fn, *args = children
+        return ast.Call(str(fn), tuple(a for a in args if a is not None), self._span(meta), self._span(fn))
+
+    @v_args(meta=True)
+    def index(self, meta, children):
+        operand, *items = children
+        return ast.Index(operand, tuple(items), self._span(meta))
+
+    def full_slice(self, children):
+        return ":"
+
+    def new_axis(self, children):
+        return None
+
+    @v_args(meta=True)
+    def bad_index(self, meta, children):
+        raise ParseError(
+            "an index needs ':' or 'None' (rnnc indexes only to insert axes), has an expression",
+            self._span(meta),
+        )
+
+    @v_args(meta=True)
+    def attribute(self, meta, children):
+        operand, attr = children
+        if str(attr) != "T":
+            raise ParseError(f"unknown attribute '.{attr}': only '.T' (transpose) exists", self._span(attr))
+        return ast.Transpose(operand, self._span(meta))
