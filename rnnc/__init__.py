@@ -1,7 +1,26 @@
-"""rnnc: a compiler from a small recurrence language to fast kernels with autograd."""
+"""rnnc: a compiler from a small recurrence language to fast kernels with autograd.
+
+Example:
+    >>> import rnnc
+    >>> rnnc.compile("examples/gla.rnn").strategy
+    'chunked'
+"""
 
 from rnnc.errors import AnalysisError, BackendError, ParseError, RnncError, TilingError
 
 __version__ = "0.1.0"
 
-__all__ = ["AnalysisError", "BackendError", "ParseError", "RnncError", "TilingError", "__version__"]
+
+def compile(src, **options):  # noqa: A001 - the public name the interface promises
+    """Compile a cell; see :func:`rnnc.api.compile`.
+
+    Example:
+        >>> compile("examples/hgrn.rnn").strategy
+        'scan'
+    """
+    from rnnc.api import compile as _compile
+
+    return _compile(src, **options)
+
+
+__all__ = ["AnalysisError", "BackendError", "ParseError", "RnncError", "TilingError", "__version__", "compile"]

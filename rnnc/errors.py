@@ -5,9 +5,9 @@ in a ``.rnn`` file carry a :class:`Span` and print as
 ``FILE:LINE:COL: error: MESSAGE`` followed by the source line and a caret.
 
 Example:
-    >>> src = Source("cell c(H) {\\n  h = q\\n}\\n", "c.rnn")
-    >>> print(ParseError("undefined name 'q'", src.span(15, 16)))
-    c.rnn:2:7: error: undefined name 'q'
+    >>> src = Source("cell c(H) {\\nh = q\\n}\\n", "c.rnn")
+    >>> print(ParseError("undefined name 'q'", src.span(16, 17)))
+    c.rnn:2:5: error: undefined name 'q'
         h = q
             ^
 """
@@ -15,6 +15,9 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+EXCERPT_WIDTH = 100  # characters of a source line shown under an error
 
 
 class RnncError(Exception):
@@ -98,7 +101,12 @@ class Span:
             line_end = len(text)
         line = text[line_start:line_end]
         col = self.start - line_start
-        width = max(1, min(self.end, line_end) - self.start)
+        width = max(1, min(self.end, line_end, self.start + EXCERPT_WIDTH // 2) - self.start)
+        if len(line) > EXCERPT_WIDTH:  # show a window around the fault, not a megabyte of line
+            first = max(0, col - EXCERPT_WIDTH // 2)
+            window = line[first : first + EXCERPT_WIDTH]
+            line = ("..." if first else "") + window + ("..." if first + EXCERPT_WIDTH < len(line) else "")
+            col = col - first + (3 if first else 0)
         shown = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line)
         pad = "".join("\t" if ch == "\t" else " " for ch in shown[:col])
         return f"    {shown}\n    {pad}{'^' * width}"

@@ -25,6 +25,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 TIGHT = 1e-10   # float64 against float64 (torch.nn, FlashRNN vanilla, own reformulations)
 FLA_TOL = 1e-6  # fla's naive references compute in float32
+# RetNet runs through fla's simple GLA with g = log_gamma at every step, and gamma is close
+# to 1 (long memory), so float32 rounding accumulates more (outputs and most gradients up to
+# ~7e-7 over hundreds of seeds); the gradient of the per-head log_gamma sums B*T per-step
+# float32 gradients of both signs, and the cancellation lifts its relative error to ~2e-6.
+CELL_TOL = {"retnet": 2e-6}
+GRAD_TOL = {"retnet": {"log_gamma": 1e-5}}
 
 
 def _seed() -> int:
@@ -38,7 +44,7 @@ def _agree(cell, other, tol, *, seed=None, B=3, T=7, NH=2, zero_state=False, **d
     leaves = {**args, **{k + "0": v for k, v in state.items()}}
     ours = loops.run(cell, args, state)
     theirs = other(**leaves)
-    bad = compare(ours, theirs, leaves, tol, seed=seed + 1)
+    bad = compare(ours, theirs, leaves, tol, seed=seed + 1, grad_tols=GRAD_TOL.get(cell))
     assert not bad, (f"{cell} vs {other.__module__}.{other.__name__} "
                      f"(seed={seed}, B={B}, T={T}, NH={NH}, dims={dims}, "
                      f"zero_state={zero_state}):\n  " + "\n  ".join(bad))
@@ -131,7 +137,8 @@ def test_loops_match_fla(cell, cfg):
 @pytest.mark.parametrize("cell", sorted(third_party.FLA_REDUCED))
 def test_loops_match_fla_reductions(cell, cfg):
     """Cells without their own third-party reference, rewritten exactly as one that has."""
-    _agree(cell, third_party.FLA_REDUCED[cell], FLA_TOL, **cfg, **_fla_dims(cell, cfg["T"] > 10))
+    _agree(cell, third_party.FLA_REDUCED[cell], CELL_TOL.get(cell, FLA_TOL), **cfg,
+           **_fla_dims(cell, cfg["T"] > 10))
 
 
 # ------------------------------------------------------------------------------------------

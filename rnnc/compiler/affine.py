@@ -105,9 +105,10 @@ def analyse_states(ir: IR) -> list[Transition]:
 
 
 def _classify(state, rank, update, scaled, states, ranks) -> Transition:
-    terms = scale_terms(scaled, SCALE)
+    bad = nonpolynomial_part(scaled, SCALE)  # a cheap walk first: no expansion of big updates
+    terms = None if bad is not None else scale_terms(scaled, SCALE)
     if terms is None:
-        bad = nonpolynomial_part(scaled, SCALE).subs(SCALE, 1)
+        bad = (bad if bad is not None else nonpolynomial_part(scaled, SCALE) or scaled).subs(SCALE, 1)
         used = sorted(s.name for s in bad.free_symbols if s.name in states)
         reason = f"{show(bad)} is a nonlinear function of state {', '.join(used)}"
         return Transition(state, rank, update, False, nonlinear_term=bad, reason=reason)

@@ -96,7 +96,7 @@ def derive(ir: IR) -> Derivatives:
     """
     partials = []
     for kind, name, index, expr, shape in pointwise_expressions(ir):
-        symbols = sorted(expr.free_symbols, key=lambda s: s.name)
+        symbols = ir.view_symbols(expr)
         wrt = tuple((s.name, sympy.diff(expr, s)) for s in symbols)
         partials.append(Partials(kind, name, index, expr, shape, wrt))
     flat = [d for p in partials for _, d in p.wrt]

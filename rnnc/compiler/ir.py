@@ -119,6 +119,11 @@ class IR:
                 return a
         raise KeyError(name)
 
+    def view_symbols(self, expr: sympy.Expr) -> list[sympy.Symbol]:
+        """The view symbols of ``expr``, sorted by name (dims read as numbers are left out)."""
+        views = dict(self.views)
+        return sorted((s for s in expr.free_symbols if s.name in views), key=lambda s: s.name)
+
     def view(self, symbol: sympy.Symbol | str) -> View:
         """The view a symbol stands for."""
         return dict(self.views)[str(symbol)]

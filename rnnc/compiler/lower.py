@@ -218,7 +218,7 @@ class _Lowering:
         parts = []
         for index in range(count):
             replace = {}
-            for sym in value.expr.free_symbols:
+            for sym in self._view_symbols(value.expr):
                 view = self.views[str(sym)]
                 if -rank in view.axes:
                     replace[sym] = self._part_view(view, -rank, index, count, drop)
@@ -308,7 +308,7 @@ class _Lowering:
         pending = [r.expr for r in (*updates, *outputs)]
         while pending:
             expr = pending.pop()
-            for sym in expr.free_symbols:
+            for sym in self._view_symbols(expr):
                 atom = self.atoms[self.views[str(sym)].atom]
                 if atom.name not in used:
                     used.add(atom.name)
@@ -338,13 +338,17 @@ class _Lowering:
         self.views[label] = view
         return view.symbol()
 
+    def _view_symbols(self, expr: sympy.Expr) -> list[sympy.Symbol]:
+        """The symbols of ``expr`` that are views (the others are dims)."""
+        return [s for s in expr.free_symbols if str(s) in self.views]
+
     def _leaf_value(self, name: str) -> Value:
         atom = self.atoms[name]
         return Value(self._register_view(plain_view(name, len(atom.shape))), atom.shape)
 
     def _remap(self, value: Value, mapping: dict[int, int], shape: Shape) -> Value:
         replace = {}
-        for sym in value.expr.free_symbols:
+        for sym in self._view_symbols(value.expr):
             view = self.views[str(sym)]
             new = View(view.atom, tuple(mapping[a] for a in view.axes))
             if new != view:
@@ -391,7 +395,7 @@ class _Lowering:
         if name in self.decls:
             return self._leaf_value(name)
         if name in self.dims:
-            raise AnalysisError(f"{name!r} is a dim (a size), not a tensor", node.span)
+            return Value(self.dims[name], ())  # a dim read as a number, e.g. 1 / sqrt(K)
         raise AnalysisError(self._undefined_message(name), node.span)
 
     def _undefined_message(self, name: str) -> str:

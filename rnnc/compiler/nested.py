@@ -77,7 +77,7 @@ def nest(ir: IR, expr: sympy.Expr, scale_states: sympy.Expr | None = None) -> sy
         return Placed(inner, sympy.Tuple(*view.axes))
 
     def expr_form(e: sympy.Expr) -> sympy.Expr:
-        return e.xreplace({s: view_form(ir.view(s)) for s in e.free_symbols})
+        return e.xreplace({s: view_form(ir.view(s)) for s in ir.view_symbols(e)})
 
     return expr_form(expr)
 
@@ -229,10 +229,10 @@ class NestedPrinter(StrPrinter):
         (a, cond), (b, _) = expr.args[:2]
         return f"where({self._print(cond)}, {self._print(a)}, {self._print(b)})"
 
-    def _print_Max(self, expr) -> str:
+    def _print_maximum(self, expr) -> str:
         return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
 
-    def _print_Min(self, expr) -> str:
+    def _print_minimum(self, expr) -> str:
         return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
 
     def _print_Relational(self, expr) -> str:
@@ -247,6 +247,6 @@ def show(expr: sympy.Expr) -> str:
 
     Example:
         >>> show(Outer(*sympy.symbols("k v")) + Matmul(*sympy.symbols("q S")))
-        'outer(k, v) + q @ S'
+        'q @ S + outer(k, v)'
     """
     return NestedPrinter().doprint(expr)

@@ -142,6 +142,60 @@ class relu(sympy.Function):  # noqa: N801
         return sympy.Heaviside(self.args[0], 0)
 
 
+class maximum(sympy.Function):  # noqa: N801
+    """max(a, b) elementwise; at a tie each side gets half the gradient, as in PyTorch.
+
+    (sympy's own Max simplifies on every construction, which is slow on large updates.)
+
+    Example:
+        >>> a, b = sympy.symbols("a b")
+        >>> maximum(a, b).diff(a)
+        Heaviside(a - b)
+    """
+
+    nargs = 2
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        diff = a - b if argindex == 1 else b - a
+        return sympy.Heaviside(diff, sympy.Rational(1, 2))
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Number and b.is_Number:
+            return a if a >= b else b
+        if a == b:
+            return a
+        return None
+
+
+class minimum(sympy.Function):  # noqa: N801
+    """min(a, b) elementwise; at a tie each side gets half the gradient, as in PyTorch.
+
+    Example:
+        >>> a, b = sympy.symbols("a b")
+        >>> minimum(a, b).diff(a)
+        Heaviside(-a + b)
+    """
+
+    nargs = 2
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        diff = b - a if argindex == 1 else a - b
+        return sympy.Heaviside(diff, sympy.Rational(1, 2))
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Number and b.is_Number:
+            return a if a <= b else b
+        if a == b:
+            return a
+        return None
+
+
 # --- structural operators (only in the nested form used by the analysis) -------------
 
 
@@ -221,7 +275,7 @@ UNARY_FUNCTIONS = {
     "sqrt": sympy.sqrt,
     "abs": sympy.Abs,
 }
-BINARY_FUNCTIONS = {"max": sympy.Max, "min": sympy.Min}
+BINARY_FUNCTIONS = {"max": maximum, "min": minimum}
 COMPARISONS = {
     "<": sympy.StrictLessThan,
     "<=": sympy.LessThan,

@@ -23,6 +23,8 @@ from rnnc.grammar import ast
 MAX_NESTING = 64  # brackets deeper than this are refused, so nothing recurses without bound
 MAX_LENGTH = 1_000_000  # characters; a cell is a screenful, this is generous
 
+RESERVED = ("cell", "input", "weight", "state", "emit", "None")
+
 _TOKEN_NAMES = {
     "NAME": "a name",
     "NUMBER": "a number",
@@ -51,13 +53,18 @@ _TOKEN_NAMES = {
 }
 
 
+class _TooDeep(Exception):
+    """Raised by the post-lexer at the first bracket past MAX_NESTING."""
+
+    def __init__(self, start: int, end: int):
+        super().__init__(start, end)
+        self.start, self.end = start, end
+
+
 class _BracketFilter:
     """Post-lexer: drops newlines inside ( ) and [ ], and bounds the nesting depth."""
 
     always_accept = ("_NL",)
-
-    def __init__(self, source: Source):
-        self.source = source
 
     def process(self, stream):
         depth = 0
@@ -65,8 +72,7 @@ class _BracketFilter:
             if token.type in ("LPAR", "LSQB"):
                 depth += 1
                 if depth > MAX_NESTING:
-                    span = self.source.span(token.start_pos, token.end_pos)
-                    raise ParseError(f"brackets nested deeper than {MAX_NESTING} levels", span)
+                    raise _TooDeep(token.start_pos, token.end_pos)
             elif token.type in ("RPAR", "RSQB"):
                 depth = max(0, depth - 1)
             elif token.type == "_NL" and depth > 0:
@@ -79,12 +85,13 @@ def _grammar_text() -> str:
     return resources.files("rnnc.grammar").joinpath("rnn.lark").read_text()
 
 
-def _make_parser(source: Source) -> lark.Lark:
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
     return lark.Lark(
         _grammar_text(),
         parser="lalr",
         lexer="contextual",
-        postlex=_BracketFilter(source),
+        postlex=_BracketFilter(),
         propagate_positions=True,
         maybe_placeholders=True,
     )
@@ -104,9 +111,9 @@ def parse(text: str | bytes, filename: str = "<string>") -> ast.Program:
             source.span(0, 0),
         )
     try:
-        tree = _make_parser(source).parse(source.text)
-    except ParseError:
-        raise
+        tree = _parser().parse(source.text)
+    except _TooDeep as exc:
+        raise ParseError(f"brackets nested deeper than {MAX_NESTING} levels", source.span(exc.start, exc.end)) from None
     except lark.exceptions.UnexpectedInput as exc:
         raise _explain_unexpected(exc, source) from None
     except lark.exceptions.LarkError as exc:  # pragma: no cover - defensive
@@ -174,6 +181,11 @@ class _AstBuilder(Transformer):
         super().__init__(visit_tokens=False)
         self.source = source
 
+    def _unreserved(self, token: Token) -> Token:
+        if str(token) in RESERVED:
+            raise ParseError(f"{str(token)!r} is a reserved word; pick another name", self._span(token))
+        return token
+
     def _span(self, meta_or_token) -> Span:
         if isinstance(meta_or_token, Token):
             return self.source.span(meta_or_token.start_pos, meta_or_token.end_pos)
@@ -184,7 +196,8 @@ class _AstBuilder(Transformer):
     @v_args(meta=True)
     def cell(self, meta, children):
         name, *rest = children
-        dims = [c for c in rest if isinstance(c, Token)]
+        dims = [self._unreserved(c) for c in rest if isinstance(c, Token)]
+        self._unreserved(name)
         body = tuple(c for c in rest if c is not None and not isinstance(c, Token))
         return ast.Cell(
             str(name),
@@ -198,6 +211,7 @@ class _AstBuilder(Transformer):
     @v_args(meta=True)
     def decl(self, meta, children):
         kind, name, shape = children
+        self._unreserved(name)
         return ast.Decl(str(kind), str(name), shape, self._span(meta), self._span(name))
 
     def shape(self, children):
@@ -218,6 +232,8 @@ class _AstBuilder(Transformer):
     @v_args(meta=True)
     def assign(self, meta, children):
         *targets, value = children
+        for target in targets:
+            self._unreserved(target)
         return ast.Assign(
             tuple(str(t) for t in targets), tuple(self._span(t) for t in targets), value, self._span(meta)
         )
@@ -225,6 +241,7 @@ class _AstBuilder(Transformer):
     @v_args(meta=True)
     def emit(self, meta, children):
         name, value = children
+        self._unreserved(name)
         return ast.Emit(str(name), value, self._span(meta), self._span(name))
 
     @v_args(meta=True)
@@ -264,6 +281,7 @@ class _AstBuilder(Transformer):
 
     def name(self, children):
         (tok,) = children
+        self._unreserved(tok)
         return ast.Name(str(tok), self._span(tok))
 
     @v_args(meta=True)

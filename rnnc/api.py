@@ -1,0 +1,55 @@
+"""``rnnc.compile``: the pipeline from text to a callable cell, read top to bottom.
+
+Example:
+    >>> import rnnc
+    >>> rnnc.compile("examples/lstm.rnn").strategy
+    'sequential'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rnnc.compiler import analyse, lower_source
+from rnnc.errors import RnncError
+from rnnc.runtime.cell import Cell
+
+
+def read_source(src: str | Path) -> tuple[str | bytes, str]:
+    """The text and file name of ``src``: a path to a ``.rnn`` file, or the source itself.
+
+    Example:
+        >>> read_source("cell c(H) { state h: [H]; h = h }")[1]
+        '<string>'
+    """
+    if isinstance(src, Path) or (isinstance(src, str) and "{" not in src and src.strip().endswith(".rnn")):
+        path = Path(src)
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as exc:
+            raise RnncError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return src, "<string>"
+
+
+def compile(  # noqa: A001 - the public name the interface promises
+    src: str | Path,
+    *,
+    name: str | None = None,
+    backend: str = "auto",
+    gpu: str | None = None,
+    dtype: str | None = None,
+) -> Cell:
+    """Compile a cell from a ``.rnn`` path or source text.
+
+    ``gpu`` and ``dtype`` choose the tiling of the Triton backend (a later stage);
+    the reference backend ignores them.
+
+    Example:
+        >>> import rnnc
+        >>> rnnc.compile("cell c(H) { input x: [H]; state h: [H]; h = h + x; emit h }").strategy
+        'scan'
+    """
+    text, filename = read_source(src)
+    ir = lower_source(text, filename, name)  # text -> AST -> IR (names resolved, shapes inferred)
+    plan = analyse(ir)  # IR -> Plan (affine form, structure, proof, strategy, derivatives)
+    return Cell(plan, backend)  # Plan -> a callable (reference: PyTorch loop; triton: later)

@@ -1,0 +1,101 @@
+"""The ``rnnc`` command line: ``check`` and ``explain`` (later stages add build, tune, demo).
+
+Example:
+    >>> main(["check", "examples/hgrn.rnn"])
+    examples/hgrn.rnn: ok: cell hgrn (scan)
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rnnc.errors import RnncError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnc", description="Compile recurrent cells to fast kernels.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser("check", help="parse and analyse .rnn files; exit 1 on any error")
+    check.add_argument("files", nargs="+", metavar="FILE.rnn")
+    explain = commands.add_parser("explain", help="print what the compiler concluded about a cell")
+    explain.add_argument("file", metavar="FILE.rnn")
+    explain.add_argument("--cell", default=None, help="the cell to explain (default: every cell of the file)")
+    return parser
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise RnncError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _cells(path: str, name: str | None = None):
+    """Parse a file and yield the Plan of each of its cells (or just ``name``)."""
+    from rnnc.compiler import analyse, lower, pick_cell
+    from rnnc.grammar import parse
+
+    program = parse(_read(path), path)
+    cells = [pick_cell(program, name)] if name else list(program.cells)
+    if not cells:
+        raise RnncError(f"{path}: needs at least one 'cell NAME(DIMS) {{ ... }}', has none")
+    pick_cell(program, cells[0].name)  # checks that cell names are unique
+    for cell in cells:
+        yield analyse(lower(cell))
+
+
+def _check(files: list[str]) -> int:
+    failed = 0
+    for path in files:
+        try:
+            plans = list(_cells(path))
+        except RnncError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        summary = ", ".join(f"cell {p.ir.cell} ({p.strategy})" for p in plans)
+        print(f"{path}: ok: {summary}")
+    return 1 if failed else 0
+
+
+def _explain(path: str, cell: str | None) -> int:
+    plans = list(_cells(path, cell))
+    print("\n\n".join(p.explain() for p in plans))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Example:
+        >>> main(["explain", "examples/hgrn.rnn"]) == 0  # doctest: +ELLIPSIS
+        cell hgrn(D): strategy scan
+        ...
+        True
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args.files)
+        return _explain(args.file, args.cell)
+    except RnncError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except RecursionError:
+        print("rnnc: error: the input is nested too deeply to analyse", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug in rnnc must not show a traceback to the user
+        print(f"rnnc: internal error: {type(exc).__name__}: {exc} (please report this)", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,170 @@
+"""Checking a call's tensors against the cell and binding its dims.
+
+Example:
+    >>> import torch
+    >>> from rnnc.compiler import lower_source
+    >>> ir = lower_source(open("examples/hgrn.rnn").read())
+    >>> x = torch.zeros(2, 5, 3, 8)
+    >>> call = bind(ir, {"x": x, "g": x}, None)
+    >>> call.B, call.T, call.NH, call.dims
+    (2, 5, 3, {'D': 8})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+from rnnc.compiler.ir import IR, Declared
+
+
+@dataclass
+class Call:
+    """The tensors of one call, checked, with batch, time, heads and dims bound."""
+
+    inputs: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]
+    states: dict[str, torch.Tensor]
+    B: int
+    T: int
+    NH: int
+    dims: dict[str, int]
+    dtype: torch.dtype
+    compute_dtype: torch.dtype
+    device: torch.device
+
+    def shape_of(self, shape) -> tuple[int, ...]:
+        """Concrete sizes of a symbolic shape."""
+        subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in self.dims.items()}
+        return tuple(int(sympy.sympify(d).subs(subs)) for d in shape)
+
+
+def _layout(decl: Declared) -> list[str]:
+    own = [str(d) for d in decl.shape]
+    return {"input": ["B", "T", "NH"], "weight": ["NH"], "state": ["B", "NH"]}[decl.kind] + own
+
+
+def _describe(decl: Declared) -> str:
+    return "[" + ", ".join(_layout(decl)) + "]"
+
+
+def bind(ir: IR, tensors: dict[str, object], state: dict[str, object] | None) -> Call:
+    """Check names, dtypes, devices and shapes, and bind B, T, NH and the dims.
+
+    Example:
+        >>> import torch
+        >>> from rnnc.compiler import lower_source
+        >>> ir = lower_source(open("examples/hgrn.rnn").read())
+        >>> bind(ir, {"x": torch.zeros(1, 2, 1, 4)}, None)
+        Traceback (most recent call last):
+        ...
+        ValueError: cell hgrn needs argument 'g' (input [B, T, NH, D]); it takes x, g
+    """
+    state = dict(state or {})
+    takes = [d.name for d in ir.decls if d.kind != "state"]
+    for name in tensors:
+        if name not in takes:
+            hint = " (initial states go in state={...})" if name in {d.name for d in ir.states} else ""
+            raise ValueError(f"cell {ir.cell} has no argument {name!r}{hint}; it takes {', '.join(takes)}")
+    for name in state:
+        if name not in {d.name for d in ir.states}:
+            states = ", ".join(d.name for d in ir.states)
+            raise ValueError(f"cell {ir.cell} has no state {name!r}; its states are {states}")
+    given: list[tuple[Declared, torch.Tensor]] = []
+    for decl in ir.decls:
+        value = state.get(decl.name) if decl.kind == "state" else tensors.get(decl.name)
+        if value is None:
+            if decl.kind == "state":
+                continue
+            raise ValueError(
+                f"cell {ir.cell} needs argument {decl.name!r} ({decl.kind} {_describe(decl)}); "
+                f"it takes {', '.join(takes)}"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{decl.name}: needs a torch.Tensor, has {type(value).__name__}")
+        if not value.is_floating_point():
+            raise ValueError(f"{decl.name}: needs a floating-point tensor, has {value.dtype}")
+        given.append((decl, value))
+    dtype, device = _common_dtype_device(ir, given)
+    sizes = _bind_sizes(ir, given)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    call = Call({}, {}, {}, sizes.pop("B", 1), sizes.pop("T", 0), sizes.pop("NH", 1), sizes, dtype, compute, device)
+    for decl, value in given:
+        {"input": call.inputs, "weight": call.weights, "state": call.states}[decl.kind][decl.name] = value
+    return call
+
+
+def _common_dtype_device(ir: IR, given):
+    main = [(d, v) for d, v in given if d.kind != "state"] or given
+    if not main:
+        raise ValueError(f"cell {ir.cell} was given no tensors")
+    dtype, device = main[0][1].dtype, main[0][1].device
+    for decl, value in given:
+        if value.device != device:
+            raise ValueError(f"{decl.name}: on {value.device}, but {main[0][0].name} is on {device}")
+        if decl.kind != "state" and value.dtype != dtype:
+            raise ValueError(
+                f"{decl.name}: dtype {value.dtype}, but {main[0][0].name} is {dtype}; inputs and weights need one dtype"
+            )
+    return dtype, device
+
+
+def _bind_sizes(ir: IR, given) -> dict[str, int]:
+    """Solve B, T, NH and the dims from the tensors' shapes; raise on any clash."""
+    bound: dict[str, tuple[int, str]] = {}
+    if not any(d.kind == "input" for d, _ in given):
+        raise ValueError(f"cell {ir.cell} declares no input, so the number of steps is unknown")
+    pending = []
+    for decl, value in given:
+        layout = _layout(decl)
+        if value.dim() != len(layout):
+            raise ValueError(
+                f"{decl.name}: needs {len(layout)} axes {_describe(decl)}, has {value.dim()} axes {list(value.shape)}"
+            )
+        prefix = len(layout) - len(decl.shape)
+        for axis, size in enumerate(value.shape):
+            dim = sympy.sympify(layout[axis]) if axis < prefix else decl.shape[axis - prefix]
+            pending.append((decl, value, axis, dim, int(size)))
+    for _ in range(len(pending) + 1):
+        progress, rest = False, []
+        for item in pending:
+            decl, value, axis, dim, size = item
+            subs = {sympy.Symbol(k, positive=True, integer=True) if k not in ("B", "T", "NH") else sympy.Symbol(k): v
+                    for k, (v, _) in bound.items()}
+            dim = sympy.sympify(dim).subs(subs) if subs else sympy.sympify(dim)
+            free = sorted(dim.free_symbols, key=str)
+            if not free:
+                if int(dim) != size:
+                    _clash(decl, value, axis, int(dim), size, bound)
+                progress = True
+                continue
+            if len(free) == 1:
+                solution = sympy.solve(sympy.Eq(dim, size), free[0])
+                whole = [s for s in solution if s.is_integer and s > 0]
+                if not whole:
+                    raise ValueError(
+                        f"{decl.name}: axis {axis} is {size}, but it must be {dim} {_describe(decl)}, "
+                        f"which no whole {free[0]} > 0 gives"
+                    )
+                bound[str(free[0])] = (int(whole[0]), decl.name)
+                progress = True
+                continue
+            rest.append((decl, value, axis, dim, size))
+        pending = rest
+        if not pending or not progress:
+            break
+    if pending:
+        decl, _, axis, dim, _ = pending[0]
+        raise ValueError(f"{decl.name}: cannot tell the dims of axis {axis} ({dim}) from the shapes given")
+    return {k: v for k, (v, _) in bound.items()}
+
+
+def _clash(decl, value, axis, expected, size, bound) -> None:
+    layout = _layout(decl)
+    sources = ", ".join(f"{k} = {v} (from {src})" for k, (v, src) in sorted(bound.items()))
+    raise ValueError(
+        f"{decl.name}: expected shape {_describe(decl)} with {sources}, got {list(value.shape)} "
+        f"(axis {axis}, {layout[axis]}, is {size}, expected {expected})"
+    )

@@ -1,0 +1,88 @@
+"""The object ``rnnc.compile`` returns: a callable cell with its analysis attached.
+
+Example:
+    >>> import torch, rnnc
+    >>> cell = rnnc.compile("examples/hgrn.rnn", backend="reference")
+    >>> out = cell(x=torch.ones(1, 2, 1, 3), g=torch.zeros(1, 2, 1, 3))
+    >>> out.h.shape, out.state["h"].shape
+    (torch.Size([1, 2, 1, 3]), torch.Size([1, 1, 3]))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnc.compiler import Plan
+from rnnc.errors import BackendError
+from rnnc.runtime.reference import ReferenceRunner
+
+BACKENDS = ("auto", "reference", "reference-bptt", "triton")
+
+
+class Output:
+    """The result of a call: one attribute per emitted output, and ``state`` for final states.
+
+    Example:
+        >>> import torch
+        >>> o = Output({"y": torch.zeros(1)}, {"h": torch.ones(1)})
+        >>> o.y.tolist(), o.state["h"].tolist(), sorted(o.outputs)
+        ([0.0], [1.0], ['y'])
+    """
+
+    def __init__(self, outputs: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):
+        self.outputs = dict(outputs)
+        self.state = dict(state)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        outputs = self.__dict__.get("outputs", {})
+        if name in outputs:
+            return outputs[name]
+        raise AttributeError(f"no output {name!r}; the cell emits {', '.join(outputs) or 'nothing'}")
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={list(v.shape)}" for k, v in {**self.outputs}.items())
+        states = ", ".join(f"{k}={list(v.shape)}" for k, v in self.state.items())
+        return f"Output({shapes}; state: {states})"
+
+
+class Cell:
+    """A compiled cell. Call it with one keyword per input and weight, and ``state={...}``."""
+
+    def __init__(self, plan: Plan, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise BackendError(f"backend needs one of {', '.join(BACKENDS)}, has {backend!r}")
+        if backend == "triton":
+            raise BackendError(
+                "the Triton backend is not built yet (code generation is a later stage); "
+                "use backend='reference'"
+            )
+        self.plan = plan
+        self.backend = "reference" if backend == "auto" else backend
+        mode = "bptt" if backend == "reference-bptt" else "autograd"
+        self._runner = ReferenceRunner(plan, mode)
+
+    @property
+    def name(self) -> str:
+        """The cell's name."""
+        return self.plan.ir.cell
+
+    @property
+    def strategy(self) -> str:
+        """``sequential``, ``scan`` or ``chunked``."""
+        return self.plan.strategy
+
+    @property
+    def source(self) -> str:
+        """The generated module text (for the reference backend: its PyTorch step)."""
+        return self._runner.forward_text
+
+    def explain(self) -> str:
+        """The analysis as readable text."""
+        return self.plan.explain()
+
+    def __call__(self, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
+        outputs, finals = self._runner(tensors, state)
+        return Output(outputs, finals)
+
+    def __repr__(self) -> str:
+        return f"<rnnc.Cell {self.name} strategy={self.strategy} backend={self.backend}>"
