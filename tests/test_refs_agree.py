@@ -119,18 +119,10 @@ FLA_CONFIGS = [
 ]
 
 
-def _fla_dims(cell, big):
-    if cell in ("hgrn", "mingru"):
-        return {"D" if cell == "hgrn" else "H": 24 if big else 5}
-    if cell == "mamba":
-        return {"D": 6, "N": 5} if big else {"D": 5, "N": 3}
-    return {"K": 16, "V": 24} if big else {"K": 5, "V": 3}
-
-
 @pytest.mark.parametrize("cfg", FLA_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("cell", sorted(third_party.FLA))
 def test_loops_match_fla(cell, cfg):
-    _agree(cell, third_party.FLA[cell], FLA_TOL, **cfg, **_fla_dims(cell, cfg["T"] > 10))
+    _agree(cell, third_party.FLA[cell], FLA_TOL, **cfg, **data.fla_dims(cell, cfg["T"] > 10))
 
 
 @pytest.mark.parametrize("cfg", FLA_CONFIGS[:2], ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
@@ -138,7 +130,7 @@ def test_loops_match_fla(cell, cfg):
 def test_loops_match_fla_reductions(cell, cfg):
     """Cells without their own third-party reference, rewritten exactly as one that has."""
     _agree(cell, third_party.FLA_REDUCED[cell], CELL_TOL.get(cell, FLA_TOL), **cfg,
-           **_fla_dims(cell, cfg["T"] > 10))
+           **data.fla_dims(cell, cfg["T"] > 10))
 
 
 # ------------------------------------------------------------------------------------------

@@ -117,21 +117,13 @@ def test_reference_matches_flashrnn_vanilla(name, T, H):
     _agree(name, third_party.FLASHRNN[name], TIGHT, T=T, H=H, B=3, NH=2)
 
 
-def _fla_dims(name, big):
-    if name in ("hgrn", "mingru"):
-        return {"D" if name == "hgrn" else "H": 24 if big else 5}
-    if name == "mamba":
-        return {"D": 6, "N": 5} if big else {"D": 5, "N": 3}
-    return {"K": 16, "V": 24} if big else {"K": 5, "V": 3}
-
-
 @pytest.mark.parametrize("T", [1, 37])
 @pytest.mark.parametrize("name", sorted(third_party.FLA))
 def test_reference_matches_fla_naive(name, T):
-    _agree(name, third_party.FLA[name], FLA_TOL, T=T, B=3, NH=2, **_fla_dims(name, T > 10))
+    _agree(name, third_party.FLA[name], FLA_TOL, T=T, B=3, NH=2, **data.fla_dims(name, T > 10))
 
 
 @pytest.mark.parametrize("name", sorted(third_party.FLA_REDUCED))
 def test_reference_matches_fla_naive_rewritten(name):
     _agree(name, third_party.FLA_REDUCED[name], CELL_TOL.get(name, FLA_TOL), T=37, B=3, NH=2,
-           **_fla_dims(name, True))
+           **data.fla_dims(name, True))

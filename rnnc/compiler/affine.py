@@ -25,7 +25,6 @@ from rnnc.compiler.nested import nest, nonpolynomial_part, pull_scale, scale_ter
 from rnnc.compiler.symbols import Matmul, Outer, tensor_symbol
 
 SCALE = sympy.Symbol("eps_state_scale")
-ELEMENTWISE_CLASS = ("identity", "scalar", "diagonal", "elementwise")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sympy
 
-from rnnc.compiler.affine import SCALE, ELEMENTWISE_CLASS, Transition
+from rnnc.compiler.affine import SCALE, Transition
 from rnnc.compiler.ir import IR
 from rnnc.compiler.nested import nest, pull_scale, scale_terms, show
 from rnnc.compiler.proof import Proof, outer_like, prove_chunked, prove_scan

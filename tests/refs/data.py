@@ -186,3 +186,12 @@ def make(cell: str, *, B: int = 3, T: int = 7, NH: int = 2, seed: int | None = N
         grad = requires_grad and not (cell == "slstm" and name == "n" and bool((t == 0).all()))
         t.requires_grad_(grad)
     return args, state
+
+
+def fla_dims(cell: str, big: bool) -> dict[str, int]:
+    """Dims for comparisons with fla's naive references: odd and small, or a little larger."""
+    if cell in ("hgrn", "mingru"):
+        return {"D" if cell == "hgrn" else "H": 24 if big else 5}
+    if cell == "mamba":
+        return {"D": 6, "N": 5} if big else {"D": 5, "N": 3}
+    return {"K": 16, "V": 24} if big else {"K": 5, "V": 3}
