@@ -1,7 +1,6 @@
 """The derivative-driven backward (manual BPTT from the sympy partials) against autograd, to 1e-10."""
 
 import pytest
-import torch
 
 import rnnc
 from cells import all_gradients, random_call, rel_err
