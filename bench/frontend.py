@@ -45,22 +45,35 @@ def main() -> int:
             t0 = time.perf_counter()
             plan = analyse_source(text, name)
             times.append(time.perf_counter() - t0)
-        rows[name] = {"strategy": plan.strategy, "median_s": statistics.median(times), "max_s": max(times),
-                      "first_run_s": cold[name], "runs_s": times}
+        rows[name] = {
+            "strategy": plan.strategy,
+            "median_s": statistics.median(times),
+            "max_s": max(times),
+            "first_run_s": cold[name],
+            "runs_s": times,
+        }
     print(f"import of rnnc.compiler (sympy, lark): {import_s:.2f} s")
     print(f"{'cell':18s} {'strategy':10s} {'median':>9s} {'worst':>9s} {'first':>9s}")
     for name, row in rows.items():
-        print(f"{name:18s} {row['strategy']:10s} {row['median_s'] * 1e3:7.1f}ms {row['max_s'] * 1e3:7.1f}ms "
-              f"{row['first_run_s'] * 1e3:7.1f}ms")
+        print(
+            f"{name:18s} {row['strategy']:10s} {row['median_s'] * 1e3:7.1f}ms {row['max_s'] * 1e3:7.1f}ms "
+            f"{row['first_run_s'] * 1e3:7.1f}ms"
+        )
     worst = max(r["median_s"] for r in rows.values())
     print(f"slowest median: {worst * 1e3:.1f} ms (target: under 300 ms per cell)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "benchmark": "front end, parse to Plan, warm process",
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "python": sys.version.split()[0], "sympy": sympy.__version__},
-            "repeat": args.repeat, "import_s": import_s, "cells": rows,
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "python": sys.version.split()[0],
+                "sympy": sympy.__version__,
+            },
+            "repeat": args.repeat,
+            "import_s": import_s,
+            "cells": rows,
         }
         args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0

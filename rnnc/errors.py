@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 EXCERPT_WIDTH = 100  # characters of a source line shown under an error
 
 

@@ -2,9 +2,9 @@
 
 import sympy
 import torch
+from refs.check import rel_err  # noqa: F401 - one definition of relative error for all tests
 
 from rnnc.compiler.ir import IR
-from refs.check import rel_err  # noqa: F401 - one definition of relative error for all tests
 
 
 def sizes(ir: IR, shape, dims: dict[str, int]) -> list[int]:

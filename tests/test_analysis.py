@@ -12,13 +12,19 @@ from rnnc.compiler.proof import Proof, prove_chunked, prove_scan
 
 # (cell, state, affine, structure of A, axis or decay) from the cells' equations
 ZOO_TRANSITIONS = [
-    ("lstm", "h", False, "", None), ("lstm", "c", False, "", None),
-    ("gru", "h", False, "", None), ("elman", "h", False, "", None),
-    ("slstm", "m", False, "", None), ("slstm", "n", False, "", None),
-    ("hgrn", "h", True, "elementwise", None), ("mingru", "h", True, "elementwise", None),
+    ("lstm", "h", False, "", None),
+    ("lstm", "c", False, "", None),
+    ("gru", "h", False, "", None),
+    ("elman", "h", False, "", None),
+    ("slstm", "m", False, "", None),
+    ("slstm", "n", False, "", None),
+    ("hgrn", "h", True, "elementwise", None),
+    ("mingru", "h", True, "elementwise", None),
     ("mamba", "S", True, "elementwise", None),
-    ("linear_attention", "S", True, "identity", None), ("retnet", "S", True, "scalar", None),
-    ("simple_gla", "S", True, "scalar", None), ("gla", "S", True, "diagonal", -2),
+    ("linear_attention", "S", True, "identity", None),
+    ("retnet", "S", True, "scalar", None),
+    ("simple_gla", "S", True, "scalar", None),
+    ("gla", "S", True, "diagonal", -2),
     ("deltanet", "S", True, "identity-minus-rank-one", "identity"),
     ("gated_deltanet", "S", True, "identity-minus-rank-one", "scalar"),
     ("lti", "m", True, "dense", None),
@@ -57,24 +63,38 @@ def test_affine_coefficients_are_the_cells_own():
 CELLS = {
     "state-dependent gate": ("cell c(H) { input x: [H]; state h: [H]; h = sigmoid(h) * h + x }", "sequential"),
     "quadratic": ("cell c(H) { input x: [H]; state h: [H]; h = h * h + x }", "sequential"),
-    "coupled linear": ("cell c(H) { input x: [H]; state a: [H]; state b: [H]; a = 0.5 * a + b; b = x }",
-                       "sequential"),
+    "coupled linear": ("cell c(H) { input x: [H]; state a: [H]; state b: [H]; a = 0.5 * a + b; b = x }", "sequential"),
     "constant decay": ("cell c(H) { input x: [H]; state h: [H]; h = 0.9 * h + x; emit h }", "scan"),
     "two independent scans": (
         "cell c(H) { input x: [H]; input f: [H]; state h: [H]; state s: [H]\n"
-        "h = exp(f) * h + x; s = s + h\nemit y = h * s }", "sequential"),
-    "column decay": ("cell c(K, V) { input k: [K]; input v: [V]; input g: [V]; state S: [K, V]\n"
-                     "S = S * exp(g)[None, :] + outer(k, v); emit o = S @ v }", "chunked"),
-    "full-matrix input": ("cell c(K, V) { input X: [K, V]; input g: []; input q: [K]; state S: [K, V]\n"
-                          "S = exp(g) * S + X; emit o = q @ S }", "scan"),
-    "nonlinear read": ("cell c(K, V) { input k: [K]; input v: [V]; input q: [K]; state S: [K, V]\n"
-                       "S = S + outer(k, v); emit o = sum(tanh(S), 0) }", "scan"),
+        "h = exp(f) * h + x; s = s + h\nemit y = h * s }",
+        "sequential",
+    ),
+    "column decay": (
+        "cell c(K, V) { input k: [K]; input v: [V]; input g: [V]; state S: [K, V]\n"
+        "S = S * exp(g)[None, :] + outer(k, v); emit o = S @ v }",
+        "chunked",
+    ),
+    "full-matrix input": (
+        "cell c(K, V) { input X: [K, V]; input g: []; input q: [K]; state S: [K, V]\n"
+        "S = exp(g) * S + X; emit o = q @ S }",
+        "scan",
+    ),
+    "nonlinear read": (
+        "cell c(K, V) { input k: [K]; input v: [V]; input q: [K]; state S: [K, V]\n"
+        "S = S + outer(k, v); emit o = sum(tanh(S), 0) }",
+        "scan",
+    ),
     "rank-one with diagonal decay": (
         "cell c(K, V) { input k: [K]; input v: [V]; input g: [K]; input q: [K]; state S: [K, V]\n"
-        "S = exp(g)[:, None] * (S - outer(k, k @ S)) + outer(k, v); emit o = q @ S }", "sequential"),
+        "S = exp(g)[:, None] * (S - outer(k, k @ S)) + outer(k, v); emit o = q @ S }",
+        "sequential",
+    ),
     "normalised read": (
         "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; input f: []; state S: [K, V]; state n: [K]\n"
-        "S = f * S + outer(k, v); n = f * n + k\nemit o = (q @ S) / max(abs(q @ n), 1) }", "chunked"),
+        "S = f * S + outer(k, v); n = f * n + k\nemit o = (q @ S) / max(abs(q @ n), 1) }",
+        "chunked",
+    ),
 }
 
 
@@ -130,8 +150,13 @@ def test_chunked_proof_refuses_a_dense_transition():
 
 def test_explain_names_strategy_structure_and_proof():
     text = plan_of("gated_deltanet").explain()
-    for fragment in ("strategy chunked", "identity minus rank one", "a = exp(g)", "beta = beta",
-                     "combine is associative on three steps: verified"):
+    for fragment in (
+        "strategy chunked",
+        "identity minus rank one",
+        "a = exp(g)",
+        "beta = beta",
+        "combine is associative on three steps: verified",
+    ):
         assert fragment in text, fragment
 
 

@@ -1,10 +1,10 @@
 """The derivative-driven backward (manual BPTT from the sympy partials) against autograd, to 1e-10."""
 
 import pytest
-
-import rnnc
 from cells import all_gradients, random_call, rel_err
 from conftest import ZOO
+
+import rnnc
 
 EXTRA = {
     "functions": "cell f(H) { input x: [H]; weight w: [H]; state h: [H]\n"

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from conftest import EXAMPLES, ZOO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,13 +17,52 @@ import rnnc
 from rnnc import RnncError
 from rnnc.compiler import analyse_source
 
-from conftest import EXAMPLES, ZOO
-
 SOURCES = {name: (EXAMPLES / f"{name}.rnn").read_text() for name in ZOO}
 TOKENS = [
-    "cell", "input", "weight", "state", "emit", "None", "(", ")", "[", "]", "{", "}", ",", ":", "=",
-    "+", "-", "*", "/", "@", "**", ".T", "<", "==", "\n", ";", " ", "h", "x", "S", "H", "K", "0", "1",
-    "2.5", "1e-6", "sigmoid(", "tanh(", "exp(", "where(", "outer(", "sum(", "max(", "#",
+    "cell",
+    "input",
+    "weight",
+    "state",
+    "emit",
+    "None",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    "=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "@",
+    "**",
+    ".T",
+    "<",
+    "==",
+    "\n",
+    ";",
+    " ",
+    "h",
+    "x",
+    "S",
+    "H",
+    "K",
+    "0",
+    "1",
+    "2.5",
+    "1e-6",
+    "sigmoid(",
+    "tanh(",
+    "exp(",
+    "where(",
+    "outer(",
+    "sum(",
+    "max(",
+    "#",
 ]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

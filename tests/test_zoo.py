@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 
 import pytest
-
-import rnnc
 from refs import data, loops, third_party
 from refs.check import compare
+
+import rnnc
 
 TIGHT = 1e-10
 FLA_TOL = 1e-6
@@ -55,10 +55,20 @@ def _agree(name, reference, tol, backend="reference", **config):
 
 
 EXPECTED_STRATEGY = {
-    "lstm": "sequential", "gru": "sequential", "slstm": "sequential", "elman": "sequential",
-    "lti": "sequential", "hgrn": "scan", "mingru": "scan", "mamba": "scan",
-    "linear_attention": "chunked", "retnet": "chunked", "simple_gla": "chunked", "gla": "chunked",
-    "deltanet": "chunked", "gated_deltanet": "chunked",
+    "lstm": "sequential",
+    "gru": "sequential",
+    "slstm": "sequential",
+    "elman": "sequential",
+    "lti": "sequential",
+    "hgrn": "scan",
+    "mingru": "scan",
+    "mamba": "scan",
+    "linear_attention": "chunked",
+    "retnet": "chunked",
+    "simple_gla": "chunked",
+    "gla": "chunked",
+    "deltanet": "chunked",
+    "gated_deltanet": "chunked",
 }
 
 
@@ -75,8 +85,7 @@ def _dims(name, big):
     spec = data.SPECS[name]
     if not big:
         return {}
-    return {d: (24 if i == 0 else 48) for i, d in enumerate(spec.dims)} if len(spec.dims) > 1 \
-        else {spec.dims[0]: 24}
+    return {d: (24 if i == 0 else 48) for i, d in enumerate(spec.dims)} if len(spec.dims) > 1 else {spec.dims[0]: 24}
 
 
 CONFIGS = [dict(T=1, B=3, NH=2), dict(T=37, B=3, NH=2, big=True), dict(T=8, B=2, NH=1, zero_state=True)]
@@ -101,8 +110,9 @@ def _split(name, leaves):
 
 @pytest.mark.parametrize("name", CELLS)
 def test_derivative_backward_matches_paper_loops(name):
-    _agree(name, lambda **leaves: loops.run(name, *_split(name, leaves)), TIGHT, backend="reference-bptt",
-           T=6, B=2, NH=2)
+    _agree(
+        name, lambda **leaves: loops.run(name, *_split(name, leaves)), TIGHT, backend="reference-bptt", T=6, B=2, NH=2
+    )
 
 
 @pytest.mark.parametrize("T,H", [(1, 5), (37, 24)])
@@ -125,5 +135,6 @@ def test_reference_matches_fla_naive(name, T):
 
 @pytest.mark.parametrize("name", sorted(third_party.FLA_REDUCED))
 def test_reference_matches_fla_naive_rewritten(name):
-    _agree(name, third_party.FLA_REDUCED[name], CELL_TOL.get(name, FLA_TOL), T=37, B=3, NH=2,
-           **data.fla_dims(name, True))
+    _agree(
+        name, third_party.FLA_REDUCED[name], CELL_TOL.get(name, FLA_TOL), T=37, B=3, NH=2, **data.fla_dims(name, True)
+    )

@@ -45,6 +45,7 @@ class Transition:
     axis: int | None = None
     a: sympy.Expr | None = None
     b: sympy.Expr | None = None
+    linear: sympy.Expr | None = None
     beta: sympy.Expr | None = None
     u: sympy.Expr | None = None
     w: sympy.Expr | None = None
@@ -75,7 +76,10 @@ class Transition:
                 f"A is identity minus rank one (decay {self.decay_structure()})"
             )
         if self.structure in ("dense", "coupled"):
-            return f"{s}' = A({s}) + b with b = {show(self.b)}; A is {self.structure}: {self.reason}"
+            return (
+                f"{s}' = A({s}) + b with A({s}) = {show(self.linear)}, b = {show(self.b)}; "
+                f"A is {self.structure}: {self.reason}"
+            )
         where = f" along axis {self.axis}" if self.structure == "diagonal" else ""
         return f"{s}' = a * {s} + b with a = {show(self.a)}, b = {show(self.b)}; A is {self.structure}{where}"
 
@@ -126,10 +130,12 @@ def _classify(state, rank, update, scaled, states, ranks) -> Transition:
             continue
         coeff, core = _split_core(term, states)
         if core is None:
-            return _dense(state, rank, update, b, "coupled", f"{show(term)} is not a single linear use of a state")
+            return _dense(
+                state, rank, update, b, "coupled", f"{show(term)} is not a single linear use of a state", linear
+            )
         others = sorted(s.name for s in core.free_symbols if s.name in states and s.name != state)
         if others:
-            return _dense(state, rank, update, b, "coupled", f"{show(term)} reads state {', '.join(others)}")
+            return _dense(state, rank, update, b, "coupled", f"{show(term)} reads state {', '.join(others)}", linear)
         if core == me:
             elementwise.append(coeff)
             continue
@@ -138,26 +144,37 @@ def _classify(state, rank, update, scaled, states, ranks) -> Transition:
             factor, u, w = parsed
             rank_one.append((coeff * factor, u, w))
             continue
-        return _dense(state, rank, update, b, "dense", f"{show(term)} mixes the entries of {state}")
+        return _dense(state, rank, update, b, "dense", f"{show(term)} mixes the entries of {state}", linear)
     a = sympy.Add(*elementwise)
     if not rank_one:
         structure, axis = _elementwise_structure(a, rank, ranks)
-        return Transition(state, rank, update, True, structure, axis, a=a, b=b)
+        return Transition(state, rank, update, True, structure, axis, a=a, b=b, linear=linear)
     if len(rank_one) > 1 and len({(u, w) for _, u, w in rank_one}) > 1:
-        return _dense(state, rank, update, b, "dense", "more than one rank-one correction")
+        return _dense(state, rank, update, b, "dense", "more than one rank-one correction", linear)
     c = sympy.Add(*(c for c, _, _ in rank_one))
     _, u, w = rank_one[0]
     if a == 0:
-        return _dense(state, rank, update, b, "dense", "a rank-one map without the identity part")
+        return _dense(state, rank, update, b, "dense", "a rank-one map without the identity part", linear)
     beta = sympy.simplify(-c / a)
     decay = _elementwise_structure(a, rank, ranks)[0]
     return Transition(
-        state, rank, update, True, "identity-minus-rank-one", a=a, b=b, beta=beta, u=u, w=w, decay=decay
+        state,
+        rank,
+        update,
+        True,
+        "identity-minus-rank-one",
+        a=a,
+        b=b,
+        linear=linear,
+        beta=beta,
+        u=u,
+        w=w,
+        decay=decay,
     )
 
 
-def _dense(state, rank, update, b, structure, reason) -> Transition:
-    return Transition(state, rank, update, True, structure, b=b, reason=reason)
+def _dense(state, rank, update, b, structure, reason, linear=None) -> Transition:
+    return Transition(state, rank, update, True, structure, b=b, linear=linear, reason=reason)
 
 
 def _split_core(term: sympy.Expr, states: set[str]):

@@ -217,9 +217,7 @@ class _Lowering(ExpressionLowering):
         name = f"{prefix}[{','.join(slots)}]"
         arg = plain_view(atom.name, len(atom.shape))
         self._register_view(arg)
-        part = Atom(
-            name, "part", shape, (arg.symbol(),), (atom.shape,), (axis, index, count, int(drop))
-        )
+        part = Atom(name, "part", shape, (arg.symbol(),), (atom.shape,), (axis, index, count, int(drop)))
         part_name = self._add_atom(part)
         axes = view.axes[:axis] + view.axes[axis + 1 :] if drop else view.axes
         return self._register_view(View(part_name, axes))
@@ -260,9 +258,7 @@ class _Lowering(ExpressionLowering):
                 used |= {str(s) for s in d.free_symbols}
         for dim, span in zip(self.cell.dims, self.cell.dim_spans):
             if dim not in used:
-                raise AnalysisError(
-                    f"dim {dim!r} appears in no declaration, so no tensor shape can bind it", span
-                )
+                raise AnalysisError(f"dim {dim!r} appears in no declaration, so no tensor shape can bind it", span)
 
     def _build(self) -> IR:
         decls = tuple(self.decls.values())
@@ -275,8 +271,17 @@ class _Lowering(ExpressionLowering):
         used = self._reachable(updates, outputs, decls)
         atoms = tuple(a for a in self.atoms.values() if a.name in used)
         views = tuple(sorted((k, v) for k, v in self.views.items() if v.atom in used))
-        return IR(self.cell.name, tuple(self.dims), decls, atoms, views, updates, outputs,
-                  self.cell.span.source.filename, self.cell.span)
+        return IR(
+            self.cell.name,
+            tuple(self.dims),
+            decls,
+            atoms,
+            views,
+            updates,
+            outputs,
+            self.cell.span.source.filename,
+            self.cell.span,
+        )
 
     def _reachable(self, updates, outputs, decls) -> set[str]:
         used = {d.name for d in decls}

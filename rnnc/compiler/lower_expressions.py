@@ -90,8 +90,11 @@ class ExpressionLowering:
 
     def _expr(self, node: ast.Expr) -> Value:
         if isinstance(node, ast.Number):
-            number = sympy.Integer(int(node.value)) if node.value.is_integer() and "." not in node.text \
-                and "e" not in node.text.lower() else sympy.Float(node.value)
+            number = (
+                sympy.Integer(int(node.value))
+                if node.value.is_integer() and "." not in node.text and "e" not in node.text.lower()
+                else sympy.Float(node.value)
+            )
             return Value(number, ())
         if isinstance(node, ast.Name):
             return self._name(node)
@@ -164,9 +167,7 @@ class ExpressionLowering:
         if fn not in ALL_FUNCTIONS:
             close = difflib.get_close_matches(fn, ALL_FUNCTIONS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise AnalysisError(
-                f"unknown function {fn!r}; {hint}known: {', '.join(ALL_FUNCTIONS)}", node.name_span
-            )
+            raise AnalysisError(f"unknown function {fn!r}; {hint}known: {', '.join(ALL_FUNCTIONS)}", node.name_span)
         if fn == "sum":
             return self._sum(node)
         arity = 1 if fn in UNARY_FUNCTIONS else 3 if fn == "where" else 2

@@ -110,13 +110,11 @@ def prove_chunked(ir: IR, transitions: list[Transition]) -> Proof:
         maps = [_operator_terms(t, k, ranks) for k in (1, 2, 3)]
         if maps[0] is None:
             return Proof(False, (*lines, f"{t.state}: the transition has no l S r form; no proof"))
-        described = " + ".join(f"{_nc(l)} {t.state} {_nc(r)}".strip() for l, r in maps[0])
+        described = " + ".join(f"{_nc(left)} {t.state} {_nc(right)}".strip() for left, right in maps[0])
         lines.append(f"{t.state}: step at t = 1 is {t.state} -> {described} + B_1 ({_legend(t)})")
         steps = [(m, sympy.Symbol(f"B_{k}", commutative=False)) for k, m in zip((1, 2, 3), maps)]
         x = sympy.Symbol("X", commutative=False)
-        composes = _vanishes(
-            _apply(steps[1], _apply(steps[0], x)) - _apply(_combine(steps[0], steps[1]), x)
-        )
+        composes = _vanishes(_apply(steps[1], _apply(steps[0], x)) - _apply(_combine(steps[0], steps[1]), x))
         left = _combine(_combine(steps[0], steps[1]), steps[2])
         right = _combine(steps[0], _combine(steps[1], steps[2]))
         associative = _vanishes(_apply(left, x) - _apply(right, x))
@@ -130,7 +128,7 @@ def prove_chunked(ir: IR, transitions: list[Transition]) -> Proof:
 
 def _apply(step, x):
     terms, b = step
-    return sympy.Add(*(l * x * r for l, r in terms)) + b
+    return sympy.Add(*(left * x * right for left, right in terms)) + b
 
 
 def _combine(first, second):

@@ -131,8 +131,10 @@ def _bind_sizes(ir: IR, given) -> dict[str, int]:
         progress, rest = False, []
         for item in pending:
             decl, value, axis, dim, size = item
-            subs = {sympy.Symbol(k, positive=True, integer=True) if k not in ("B", "T", "NH") else sympy.Symbol(k): v
-                    for k, (v, _) in bound.items()}
+            subs = {
+                sympy.Symbol(k, positive=True, integer=True) if k not in ("B", "T", "NH") else sympy.Symbol(k): v
+                for k, (v, _) in bound.items()
+            }
             dim = sympy.sympify(dim).subs(subs) if subs else sympy.sympify(dim)
             free = sorted(dim.free_symbols, key=str)
             if not free:

@@ -53,8 +53,7 @@ class Cell:
             raise BackendError(f"backend needs one of {', '.join(BACKENDS)}, has {backend!r}")
         if backend == "triton":
             raise BackendError(
-                "the Triton backend is not built yet (code generation is a later stage); "
-                "use backend='reference'"
+                "the Triton backend is not built yet (code generation is a later stage); use backend='reference'"
             )
         self.plan = plan
         self.backend = "reference" if backend == "auto" else backend

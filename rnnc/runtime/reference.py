@@ -158,17 +158,13 @@ class _ManualBackprop(torch.autograd.Function):
         inputs = {d.name: flat[i] for i, d in enumerate(ir.inputs)}
         weights = {d.name: flat[n_in + i].to(cdt).unsqueeze(0) for i, d in enumerate(ir.weights)}
         d_out_all = {r.name: grads[i] for i, r in enumerate(ir.outputs) if grads[i] is not None}
-        d_new = {
-            d.name: grads[n_out + i].to(cdt) for i, d in enumerate(ir.states) if grads[n_out + i] is not None
-        }
+        d_new = {d.name: grads[n_out + i].to(cdt) for i, d in enumerate(ir.states) if grads[n_out + i] is not None}
         d_inputs = {d.name: torch.zeros_like(inputs[d.name], dtype=cdt) for d in ir.inputs}
         d_weights = {d.name: torch.zeros_like(weights[d.name]) for d in ir.weights}
         for t in reversed(range(call.T)):
             step_inputs = {n: x[:, t].to(cdt) for n, x in inputs.items()}
             d_out = {n: g[:, t].to(cdt) for n, g in d_out_all.items()}
-            gi, gw, gs = runner.step_backward(
-                step_inputs, weights, history[t], shapes, like, call.dims, d_new, d_out
-            )
+            gi, gw, gs = runner.step_backward(step_inputs, weights, history[t], shapes, like, call.dims, d_new, d_out)
             for name, value in gi.items():
                 d_inputs[name][:, t] += value.expand_as(d_inputs[name][:, t])
             for name, value in gw.items():
