@@ -16,18 +16,24 @@ from rnnc.runtime.cell import Cell
 
 
 def read_source(src: str | Path) -> tuple[str | bytes, str]:
-    """The text and file name of ``src``: a path to a ``.rnn`` file, or the source itself.
+    """The text and file name of ``src``: a path (a ``Path``, or a one-line string naming an
+    existing file or ending in ``.rnn``), or else the source text itself.
 
     Example:
         >>> read_source("cell c(H) { state h: [H]; h = h }")[1]
         '<string>'
     """
-    if isinstance(src, Path) or (isinstance(src, str) and "{" not in src and src.strip().endswith(".rnn")):
-        path = Path(src)
+    if not isinstance(src, (str, Path)):
+        raise TypeError(f"rnnc.compile needs a path or the source text of a cell, has {type(src).__name__}")
+    if isinstance(src, str) and "\n" not in src and "{" not in src:
+        if Path(src).exists() or src.strip().endswith(".rnn"):
+            src = Path(src)
+    if isinstance(src, Path):
+        path = src
         try:
             return path.read_bytes(), str(path)
         except OSError as exc:
-            raise RnncError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise RnncError(f"{path}: error: cannot read: {exc.strerror or exc}") from None
     return src, "<string>"
 
 

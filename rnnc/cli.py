@@ -30,7 +30,7 @@ def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise RnncError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise RnncError(f"{path}: error: cannot read: {exc.strerror or exc}") from None
 
 
 def _cells(path: str, name: str | None = None):
@@ -41,7 +41,7 @@ def _cells(path: str, name: str | None = None):
     program = parse(_read(path), path)
     cells = [pick_cell(program, name)] if name else list(program.cells)
     if not cells:
-        raise RnncError(f"{path}: needs at least one 'cell NAME(DIMS) {{ ... }}', has none")
+        raise RnncError(f"{path}: error: needs at least one 'cell NAME(DIMS) {{ ... }}', has none")
     pick_cell(program, cells[0].name)  # checks that cell names are unique
     for cell in cells:
         yield analyse(lower(cell))

@@ -19,6 +19,8 @@ from rnnc.compiler.symbols import View, plain_view
 from rnnc.errors import AnalysisError, Span
 from rnnc.grammar import ast, parse
 
+LAYOUT_AXES = ("B", "T", "NH")  # the leading axes of the call's tensors, never a cell's dims
+
 
 def lower_source(text: str | bytes, filename: str = "<string>", name: str | None = None) -> IR:
     """Parse ``text`` and lower the cell called ``name`` (or the only cell).
@@ -93,6 +95,12 @@ class _Lowering(ExpressionLowering):
         for dim, span in zip(cell.dims, cell.dim_spans):
             if dim in self.dims:
                 raise AnalysisError(f"dim {dim!r} is listed twice", span)
+            if dim in LAYOUT_AXES:
+                raise AnalysisError(
+                    f"{dim!r} names an axis of every tensor's layout (B batch, T time, NH heads); pick another "
+                    "dim name",
+                    span,
+                )
             self.dims[dim] = dim_symbol(dim)
         for position, stmt in enumerate(cell.body):
             if isinstance(stmt, ast.Assign):

@@ -160,6 +160,13 @@ def _bind_sizes(ir: IR, given) -> dict[str, int]:
     if pending:
         decl, _, axis, dim, _ = pending[0]
         raise ValueError(f"{decl.name}: cannot tell the dims of axis {axis} ({dim}) from the shapes given")
+    for dim in ir.dims:
+        if dim not in bound:
+            users = [d.name for d in ir.decls if any(dim in {str(s) for s in x.free_symbols} for x in d.shape)]
+            raise ValueError(
+                f"dim {dim} appears only in {', '.join(users)}, which was not given, so its size is unknown; "
+                f"pass state={{{users[0]!r}: ...}} (zeros are fine)"
+            )
     return {k: v for k, (v, _) in bound.items()}
 
 

@@ -79,7 +79,10 @@ class Cell:
         """The analysis as readable text."""
         return self.plan.explain()
 
-    def __call__(self, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
+    def __call__(self, *positional, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
+        if positional:
+            takes = ", ".join(f"{d.name}=..." for d in self.plan.ir.decls if d.kind != "state")
+            raise TypeError(f"cell {self.name} takes keyword arguments only: {self.name}({takes}, state={{...}})")
         outputs, finals = self._runner(tensors, state)
         return Output(outputs, finals)
 
