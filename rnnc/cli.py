@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="print what the compiler concluded about a cell")
     explain.add_argument("file", metavar="FILE.rnn")
     explain.add_argument("--cell", default=None, help="the cell to explain (default: every cell of the file)")
+    explain.add_argument(
+        "--gpu", default=None, help="a GPU profile (h100, a100, l4, ..., auto): also explain the tiling"
+    )
+    explain.add_argument("--shape", default=None, help="the call shape for --gpu, e.g. B=16,T=1024,NH=12,H=64")
+    explain.add_argument("--dtype", default="bfloat16", help="input and weight dtype for --gpu (default bfloat16)")
     return parser
 
 
@@ -61,9 +66,29 @@ def _check(files: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _explain(path: str, cell: str | None) -> int:
+def _parse_shape(text: str | None) -> dict[str, int]:
+    if not text:
+        raise RnncError("error: --gpu needs --shape, e.g. --shape B=16,T=1024,NH=12,H=64")
+    shape = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip().isdigit():
+            raise RnncError(f"error: --shape needs NAME=INTEGER items separated by commas, has {item!r}")
+        shape[name.strip()] = int(value)
+    return shape
+
+
+def _explain(path: str, cell: str | None, gpu: str | None, shape: str | None, dtype: str) -> int:
     plans = list(_cells(path, cell))
-    print("\n\n".join(p.explain() for p in plans))
+    texts = []
+    for plan in plans:
+        text = plan.explain()
+        if gpu is not None:
+            from rnnc.constraints.tiling import solve_tiling
+
+            text += "\n" + solve_tiling(plan, gpu, _parse_shape(shape), dtype).explain()
+        texts.append(text)
+    print("\n\n".join(texts))
     return 0
 
 
@@ -80,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.files)
-        return _explain(args.file, args.cell)
+        return _explain(args.file, args.cell, args.gpu, args.shape, args.dtype)
     except RnncError as exc:
-        print(exc, file=sys.stderr)
+        text = str(exc)
+        print(text if "error:" in text.splitlines()[0] else f"error: {text}", file=sys.stderr)
         return 1
     except RecursionError:
         print("rnnc: error: the input is nested too deeply to analyse", file=sys.stderr)

@@ -16,3 +16,15 @@ def _at_repository_root():
     os.chdir(ROOT)
     yield
     os.chdir(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches (tilings, later kernels) go to a fresh folder, never the user's."""
+    previous = os.environ.get("RNNC_CACHE_DIR")
+    os.environ["RNNC_CACHE_DIR"] = str(tmp_path_factory.mktemp("rnnc-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("RNNC_CACHE_DIR", None)
+    else:
+        os.environ["RNNC_CACHE_DIR"] = previous

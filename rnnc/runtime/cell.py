@@ -79,6 +79,23 @@ class Cell:
         """The analysis as readable text."""
         return self.plan.explain()
 
+    def tiling(self, gpu: str = "h100", dtype: str = "bfloat16", **shape: int):
+        """The best tiling for a call shape on a GPU profile (no GPU needed).
+
+        ``shape`` gives B, T, NH and every dim of the cell. Returns a
+        :class:`rnnc.constraints.tiling.Tiling` (``params``, ``estimate_us``,
+        ``candidates``); raises :class:`rnnc.TilingError` when nothing fits.
+
+        Example:
+            >>> import rnnc
+            >>> cell = rnnc.compile("examples/lstm.rnn")
+            >>> cell.tiling(gpu="h100", B=16, T=1024, NH=12, H=64).params["BLOCK_B"]
+            16
+        """
+        from rnnc.constraints.tiling import solve_tiling
+
+        return solve_tiling(self.plan, gpu, shape, dtype)
+
     def __call__(self, *positional, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
         if positional:
             takes = ", ".join(f"{d.name}=..." for d in self.plan.ir.decls if d.kind != "state")

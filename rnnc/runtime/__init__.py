@@ -1,0 +1,1 @@
+"""Runtime: argument checks, generated PyTorch steps and the reference executors."""

@@ -1,0 +1,1 @@
+"""Jinja templates of the Triton kernels (the code-generation stage; not built yet)."""

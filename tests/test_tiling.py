@@ -1,0 +1,210 @@
+"""The tiling stage: CP-SAT optima against brute force, budgets rechecked independently, errors, cache."""
+
+import json
+import math
+
+import pytest
+
+import rnnc
+from rnnc import TilingError
+from rnnc.compiler import analyse_source
+from rnnc.constraints import chunked, scan, sequential
+from rnnc.constraints.problem import problem_of
+from rnnc.constraints.profiles import load_profile, profile_from_device, profile_names
+from rnnc.constraints.tiling import Tiling, solve_tiling
+
+BUILD = {"sequential": sequential.build_model, "scan": scan.build_model, "chunked": chunked.build_model}
+PLANS = {}
+
+
+def plan(name):
+    if name not in PLANS:
+        PLANS[name] = analyse_source(open(f"examples/{name}.rnn").read())
+    return PLANS[name]
+
+
+SMALL = [  # (cell, dims) small enough to enumerate every assignment
+    ("lstm", {"H": 24}),
+    ("lstm", {"H": 48}),
+    ("gru", {"H": 32}),
+    ("elman", {"H": 16}),
+    ("slstm", {"H": 64}),
+    ("hgrn", {"D": 24}),
+    ("mingru", {"H": 64}),
+    ("mamba", {"D": 8, "N": 4}),
+    ("gla", {"K": 32, "V": 48}),
+    ("deltanet", {"K": 64, "V": 32}),
+    ("retnet", {"K": 16, "V": 16}),
+]
+GPUS = ["h100", "l4", "mi300x"]
+SHAPES = [({"B": 3, "T": 37, "NH": 2}, "float32"), ({"B": 64, "T": 1024, "NH": 12}, "bfloat16")]
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+@pytest.mark.parametrize("cell,dims", SMALL, ids=[f"{c}-{'-'.join(map(str, d.values()))}" for c, d in SMALL])
+def test_solver_optimum_equals_brute_force(cell, dims, gpu):
+    for shape, dtype in SHAPES:
+        p = problem_of(plan(cell), {**shape, **dims}, dtype)
+        model = BUILD[p.strategy](p, load_profile(gpu))
+        solved, enumerated = model.solve(), model.brute_force()
+        assert (solved is None) == (enumerated is None), (cell, gpu, shape, dtype)
+        if solved is not None:
+            assert solved.objective == enumerated.objective
+            assert model.rank(solved.values) == model.rank(enumerated.values)
+
+
+def _recheck_budgets(p, gpu, params):
+    """Budgets recomputed here from the kernels' documented tiles, not from the model's expressions."""
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
+    threads = params["num_warps"] * gpu.warp_size
+    assert threads <= gpu.max_threads_per_block
+    if p.strategy == "sequential":
+        assert params["BLOCK_B"] >= 16 and pow2(params["BLOCK_B"])  # tl.dot rows
+        cols = 1 << math.ceil(math.log2(max(16, math.ceil(p.hidden / params["SPLIT"]))))
+        k_pad = math.ceil(p.hidden / params["BLOCK_K"]) * params["BLOCK_K"]
+        assert cols >= 16 and pow2(params["BLOCK_K"]) and params["BLOCK_K"] >= (16 if p.bytes == 2 else 8)
+        weights = p.gates * cols * k_pad * p.bytes
+        if not params["WEIGHTS_IN_REGISTERS"]:
+            assert weights <= gpu.shared_memory_per_block_optin
+        else:
+            assert weights / 4 / threads <= gpu.registers_per_thread  # the weights alone fit the registers
+        if params["SPLIT"] > 1:  # a grid barrier every step: every program resident at once
+            programs = p.NH * math.ceil(p.B / params["BLOCK_B"]) * params["SPLIT"]
+            assert programs <= gpu.sm_count * gpu.max_blocks_per_sm
+    elif p.strategy == "scan":
+        assert pow2(params["BLOCK_C"]) and pow2(params["BLOCK_T"]) and params["BLOCK_T"] >= 16
+        assert params["BLOCK_C"] * params["BLOCK_T"] >= threads  # no idle lanes
+        live = params["BLOCK_C"] * params["BLOCK_T"] * 3 / threads  # at least a, b and the state per element
+        assert live <= gpu.registers_per_thread
+    else:
+        assert params["CHUNK"] >= 16 and params["BV"] >= 16 and params["BK"] >= (16 if p.bytes == 2 else 8)
+        if p.rank_one:
+            assert params["BK"] >= p.key_dim  # the whole key dimension in one program
+        staged = params["CHUNK"] * (2 * params["BK"] + params["BV"]) * p.bytes + params["BK"] * params["BV"] * 4
+        assert staged <= gpu.shared_memory_per_block_optin
+        assert params["BK"] * params["BV"] / threads <= gpu.registers_per_thread  # the fp32 state tile
+
+
+ZOO_SHAPES = {
+    "lstm": [{"H": 64}, {"H": 768}, {"H": 1024}],
+    "gru": [{"H": 48}],
+    "slstm": [{"H": 128}],
+    "elman": [{"H": 256}],
+    "lti": [{"N": 16, "M": 8}],
+    "hgrn": [{"D": 1024}],
+    "mingru": [{"H": 48}],
+    "mamba": [{"D": 64, "N": 16}],
+    "linear_attention": [{"K": 64, "V": 64}],
+    "retnet": [{"K": 128, "V": 128}],
+    "simple_gla": [{"K": 64, "V": 128}],
+    "gla": [{"K": 128, "V": 128}],
+    "deltanet": [{"K": 128, "V": 128}],
+    "gated_deltanet": [{"K": 256, "V": 128}],
+}
+
+
+@pytest.mark.parametrize("gpu", profile_names())
+@pytest.mark.parametrize("cell", sorted(ZOO_SHAPES))
+def test_every_returned_tiling_meets_the_budgets(cell, gpu):
+    profile = load_profile(gpu)
+    for i, dims in enumerate(ZOO_SHAPES[cell]):
+        for shape in ({"B": 16, "T": 1024, "NH": 4}, {"B": 1, "T": 256, "NH": 1})[i % 2 :][:1]:
+            try:
+                til = solve_tiling(
+                    plan(cell),
+                    profile,
+                    {**shape, **dims},
+                    "bfloat16",
+                    candidates=2,
+                    use_cache=False,
+                    find_binding=False,
+                )
+            except TilingError as exc:
+                assert "needs" in str(exc) and profile.name in str(exc)
+                continue
+            p = problem_of(plan(cell), {**shape, **dims}, "bfloat16")
+            for params in [til.params] + [c for c, _ in til.candidates]:
+                _recheck_budgets(p, profile, params)
+            estimates = [til.estimate_us] + [e for _, e in til.candidates]
+            assert estimates == sorted(estimates)  # best first
+
+
+def test_lstm_batch_block_is_bound_by_the_dot_minimum():
+    til = solve_tiling(plan("lstm"), "h100", {"B": 4, "T": 1024, "NH": 12, "H": 64}, "bfloat16", use_cache=False)
+    assert til.params["BLOCK_B"] == 16  # B = 4 would prefer 4 rows; tl.dot needs 16
+    assert any(b.startswith("dot rows") for b in til.binding)
+
+
+def test_head_dim_1024_fits_an_h100_by_splitting():
+    til = solve_tiling(plan("lstm"), "h100", {"B": 16, "T": 1024, "NH": 1, "H": 1024}, "bfloat16", use_cache=False)
+    assert til.params["SPLIT"] > 1 and til.quantities["programs"] <= 132
+
+
+def test_impossible_request_says_what_is_needed_and_what_the_gpu_has():
+    with pytest.raises(TilingError) as caught:
+        solve_tiling(plan("lstm"), "l4", {"B": 16, "T": 1024, "NH": 1, "H": 768}, "float32", use_cache=False)
+    text = str(caught.value)
+    assert "NVIDIA L4" in text and "needs" in text and "allows" in text
+    assert "with bfloat16 inputs and weights it would fit" in text
+    assert "MiB on chip" in text
+
+
+def test_decisions_are_deterministic_and_round_trip_as_json():
+    shape = {"B": 8, "T": 1024, "NH": 8, "K": 64, "V": 64}
+    first = solve_tiling(plan("gla"), "a100", shape, "bfloat16", use_cache=False)
+    second = solve_tiling(plan("gla"), "a100", shape, "bfloat16", use_cache=False)
+    assert first.to_json() == second.to_json()
+    assert Tiling.from_json(first.to_json()) == first
+
+
+def test_cache_hits_and_discards_a_corrupt_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    shape = {"B": 2, "T": 64, "NH": 1, "D": 32}
+    first = solve_tiling(plan("hgrn"), "h100", shape, "float32")
+    files = list((tmp_path / "tilings").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["params"] == first.params
+    assert solve_tiling(plan("hgrn"), "h100", shape, "float32") == first
+    files[0].write_text("{ not json")
+    assert solve_tiling(plan("hgrn"), "h100", shape, "float32") == first
+    assert json.loads(files[0].read_text())["params"] == first.params  # rebuilt
+
+
+def test_cell_tiling_api_and_missing_dims():
+    cell = rnnc.compile("examples/gated_deltanet.rnn")
+    til = cell.tiling(gpu="h100", B=4, T=2048, NH=16, K=128, V=128)
+    assert til.params["BK"] == 128 and til.estimate_us > 0 and til.candidates
+    with pytest.raises(rnnc.RnncError, match="missing V"):
+        cell.tiling(gpu="h100", B=4, T=2048, NH=16, K=128)
+
+
+def test_profiles_are_complete_and_vendor_neutral():
+    names = profile_names()
+    assert {"h100", "h200", "a100", "l40s", "l4", "rtx4090", "mi300x"} <= set(names)
+    for name in names:
+        p = load_profile(name)
+        assert p.sm_count > 0 and p.registers_per_sm > 0 and p.shared_memory_per_block_optin <= p.shared_memory_per_sm
+        assert p.tensor_tflops["bfloat16"] >= p.tensor_tflops["float32"] > 0 and p.memory_bandwidth_gbps > 0
+    assert load_profile("mi300x").warp_size == 64 and load_profile("h100").warp_size == 32
+    with pytest.raises(rnnc.RnncError, match="unknown GPU"):
+        load_profile("h900")
+
+
+def test_auto_profile_reads_the_device_and_lists_what_it_assumed():
+    from types import SimpleNamespace
+
+    props = SimpleNamespace(
+        name="NVIDIA A100-SXM4-80GB",
+        major=8,
+        minor=0,
+        multi_processor_count=108,
+        regs_per_multiprocessor=65536,
+        max_threads_per_multi_processor=2048,
+        warp_size=32,
+        shared_memory_per_block_optin=166912,
+        shared_memory_per_multiprocessor=167936,
+        L2_cache_size=0,
+    )
+    profile, assumed = profile_from_device(properties=props)
+    assert profile.sm_count == 108 and profile.compute_capability == "8.0"
+    assert profile.tensor_tflops == load_profile("a100").tensor_tflops
+    assert "l2_bytes" in assumed and "tensor_tflops" in assumed and "sm_count" not in assumed
