@@ -208,3 +208,17 @@ def test_auto_profile_reads_the_device_and_lists_what_it_assumed():
     assert profile.sm_count == 108 and profile.compute_capability == "8.0"
     assert profile.tensor_tflops == load_profile("a100").tensor_tflops
     assert "l2_bytes" in assumed and "tensor_tflops" in assumed and "sm_count" not in assumed
+
+
+def test_cli_explain_with_a_gpu(capsys):
+    from rnnc.cli import main
+
+    assert main(["explain", "examples/lstm.rnn", "--gpu", "h100", "--shape", "B=16,T=1024,NH=12,H=64"]) == 0
+    out = capsys.readouterr().out
+    assert "tiling of lstm (sequential) on h100" in out and "BLOCK_B=16" in out and "binding constraints" in out
+    assert main(["explain", "examples/lstm.rnn", "--gpu", "l4", "--dtype", "float32",
+                 "--shape", "B=16,T=1024,NH=1,H=2048"]) == 1
+    err = capsys.readouterr().err
+    assert "no tiling of lstm" in err and "Traceback" not in err
+    assert main(["explain", "examples/lstm.rnn", "--gpu", "h100", "--shape", "B=16,T=x"]) == 1
+    assert "NAME=INTEGER" in capsys.readouterr().err
