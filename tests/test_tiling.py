@@ -222,3 +222,13 @@ def test_cli_explain_with_a_gpu(capsys):
     assert "no tiling of lstm" in err and "Traceback" not in err
     assert main(["explain", "examples/lstm.rnn", "--gpu", "h100", "--shape", "B=16,T=x"]) == 1
     assert "NAME=INTEGER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cell", sorted(ZOO_SHAPES))
+def test_extreme_shapes_solve_without_overflow(cell):
+    """T = 65,536, 64 heads, batch 64, dims 4096, float64: the integers of the cost model stay in range."""
+    dims = {d: 4096 for d in plan(cell).ir.dims}
+    p = problem_of(plan(cell), {"B": 64, "T": 65536, "NH": 64, **dims}, "float64")
+    model = BUILD[p.strategy](p, load_profile("l4"))
+    solution = model.solve()  # may be None (nothing fits an L4), but never an OverflowError
+    assert solution is None or solution.objective > 0

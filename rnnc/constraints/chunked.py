@@ -18,7 +18,14 @@ Example:
 
 from __future__ import annotations
 
-from rnnc.constraints.common import budget_constraints, powers_of_two, programs_per_sm, threads_of, warps_var
+from rnnc.constraints.common import (
+    budget_constraints,
+    powers_of_two,
+    programs_per_sm,
+    threads_of,
+    time_unit,
+    warps_var,
+)
 from rnnc.constraints.model import Const, Constraint, Model, Var, maximum, table
 from rnnc.constraints.problem import Problem, next_pow2
 from rnnc.constraints.profiles import GpuProfile
@@ -63,18 +70,25 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
     chunks = table(chunk, lambda c: -(-p.T // c))
     # FLOPs per (row, head), padded tiles: intra-chunk Q K^T (recomputed per V block) and P V,
     # inter-chunk Q S and the state update; the WY form adds K K^T, the solve and W, U
-    per_token = chunk * (k_blocks * bk * v_blocks * 2 + v_blocks * bv * 2) + k_blocks * bk * v_blocks * bv * 4
+    # (padded extents are tabulated per tile size, which keeps the solver's bounds tight)
+    k_padded = table(bk, lambda b: -(-p.key_dim // b) * b)
+    v_padded = table(bv, lambda b: -(-p.value_dim // b) * b)
+    per_token = chunk * (k_padded * v_blocks * 2 + v_padded * 2) + k_padded * v_padded * 4
     if p.rank_one:
-        per_token = per_token + chunk * (k_blocks * bk * 2 + chunk + (k_blocks * bk + v_blocks * bv) * 2)
-    flops = per_token * (p.B * p.NH * p.T)
+        per_token = per_token + chunk * (k_padded * 2 + chunk + (k_padded + v_padded) * 2)
     usable = table(warps, lambda w: {1: 25, 2: 50, 4: 80, 8: 100}[w])
-    compute_ns = (flops * 100).ceil_div(usable * gpu.tensor_flops_per_ns(p.dtype))
-    streamed = p.B * p.NH * p.T * (p.in_elems + p.out_elems) * p.bytes
+    tokens = p.B * p.NH * p.T
+    unit = time_unit(tokens)  # times below are in units of `unit` ns, so nothing overflows 64 bits
+    # per token in 1/10000 ns first, then over all tokens
+    per_token_time = (per_token * 1_000_000).ceil_div(usable * gpu.tensor_flops_per_ns(p.dtype))
+    compute_ns = (per_token_time * -(-tokens // unit)).ceil_div(10_000)
+    streamed = tokens * (p.in_elems + p.out_elems) * p.bytes
     states_bytes = chunks * (p.B * p.NH * p.key_dim * p.value_dim * 4 * 2)  # chunk states written, read back
-    memory_ns = (states_bytes + Const(streamed)).ceil_div(gpu.bytes_per_ns())
+    memory_ns = (states_bytes + Const(streamed)).ceil_div(gpu.bytes_per_ns() * unit)
     waves = programs.ceil_div(maximum(1, per_sm) * gpu.sm_count)
-    chain_ns = waves * chunks * CHUNK_STEP_NS
-    objective = maximum(compute_ns, memory_ns) + chain_ns + int(KERNELS * gpu.launch_overhead_us * 1000)
+    chain_ns = (waves * chunks * CHUNK_STEP_NS).ceil_div(unit)
+    launches = -(-int(KERNELS * gpu.launch_overhead_us * 1000) // unit)
+    objective = maximum(compute_ns, memory_ns) + chain_ns + launches
     quantities = {
         "registers per thread": regs_per_thread,
         "shared memory per program": smem,
@@ -86,4 +100,5 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
         "chunk chain ns": chain_ns,
     }
     tiebreak = regs_per_program.ceil_div(1024) + smem.ceil_div(4096) + stages  # then the fewest resources
-    return Model("chunked", [chunk, bk, bv, warps, stages], constraints, objective, quantities, tiebreak)
+    variables = [chunk, bk, bv, warps, stages]
+    return Model("chunked", variables, constraints, objective, quantities, tiebreak, unit_ns=unit)

@@ -11,6 +11,16 @@ from rnnc.constraints.model import Constraint, Expr, Var, lift, minimum, table
 from rnnc.constraints.profiles import GpuProfile
 
 
+def time_unit(tokens: int, limit: int = 10**6) -> int:
+    """Nanoseconds per objective unit, so that per-token costs times tokens stay inside 64 bits.
+
+    Example:
+        >>> time_unit(4 * 16 * 2048), time_unit(64 * 64 * 65536)
+        (1, 269)
+    """
+    return max(1, -(-tokens // limit))
+
+
 def powers_of_two(low: int, high: int) -> tuple[int, ...]:
     """Powers of two from ``low`` to ``high`` inclusive (Triton block sizes must be powers of two)."""
     out, value = [], 1

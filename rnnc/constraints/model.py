@@ -259,6 +259,7 @@ class Model:
     objective: Expr
     quantities: dict[str, Expr] = field(default_factory=dict)
     tiebreak: Expr | None = None  # among equal objectives, the smaller wins (below TIEBREAK_RANGE)
+    unit_ns: int = 1  # the objective counts time in units of this many nanoseconds
 
     def solve(
         self, forbidden: list[dict[str, int]] = (), drop: tuple[str, ...] = (), minimise: Expr | None = None
@@ -407,6 +408,8 @@ class _Builder:
         if isinstance(linear, cp_model.IntVar):
             return linear
         lo, hi = expr.bounds()
+        if hi > INT_LIMIT:
+            raise OverflowError(f"an intermediate value may reach {hi}, past CP-SAT's range")
         var = self.cp.new_int_var(lo, hi, "")
         self.cp.add(var == linear)
         return var

@@ -17,7 +17,14 @@ Example:
 
 from __future__ import annotations
 
-from rnnc.constraints.common import budget_constraints, powers_of_two, programs_per_sm, threads_of, warps_var
+from rnnc.constraints.common import (
+    budget_constraints,
+    powers_of_two,
+    programs_per_sm,
+    threads_of,
+    time_unit,
+    warps_var,
+)
 from rnnc.constraints.model import Const, Constraint, Model, Var, maximum, minimum, table
 from rnnc.constraints.problem import Problem, next_pow2
 from rnnc.constraints.profiles import GpuProfile
@@ -50,7 +57,9 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
         # tl.associative_scan over time works on power-of-two chunks of at least 16 steps here
         Constraint("scan length", 16, block_t, "chunks shorter than 16 steps pay the carry too often", "steps"),
     ]
-    total_bytes = p.B * p.NH * p.T * (p.in_elems + p.out_elems) * p.bytes
+    tokens = p.B * p.NH * p.T
+    unit = time_unit(tokens)  # times below are in units of `unit` ns, so nothing overflows 64 bits
+    total_bytes = tokens * (p.in_elems + p.out_elems) * p.bytes
     active_warps = maximum(1, programs * table(warps, lambda w: w))
     # bandwidth efficiency in %, from how many warps are in flight across the GPU
     in_flight = table(warps, lambda w: w) * per_sm * gpu.sm_count
@@ -58,14 +67,14 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
     # a row of a tile is BLOCK_C contiguous values: runs shorter than a 128-byte line waste bandwidth
     coalescing = table(block_c, lambda c: min(100, c * p.bytes * 100 // 128))
     efficiency = maximum(1, (occupancy * coalescing) // 100)
-    memory_ns = (Const(total_bytes) * 100).ceil_div(efficiency * gpu.bytes_per_ns())
-    padded = blocks * block_c * (p.B * p.NH * p.T)
+    memory_ns = (Const(total_bytes) * 100).ceil_div(efficiency * (gpu.bytes_per_ns() * unit))
+    padded = blocks * block_c * -(-tokens // unit)
     compute_ns = (padded * table(block_t, lambda t: 2 * max(1, t.bit_length()) + 8)).ceil_div(
         gpu.vector_flops_per_ns(p.dtype)
     )
     waves = programs.ceil_div(maximum(1, per_sm) * gpu.sm_count)
-    chain_ns = waves * table(block_t, lambda t: -(-p.T // t) * CHUNK_LATENCY_NS)
-    objective = maximum(memory_ns, compute_ns, chain_ns) + int(gpu.launch_overhead_us * 1000)
+    chain_ns = (waves * table(block_t, lambda t: -(-p.T // t) * CHUNK_LATENCY_NS)).ceil_div(unit)
+    objective = maximum(memory_ns, compute_ns, chain_ns) + -(-int(gpu.launch_overhead_us * 1000) // unit)
     quantities = {
         "registers per thread": regs_per_thread,
         "shared memory per program": smem,
@@ -78,7 +87,7 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
         "chunk chain ns": chain_ns,
     }
     tiebreak = regs_per_program.ceil_div(1024) + smem.ceil_div(4096) + stages  # then the fewest resources
-    return Model("scan", [block_c, block_t, warps, stages], constraints, objective, quantities, tiebreak)
+    return Model("scan", [block_c, block_t, warps, stages], constraints, objective, quantities, tiebreak, unit)
 
 
 def minimum_pct(active, capacity, gpu: GpuProfile):

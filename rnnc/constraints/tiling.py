@@ -106,7 +106,10 @@ def solve_tiling(
     if cached is not None:
         return cached
     model = BUILDERS[plan.strategy](problem, profile)
-    best = model.best(candidates + 1)
+    try:
+        best = model.best(candidates + 1)
+    except OverflowError as exc:  # a shape so large that the cost model's integers do not fit
+        raise TilingError(f"the shape is too large for the cost model of {plan.strategy}: {exc}") from None
     if not best:
         raise TilingError(_diagnose(model, plan, problem, profile))
     tiling = Tiling(
@@ -116,8 +119,8 @@ def solve_tiling(
         dtype=dtype,
         shape={k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)},
         params={**best[0].values, **_fixed(problem)},
-        estimate_us=best[0].objective / 1000,
-        candidates=tuple(({**s.values, **_fixed(problem)}, s.objective / 1000) for s in best[1:]),
+        estimate_us=best[0].objective * model.unit_ns / 1000,
+        candidates=tuple(({**s.values, **_fixed(problem)}, s.objective * model.unit_ns / 1000) for s in best[1:]),
         binding=tuple(_describe(c, best[0].values, profile) for c in model.binding(best[0])) if find_binding else (),
         quantities={k: v.evaluate(best[0].values) for k, v in model.quantities.items()},
     )
@@ -180,7 +183,8 @@ def _alternatives(plan: Plan, problem: Problem, profile: GpuProfile) -> list[str
         other = Problem(**{**asdict(problem), "strategy": strategy})
         found = BUILDERS[strategy](other, profile).solve()
         if found is not None:
-            out.append(f"the {strategy} kernel would fit (estimated {found.objective / 1000:.1f} us)")
+            unit = BUILDERS[strategy](other, profile).unit_ns
+            out.append(f"the {strategy} kernel would fit (estimated {found.objective * unit / 1000:.1f} us)")
     for dtype in ("bfloat16",) if problem.dtype in ("float32", "float64") else ():
         other = Problem(**{**asdict(problem), "dtype": dtype})
         if BUILDERS[plan.strategy](other, profile).solve() is not None:
