@@ -23,7 +23,7 @@ from refs.check import compare, rel_err
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-TIGHT = 1e-10   # float64 against float64 (torch.nn, FlashRNN vanilla, own reformulations)
+TIGHT = 1e-10  # float64 against float64 (torch.nn, FlashRNN vanilla, own reformulations)
 FLA_TOL = 1e-6  # fla's naive references compute in float32
 # RetNet runs through fla's simple GLA with g = log_gamma at every step, and gamma is close
 # to 1 (long memory), so float32 rounding accumulates more (outputs and most gradients up to
@@ -45,9 +45,11 @@ def _agree(cell, other, tol, *, seed=None, B=3, T=7, NH=2, zero_state=False, **d
     ours = loops.run(cell, args, state)
     theirs = other(**leaves)
     bad = compare(ours, theirs, leaves, tol, seed=seed + 1, grad_tols=GRAD_TOL.get(cell))
-    assert not bad, (f"{cell} vs {other.__module__}.{other.__name__} "
-                     f"(seed={seed}, B={B}, T={T}, NH={NH}, dims={dims}, "
-                     f"zero_state={zero_state}):\n  " + "\n  ".join(bad))
+    assert not bad, (
+        f"{cell} vs {other.__module__}.{other.__name__} "
+        f"(seed={seed}, B={B}, T={T}, NH={NH}, dims={dims}, "
+        f"zero_state={zero_state}):\n  " + "\n  ".join(bad)
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -91,20 +93,23 @@ def test_slstm_stabiliser_start_is_per_element():
     with torch.no_grad():
         n0 = state["n"].detach().clone()
         n0[:, 0] = 0.0
-        state["m"][:, 0] = 0.0          # irrelevant where n0 == 0, as in a fresh start
-    state["n"] = n0                     # no grad: see data.make
+        state["m"][:, 0] = 0.0  # irrelevant where n0 == 0, as in a fresh start
+    state["n"] = n0  # no grad: see data.make
     assert bool((n0[:, 0] == 0).all()) and bool((n0[:, 1] >= 1).all())
     leaves = {**args, **{k + "0": v for k, v in state.items()}}
     ours = loops.run("slstm", args, state)
 
     per_head = []
     for hd in range(2):
-        sub = {k: (v[:, :, hd:hd + 1] if k == "x" else
-                   v[hd:hd + 1] if k in ("R", "b") else v[:, hd:hd + 1])
-               for k, v in leaves.items()}
+        sub = {
+            k: (v[:, :, hd : hd + 1] if k == "x" else v[hd : hd + 1] if k in ("R", "b") else v[:, hd : hd + 1])
+            for k, v in leaves.items()
+        }
         per_head.append(third_party.flashrnn_slstm(**sub))
-    theirs = ({"h": torch.cat([p[0]["h"] for p in per_head], 2)},
-              {k: torch.cat([p[1][k] for p in per_head], 1) for k in "hcnm"})
+    theirs = (
+        {"h": torch.cat([p[0]["h"] for p in per_head], 2)},
+        {k: torch.cat([p[1][k] for p in per_head], 1) for k in "hcnm"},
+    )
     bad = compare(ours, theirs, leaves, TIGHT, seed=seed + 1)
     assert not bad, f"seed={seed}:\n  " + "\n  ".join(bad)
 
@@ -129,24 +134,26 @@ def test_loops_match_fla(cell, cfg):
 @pytest.mark.parametrize("cell", sorted(third_party.FLA_REDUCED))
 def test_loops_match_fla_reductions(cell, cfg):
     """Cells without their own third-party reference, rewritten exactly as one that has."""
-    _agree(cell, third_party.FLA_REDUCED[cell], CELL_TOL.get(cell, FLA_TOL), **cfg,
-           **data.fla_dims(cell, cfg["T"] > 10))
+    _agree(
+        cell, third_party.FLA_REDUCED[cell], CELL_TOL.get(cell, FLA_TOL), **cfg, **data.fla_dims(cell, cfg["T"] > 10)
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # The LTI cell: against its closed form m_t = A^t m_0 + sum_{s<=t} A^(t-s) Bu u_s
+
 
 def _lti_closed_form(u, A, Bu, Cy, m0):
     B, T, NH, M = u.shape
     N = A.shape[-1]
     powers = [torch.eye(N, dtype=A.dtype).expand(NH, N, N)]
     for _ in range(T):
-        powers.append(powers[-1] @ A)                  # A^p, [NH, N, N]
-    P = torch.stack(powers, 0)                         # [T+1, NH, N, N]
-    Bu_u = torch.einsum("hnm,bthm->bthn", Bu, u)       # [B, T, NH, N]
+        powers.append(powers[-1] @ A)  # A^p, [NH, N, N]
+    P = torch.stack(powers, 0)  # [T+1, NH, N, N]
+    Bu_u = torch.einsum("hnm,bthm->bthn", Bu, u)  # [B, T, NH, N]
     t = torch.arange(T)
-    lag = t[:, None] - t[None, :]                      # t - s
-    Pl = P[lag.clamp(min=0)] * (lag >= 0)[..., None, None, None]   # [T, T, NH, N, N]
+    lag = t[:, None] - t[None, :]  # t - s
+    Pl = P[lag.clamp(min=0)] * (lag >= 0)[..., None, None, None]  # [T, T, NH, N, N]
     m = torch.einsum("tshij,bshj->bthi", Pl, Bu_u) + torch.einsum("thij,bhj->bthi", P[1:], m0)
     return {"y": Cy * m}, {"m": m[:, -1]}
 
@@ -156,13 +163,13 @@ def test_lti_loop_matches_closed_form(T, N, M):
     seed = _seed()
     args, state = data.make("lti", B=3, T=T, NH=2, N=N, M=M, seed=seed)
     leaves = {**args, "m0": state["m"]}
-    bad = compare(loops.run("lti", args, state), _lti_closed_form(**leaves), leaves, TIGHT,
-                  seed=seed + 1)
+    bad = compare(loops.run("lti", args, state), _lti_closed_form(**leaves), leaves, TIGHT, seed=seed + 1)
     assert not bad, f"seed={seed}:\n  " + "\n  ".join(bad)
 
 
 # ------------------------------------------------------------------------------------------
 # The references' own contract
+
 
 def _parse_decls(path: Path):
     """Declarations of a one-cell .rnn file, by regex (independent of rnnc's parser)."""
@@ -171,8 +178,7 @@ def _parse_decls(path: Path):
     dims = tuple(d.strip() for d in head.group(2).split(",") if d.strip())
     decl = {"input": {}, "weight": {}, "state": {}}
     for kind, name, shape in re.findall(r"\b(input|weight|state)\s+(\w+)\s*:\s*\[([^\]]*)\]", text):
-        decl[kind][name] = tuple(int(s) if s.strip().isdigit() else s.strip()
-                                 for s in shape.split(",") if s.strip())
+        decl[kind][name] = tuple(int(s) if s.strip().isdigit() else s.strip() for s in shape.split(",") if s.strip())
     outputs = re.findall(r"\bemit\s+(\w+)", text)
     return head.group(1), dims, decl, outputs
 
@@ -219,11 +225,10 @@ def test_heads_and_batch_are_independent():
         out, fin = loops.run(cell, args, state)
         spec = data.SPECS[cell]
         hd = 1
-        sub = {k: (v[:, :, hd:hd + 1] if k in spec.inputs else v[hd:hd + 1])
-               for k, v in args.items()}
-        sst = {k: v[:, hd:hd + 1] for k, v in state.items()}
+        sub = {k: (v[:, :, hd : hd + 1] if k in spec.inputs else v[hd : hd + 1]) for k, v in args.items()}
+        sst = {k: v[:, hd : hd + 1] for k, v in state.items()}
         out1, fin1 = loops.run(cell, sub, sst)
         for k in out:
-            assert rel_err(out[k][:, :, hd:hd + 1], out1[k]) < 1e-13, (cell, k)
+            assert rel_err(out[k][:, :, hd : hd + 1], out1[k]) < 1e-13, (cell, k)
         for k in fin:
-            assert rel_err(fin[k][:, hd:hd + 1], fin1[k]) < 1e-13, (cell, k)
+            assert rel_err(fin[k][:, hd : hd + 1], fin1[k]) < 1e-13, (cell, k)

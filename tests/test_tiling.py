@@ -216,8 +216,12 @@ def test_cli_explain_with_a_gpu(capsys):
     assert main(["explain", "examples/lstm.rnn", "--gpu", "h100", "--shape", "B=16,T=1024,NH=12,H=64"]) == 0
     out = capsys.readouterr().out
     assert "tiling of lstm (sequential) on h100" in out and "BLOCK_B=16" in out and "binding constraints" in out
-    assert main(["explain", "examples/lstm.rnn", "--gpu", "l4", "--dtype", "float32",
-                 "--shape", "B=16,T=1024,NH=1,H=2048"]) == 1
+    assert (
+        main(
+            ["explain", "examples/lstm.rnn", "--gpu", "l4", "--dtype", "float32", "--shape", "B=16,T=1024,NH=1,H=2048"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no tiling of lstm" in err and "Traceback" not in err
     assert main(["explain", "examples/lstm.rnn", "--gpu", "h100", "--shape", "B=16,T=x"]) == 1

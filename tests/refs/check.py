@@ -34,8 +34,7 @@ def functional_grads(outputs: dict, finals: dict, leaves: dict, weights: dict) -
     return {n: torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(names, grads)}
 
 
-def compare(res_a, res_b, leaves: dict, tol: float, seed: int = 0, grads: bool = True,
-            grad_tols: dict | None = None):
+def compare(res_a, res_b, leaves: dict, tol: float, seed: int = 0, grads: bool = True, grad_tols: dict | None = None):
     """Compare two ``(outputs, final_states)`` results and the gradients of a random linear
     functional of them w.r.t. ``leaves`` (``grad_tols`` overrides ``tol`` per leaf name).
     Returns a list of failure lines (empty: they agree)."""

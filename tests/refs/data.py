@@ -40,41 +40,94 @@ def _s(*xs):
 
 _RNN_SEQ = dict(default_dims={"H": 5})
 SPECS: dict[str, Spec] = {
-    "lstm": Spec(("H",), {"x": _s(4, "H")}, {"R": _s(4, "H", "H"), "b": _s(4, "H")},
-                 {"h": _s("H"), "c": _s("H")}, {"h": _s("H")}, **_RNN_SEQ),
-    "elman": Spec(("H",), {"x": _s("H")}, {"R": _s("H", "H"), "b": _s("H")},
-                  {"h": _s("H")}, {"h": _s("H")}, **_RNN_SEQ),
-    "gru": Spec(("H",), {"x": _s(3, "H")}, {"R": _s(3, "H", "H"), "b": _s(3, "H")},
-                {"h": _s("H")}, {"h": _s("H")}, **_RNN_SEQ),
-    "slstm": Spec(("H",), {"x": _s(4, "H")}, {"R": _s(4, "H", "H"), "b": _s(4, "H")},
-                  {"h": _s("H"), "c": _s("H"), "n": _s("H"), "m": _s("H")}, {"h": _s("H")},
-                  **_RNN_SEQ),
-    "hgrn": Spec(("D",), {"x": _s("D"), "g": _s("D")}, {}, {"h": _s("D")}, {"h": _s("D")},
-                 default_dims={"D": 5}),
-    "mingru": Spec(("H",), {"gz": _s("H"), "hc": _s("H")}, {}, {"h": _s("H")}, {"h": _s("H")},
-                   **_RNN_SEQ),
-    "mamba": Spec(("D", "N"),
-                  {"u": _s("D"), "dt": _s("D"), "B": _s("N"), "C": _s("N")},
-                  {"A": _s("D", "N"), "Dskip": _s("D")},
-                  {"S": _s("D", "N")}, {"y": _s("D")}, default_dims={"D": 5, "N": 3}),
-    "linear_attention": Spec(("K", "V"), {"q": _s("K"), "k": _s("K"), "v": _s("V")}, {},
-                             {"S": _s("K", "V")}, {"o": _s("V")}, default_dims={"K": 5, "V": 3}),
-    "retnet": Spec(("K", "V"), {"q": _s("K"), "k": _s("K"), "v": _s("V")},
-                   {"log_gamma": _s()}, {"S": _s("K", "V")}, {"o": _s("V")},
-                   default_dims={"K": 5, "V": 3}),
-    "simple_gla": Spec(("K", "V"), {"q": _s("K"), "k": _s("K"), "v": _s("V"), "g": _s()}, {},
-                       {"S": _s("K", "V")}, {"o": _s("V")}, default_dims={"K": 5, "V": 3}),
-    "gla": Spec(("K", "V"), {"q": _s("K"), "k": _s("K"), "v": _s("V"), "g": _s("K")}, {},
-                {"S": _s("K", "V")}, {"o": _s("V")}, default_dims={"K": 5, "V": 3}),
-    "deltanet": Spec(("K", "V"), {"q": _s("K"), "k": _s("K"), "v": _s("V"), "beta": _s()}, {},
-                     {"S": _s("K", "V")}, {"o": _s("V")}, default_dims={"K": 5, "V": 3}),
-    "gated_deltanet": Spec(("K", "V"),
-                           {"q": _s("K"), "k": _s("K"), "v": _s("V"), "g": _s(), "beta": _s()},
-                           {}, {"S": _s("K", "V")}, {"o": _s("V")},
-                           default_dims={"K": 5, "V": 3}),
-    "lti": Spec(("N", "M"), {"u": _s("M")},
-                {"A": _s("N", "N"), "Bu": _s("N", "M"), "Cy": _s("N")},
-                {"m": _s("N")}, {"y": _s("N")}, default_dims={"N": 4, "M": 3}),
+    "lstm": Spec(
+        ("H",),
+        {"x": _s(4, "H")},
+        {"R": _s(4, "H", "H"), "b": _s(4, "H")},
+        {"h": _s("H"), "c": _s("H")},
+        {"h": _s("H")},
+        **_RNN_SEQ,
+    ),
+    "elman": Spec(
+        ("H",), {"x": _s("H")}, {"R": _s("H", "H"), "b": _s("H")}, {"h": _s("H")}, {"h": _s("H")}, **_RNN_SEQ
+    ),
+    "gru": Spec(
+        ("H",), {"x": _s(3, "H")}, {"R": _s(3, "H", "H"), "b": _s(3, "H")}, {"h": _s("H")}, {"h": _s("H")}, **_RNN_SEQ
+    ),
+    "slstm": Spec(
+        ("H",),
+        {"x": _s(4, "H")},
+        {"R": _s(4, "H", "H"), "b": _s(4, "H")},
+        {"h": _s("H"), "c": _s("H"), "n": _s("H"), "m": _s("H")},
+        {"h": _s("H")},
+        **_RNN_SEQ,
+    ),
+    "hgrn": Spec(("D",), {"x": _s("D"), "g": _s("D")}, {}, {"h": _s("D")}, {"h": _s("D")}, default_dims={"D": 5}),
+    "mingru": Spec(("H",), {"gz": _s("H"), "hc": _s("H")}, {}, {"h": _s("H")}, {"h": _s("H")}, **_RNN_SEQ),
+    "mamba": Spec(
+        ("D", "N"),
+        {"u": _s("D"), "dt": _s("D"), "B": _s("N"), "C": _s("N")},
+        {"A": _s("D", "N"), "Dskip": _s("D")},
+        {"S": _s("D", "N")},
+        {"y": _s("D")},
+        default_dims={"D": 5, "N": 3},
+    ),
+    "linear_attention": Spec(
+        ("K", "V"),
+        {"q": _s("K"), "k": _s("K"), "v": _s("V")},
+        {},
+        {"S": _s("K", "V")},
+        {"o": _s("V")},
+        default_dims={"K": 5, "V": 3},
+    ),
+    "retnet": Spec(
+        ("K", "V"),
+        {"q": _s("K"), "k": _s("K"), "v": _s("V")},
+        {"log_gamma": _s()},
+        {"S": _s("K", "V")},
+        {"o": _s("V")},
+        default_dims={"K": 5, "V": 3},
+    ),
+    "simple_gla": Spec(
+        ("K", "V"),
+        {"q": _s("K"), "k": _s("K"), "v": _s("V"), "g": _s()},
+        {},
+        {"S": _s("K", "V")},
+        {"o": _s("V")},
+        default_dims={"K": 5, "V": 3},
+    ),
+    "gla": Spec(
+        ("K", "V"),
+        {"q": _s("K"), "k": _s("K"), "v": _s("V"), "g": _s("K")},
+        {},
+        {"S": _s("K", "V")},
+        {"o": _s("V")},
+        default_dims={"K": 5, "V": 3},
+    ),
+    "deltanet": Spec(
+        ("K", "V"),
+        {"q": _s("K"), "k": _s("K"), "v": _s("V"), "beta": _s()},
+        {},
+        {"S": _s("K", "V")},
+        {"o": _s("V")},
+        default_dims={"K": 5, "V": 3},
+    ),
+    "gated_deltanet": Spec(
+        ("K", "V"),
+        {"q": _s("K"), "k": _s("K"), "v": _s("V"), "g": _s(), "beta": _s()},
+        {},
+        {"S": _s("K", "V")},
+        {"o": _s("V")},
+        default_dims={"K": 5, "V": 3},
+    ),
+    "lti": Spec(
+        ("N", "M"),
+        {"u": _s("M")},
+        {"A": _s("N", "N"), "Bu": _s("N", "M"), "Cy": _s("N")},
+        {"m": _s("N")},
+        {"y": _s("N")},
+        default_dims={"N": 4, "M": 3},
+    ),
 }
 
 CELLS = tuple(SPECS)
@@ -88,9 +141,18 @@ def fresh_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
-def make(cell: str, *, B: int = 3, T: int = 7, NH: int = 2, seed: int | None = None,
-         zero_state: bool = False, requires_grad: bool = True,
-         dtype: torch.dtype = torch.float64, **dims: int):
+def make(
+    cell: str,
+    *,
+    B: int = 3,
+    T: int = 7,
+    NH: int = 2,
+    seed: int | None = None,
+    zero_state: bool = False,
+    requires_grad: bool = True,
+    dtype: torch.dtype = torch.float64,
+    **dims: int,
+):
     """Random arguments and initial states for ``cell`` in the rnnc layout.
 
     ``dims`` bind the cell's symbolic sizes (defaults in ``SPECS[cell].default_dims``).

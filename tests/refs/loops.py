@@ -19,9 +19,22 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 __all__ = [
-    "lstm", "elman", "gru", "slstm", "hgrn", "mingru", "mamba", "linear_attention",
-    "retnet", "simple_gla", "gla", "deltanet", "gated_deltanet", "lti",
-    "REFS", "run",
+    "lstm",
+    "elman",
+    "gru",
+    "slstm",
+    "hgrn",
+    "mingru",
+    "mamba",
+    "linear_attention",
+    "retnet",
+    "simple_gla",
+    "gla",
+    "deltanet",
+    "gated_deltanet",
+    "lti",
+    "REFS",
+    "run",
 ]
 
 
@@ -48,6 +61,7 @@ def _stack(xs: list[Tensor]) -> Tensor:
 # ----------------------------------------------------------------------------------------
 # Nonlinear recurrences
 # ----------------------------------------------------------------------------------------
+
 
 def lstm(x, R, b, h0=None, c0=None):
     """LSTM, gates i, f, z, o (PyTorch's i, f, g, o): x [B,T,NH,4,H], R [NH,4,H,H], b [NH,4,H]."""
@@ -128,6 +142,7 @@ def slstm(x, R, b, h0=None, c0=None, n0=None, m0=None):
 # Elementwise linear recurrences
 # ----------------------------------------------------------------------------------------
 
+
 def hgrn(x, g, h0=None):
     """HGRN (Qin et al. 2023): h = exp(g) h + x, g <= 0 the log forget gate; x, g [B,T,NH,D]."""
     B, T, NH, D = x.shape
@@ -162,8 +177,8 @@ def mamba(u, dt, B, C, A, Dskip, S0=None):
     S = _init(S0, u, (Bt, NH, D, N))
     ys = []
     for t in range(T):
-        dt_t, u_t = dt[:, t], u[:, t]                     # [Bt, NH, D]
-        decay = torch.exp(dt_t.unsqueeze(-1) * A)         # [Bt, NH, D, N]
+        dt_t, u_t = dt[:, t], u[:, t]  # [Bt, NH, D]
+        decay = torch.exp(dt_t.unsqueeze(-1) * A)  # [Bt, NH, D, N]
         S = decay * S + (dt_t * u_t).unsqueeze(-1) * B[:, t].unsqueeze(-2)
         y = (S * C[:, t].unsqueeze(-2)).sum(-1) + Dskip * u_t
         ys.append(y)
@@ -175,12 +190,13 @@ def mamba(u, dt, B, C, A, Dskip, S0=None):
 # read after the update, no 1/sqrt(K) scale)
 # ----------------------------------------------------------------------------------------
 
+
 def _read(q_t: Tensor, S: Tensor) -> Tensor:
-    return (q_t.unsqueeze(-1) * S).sum(-2)             # [B,NH,K] x [B,NH,K,V] -> [B,NH,V]
+    return (q_t.unsqueeze(-1) * S).sum(-2)  # [B,NH,K] x [B,NH,K,V] -> [B,NH,V]
 
 
 def _outer(k_t: Tensor, v_t: Tensor) -> Tensor:
-    return k_t.unsqueeze(-1) * v_t.unsqueeze(-2)       # [B,NH,K,V]
+    return k_t.unsqueeze(-1) * v_t.unsqueeze(-2)  # [B,NH,K,V]
 
 
 def _matrix_state(q, v, S0):
@@ -237,7 +253,7 @@ def deltanet(q, k, v, beta, S0=None):
     os = []
     for t in range(q.shape[1]):
         k_t = k[:, t]
-        err = v[:, t] - _read(k_t, S)                          # v - k @ S   [B,NH,V]
+        err = v[:, t] - _read(k_t, S)  # v - k @ S   [B,NH,V]
         S = S + beta[:, t][..., None, None] * _outer(k_t, err)
         os.append(_read(q[:, t], S))
     return {"o": _stack(os)}, {"S": S}
@@ -251,8 +267,7 @@ def gated_deltanet(q, k, v, g, beta, S0=None):
     for t in range(q.shape[1]):
         k_t = k[:, t]
         bt = beta[:, t][..., None, None]
-        S = torch.exp(g[:, t])[..., None, None] * (S - bt * _outer(k_t, _read(k_t, S))) \
-            + bt * _outer(k_t, v[:, t])
+        S = torch.exp(g[:, t])[..., None, None] * (S - bt * _outer(k_t, _read(k_t, S))) + bt * _outer(k_t, v[:, t])
         os.append(_read(q[:, t], S))
     return {"o": _stack(os)}, {"S": S}
 
@@ -260,6 +275,7 @@ def gated_deltanet(q, k, v, g, beta, S0=None):
 # ----------------------------------------------------------------------------------------
 # Dense linear time-invariant system
 # ----------------------------------------------------------------------------------------
+
 
 def lti(u, A, Bu, Cy, m0=None):
     """m = A m + Bu u; y = Cy * m (elementwise).  u [B,T,NH,M], A [NH,N,N], Bu [NH,N,M],
@@ -275,10 +291,19 @@ def lti(u, A, Bu, Cy, m0=None):
 
 
 REFS = {
-    "lstm": lstm, "elman": elman, "gru": gru, "slstm": slstm,
-    "hgrn": hgrn, "mingru": mingru, "mamba": mamba,
-    "linear_attention": linear_attention, "retnet": retnet, "simple_gla": simple_gla,
-    "gla": gla, "deltanet": deltanet, "gated_deltanet": gated_deltanet,
+    "lstm": lstm,
+    "elman": elman,
+    "gru": gru,
+    "slstm": slstm,
+    "hgrn": hgrn,
+    "mingru": mingru,
+    "mamba": mamba,
+    "linear_attention": linear_attention,
+    "retnet": retnet,
+    "simple_gla": simple_gla,
+    "gla": gla,
+    "deltanet": deltanet,
+    "gated_deltanet": gated_deltanet,
     "lti": lti,
 }
 

@@ -40,6 +40,7 @@ def _zeros(s0, shape, like):
 # torch.nn
 # ----------------------------------------------------------------------------------------
 
+
 def _torch_rnn(kind: str, G: int, x: Tensor, R: Tensor, b: Tensor, h0: Tensor, c0=None):
     """One ``nn.<kind>`` per head.  x [B,T,NH,G,H] (G=1: [B,T,NH,H]) is fed as the module's
     input through an identity ``weight_ih``; ``b`` goes into ``bias_ih`` (LSTM, Elman: the two
@@ -60,7 +61,7 @@ def _torch_rnn(kind: str, G: int, x: Tensor, R: Tensor, b: Tensor, h0: Tensor, c
     for n in range(NH):
         params = {
             "weight_ih_l0": eye,
-            "weight_hh_l0": R[n].reshape(G * H, H),   # row g*H + i = R[n, g, i, :]
+            "weight_hh_l0": R[n].reshape(G * H, H),  # row g*H + i = R[n, g, i, :]
             "bias_ih_l0": zero if kind == "GRU" else b[n].reshape(G * H),
             "bias_hh_l0": b[n].reshape(G * H) if kind == "GRU" else zero,
         }
@@ -103,16 +104,24 @@ def torch_elman(x, R, b, h0=None):
 #   b [G, NH, D]; states [S, B, 1, NH, D]; returns ([S, B, T, NH, D], [S, B, 1, NH, D]).
 # ----------------------------------------------------------------------------------------
 
+
 def _flashrnn(function, Wx, R, b, states):
     from flashrnn import flashrnn  # noqa: PLC0415  (slow import, only when used)
 
     st = torch.stack(states, 0).unsqueeze(2)  # [S, B, 1, NH, D]
-    allst, last = flashrnn(Wx, R, b, states=st, function=function, backend="vanilla",
-                           dtype="float64" if Wx.dtype == torch.float64 else "float32")
+    allst, last = flashrnn(
+        Wx,
+        R,
+        b,
+        states=st,
+        function=function,
+        backend="vanilla",
+        dtype="float64" if Wx.dtype == torch.float64 else "float32",
+    )
     return allst, last[:, :, 0]
 
 
-def _gates_first(x):    # [B, T, NH, G, H] -> [B, T, G, NH, H]
+def _gates_first(x):  # [B, T, NH, G, H] -> [B, T, G, NH, H]
     return x.transpose(2, 3)
 
 
@@ -139,8 +148,8 @@ def flashrnn_gru(x, R, b, h0=None):
     candidate; b has four entries (g, r, z, n), n the input-side candidate bias (zero here:
     our x carries it).  h' = z h + (1 - z) tanh(Wx_n + b_n + r (R_g h + b_g))."""
     B, T, NH, _, H = x.shape
-    Rt, bt = R.transpose(0, 1), b.transpose(0, 1)            # [3, NH, ...] gates r, z, n
-    R_f = torch.stack([Rt[2], Rt[0], Rt[1]], 0)              # g(=n), r, z
+    Rt, bt = R.transpose(0, 1), b.transpose(0, 1)  # [3, NH, ...] gates r, z, n
+    R_f = torch.stack([Rt[2], Rt[0], Rt[1]], 0)  # g(=n), r, z
     b_f = torch.stack([bt[2], bt[0], bt[1], torch.zeros_like(bt[0])], 0)
     allst, last = _flashrnn("gru", _gates_first(x), R_f, b_f, [_zeros(h0, (B, NH, H), x)])
     return {"h": allst[0]}, {"h": last[0]}
@@ -148,14 +157,14 @@ def flashrnn_gru(x, R, b, h0=None):
 
 def flashrnn_elman(x, R, b, h0=None):
     B, T, NH, H = x.shape
-    allst, last = _flashrnn("elman", x.unsqueeze(2), R.unsqueeze(0), b.unsqueeze(0),
-                            [_zeros(h0, (B, NH, H), x)])
+    allst, last = _flashrnn("elman", x.unsqueeze(2), R.unsqueeze(0), b.unsqueeze(0), [_zeros(h0, (B, NH, H), x)])
     return {"h": allst[0]}, {"h": last[0]}
 
 
 # ----------------------------------------------------------------------------------------
 # flash-linear-attention naive references (float32 inside)
 # ----------------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=None)
 def fla_naive(family: str):
@@ -185,14 +194,16 @@ def fla_gla(q, k, v, g, S0=None):
     by sqrt(K)."""
     K = q.shape[-1]
     o, S = fla_naive("gla").naive_recurrent_gla(
-        q * math.sqrt(K), k, v, g, initial_state=_S0(S0, q, v), output_final_state=True)
+        q * math.sqrt(K), k, v, g, initial_state=_S0(S0, q, v), output_final_state=True
+    )
     return _back(o, S, q.dtype)
 
 
 def fla_simple_gla(q, k, v, g, S0=None):
     """naive_recurrent_simple_gla with scale=1; g [B,T,H] the log decay."""
     o, S = fla_naive("simple_gla").naive_recurrent_simple_gla(
-        q, k, v, g, scale=1.0, initial_state=_S0(S0, q, v), output_final_state=True)
+        q, k, v, g, scale=1.0, initial_state=_S0(S0, q, v), output_final_state=True
+    )
     return _back(o, S, q.dtype)
 
 
@@ -201,8 +212,8 @@ def fla_hgrn(x, g, h0=None):
     B, T, NH, D = x.shape
     h0 = _zeros(h0, (B, NH, D), x).reshape(B, NH * D).float()
     o, hT = fla_naive("hgrn").naive_recurrent_hgrn(
-        x.reshape(B, T, NH * D), g.reshape(B, T, NH * D), initial_state=h0,
-        output_final_state=True)
+        x.reshape(B, T, NH * D), g.reshape(B, T, NH * D), initial_state=h0, output_final_state=True
+    )
     return {"h": o.reshape(B, T, NH, D).to(x.dtype)}, {"h": hT.reshape(B, NH, D).to(x.dtype)}
 
 
@@ -212,19 +223,21 @@ def fla_deltanet(q, k, v, beta, S0=None):
     K = q.shape[-1]
     hf = lambda t: t.transpose(1, 2)  # noqa: E731
     o, S = fla_naive("delta_rule").delta_rule_recurrence(
-        hf(q * math.sqrt(K)), hf(k), hf(v), hf(beta), initial_state=_S0(S0, q, v),
-        output_final_state=True)
+        hf(q * math.sqrt(K)), hf(k), hf(v), hf(beta), initial_state=_S0(S0, q, v), output_final_state=True
+    )
     return _back(hf(o), S, q.dtype)
 
 
 def fla_gated_deltanet(q, k, v, g, beta, S0=None):
     """naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale=1): note beta before g."""
     o, S = fla_naive("gated_delta_rule").naive_recurrent_gated_delta_rule(
-        q, k, v, beta, g, scale=1.0, initial_state=_S0(S0, q, v), output_final_state=True)
+        q, k, v, beta, g, scale=1.0, initial_state=_S0(S0, q, v), output_final_state=True
+    )
     return _back(o, S, q.dtype)
 
 
 # Cells without a reference of their own, reduced exactly to an fla reference.
+
 
 def fla_retnet(q, k, v, log_gamma, S0=None):
     """RetNet = simple GLA with g = log_gamma at every step."""
@@ -247,20 +260,22 @@ def fla_mamba(u, dt, B, C, A, Dskip, S0=None):
     y = S @ C + Dskip u.  Only the final state and the read-out need the per-step states."""
     Bt, T, NH, D = u.shape
     N = B.shape[-1]
-    g = dt.unsqueeze(-1) * A                                   # [Bt,T,NH,D,N]
-    x = (dt * u).unsqueeze(-1) * B.unsqueeze(-2)               # [Bt,T,NH,D,N]
+    g = dt.unsqueeze(-1) * A  # [Bt,T,NH,D,N]
+    x = (dt * u).unsqueeze(-1) * B.unsqueeze(-2)  # [Bt,T,NH,D,N]
     S0 = _zeros(S0, (Bt, NH, D, N), u)
-    out, fin = fla_hgrn(x.reshape(Bt, T, NH, D * N), g.reshape(Bt, T, NH, D * N),
-                        S0.reshape(Bt, NH, D * N))
+    out, fin = fla_hgrn(x.reshape(Bt, T, NH, D * N), g.reshape(Bt, T, NH, D * N), S0.reshape(Bt, NH, D * N))
     S = out["h"].reshape(Bt, T, NH, D, N)
     y = (S * C.unsqueeze(-2)).sum(-1) + Dskip * u
     return {"y": y}, {"S": fin["h"].reshape(Bt, NH, D, N)}
 
 
 TORCH_NN = {"lstm": torch_lstm, "gru": torch_gru, "elman": torch_elman}
-FLASHRNN = {"lstm": flashrnn_lstm, "gru": flashrnn_gru, "slstm": flashrnn_slstm,
-            "elman": flashrnn_elman}
-FLA = {"gla": fla_gla, "simple_gla": fla_simple_gla, "hgrn": fla_hgrn,
-       "deltanet": fla_deltanet, "gated_deltanet": fla_gated_deltanet}
-FLA_REDUCED = {"retnet": fla_retnet, "linear_attention": fla_linear_attention,
-               "mingru": fla_mingru, "mamba": fla_mamba}
+FLASHRNN = {"lstm": flashrnn_lstm, "gru": flashrnn_gru, "slstm": flashrnn_slstm, "elman": flashrnn_elman}
+FLA = {
+    "gla": fla_gla,
+    "simple_gla": fla_simple_gla,
+    "hgrn": fla_hgrn,
+    "deltanet": fla_deltanet,
+    "gated_deltanet": fla_gated_deltanet,
+}
+FLA_REDUCED = {"retnet": fla_retnet, "linear_attention": fla_linear_attention, "mingru": fla_mingru, "mamba": fla_mamba}
