@@ -598,10 +598,18 @@ def test_unknown_backend_lists_the_backends():
     assert "'cuda'" in text and "reference" in text and "triton" in text
 
 
-def test_auto_backend_on_cpu_is_the_reference():
+def test_auto_backend_picks_triton_only_on_gpu_or_in_the_interpreter(monkeypatch):
     cell = rnnc.compile(EXAMPLES / "hgrn.rnn")
-    assert cell.backend == "reference"
-    assert cell(x=torch.randn(1, 2, 1, 3), g=-torch.rand(1, 2, 1, 3)).h.shape == (1, 2, 1, 3)
+    assert cell.backend == "auto"
+    args = {"x": torch.randn(1, 2, 1, 3), "g": -torch.rand(1, 2, 1, 3)}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert cell(**args).h.shape == (1, 2, 1, 3) and cell.last_backend == "reference"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert cell(**args).h.shape == (1, 2, 1, 3) and cell.last_backend == "triton"
+    gla = rnnc.compile(EXAMPLES / "gla.rnn")  # no chunked template yet: auto falls back to the reference
+    q = torch.randn(1, 2, 1, 3)
+    gla(q=q, k=q, v=torch.randn(1, 2, 1, 4), g=-torch.rand(1, 2, 1, 3))
+    assert gla.last_backend == "reference"
 
 
 # --------------------------------------------------------------------------- gradients

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.errors import BackendError
 from rnnc.runtime.reference import ReferenceRunner
@@ -51,14 +52,18 @@ class Cell:
     def __init__(self, plan: Plan, backend: str = "auto"):
         if backend not in BACKENDS:
             raise BackendError(f"backend needs one of {', '.join(BACKENDS)}, has {backend!r}")
-        if backend == "triton":
-            raise BackendError(
-                "the Triton backend is not built yet (code generation is a later stage); use backend='reference'"
-            )
         self.plan = plan
-        self.backend = "reference" if backend == "auto" else backend
+        self.backend = backend
         mode = "bptt" if backend == "reference-bptt" else "autograd"
         self._runner = ReferenceRunner(plan, mode)
+        self._triton = None
+        self.last_backend = ""  # what ran the latest call: "reference" or "triton"
+        if backend in ("triton", "auto"):
+            try:
+                self._triton = _triton_runner(plan)
+            except BackendError:
+                if backend == "triton":
+                    raise
 
     @property
     def name(self) -> str:
@@ -72,7 +77,9 @@ class Cell:
 
     @property
     def source(self) -> str:
-        """The generated module text (for the reference backend: its PyTorch step)."""
+        """The generated module text: the Triton module when there is one, else the PyTorch step."""
+        if self._triton is not None and self.backend != "reference":
+            return self._triton.source
         return self._runner.forward_text
 
     def explain(self) -> str:
@@ -100,8 +107,29 @@ class Cell:
         if positional:
             takes = ", ".join(f"{d.name}=..." for d in self.plan.ir.decls if d.kind != "state")
             raise TypeError(f"cell {self.name} takes keyword arguments only: {self.name}({takes}, state={{...}})")
-        outputs, finals = self._runner(tensors, state)
+        runner, self.last_backend = self._runner, "reference"
+        if self._triton is not None and (self.backend == "triton" or _wants_triton(tensors)):
+            runner, self.last_backend = self._triton, "triton"
+        outputs, finals = runner(tensors, state)
         return Output(outputs, finals)
 
     def __repr__(self) -> str:
         return f"<rnnc.Cell {self.name} strategy={self.strategy} backend={self.backend}>"
+
+
+def _triton_runner(plan: Plan):
+    """The Triton kernels of a cell, or a BackendError saying why there are none yet."""
+    if plan.strategy == "scan":
+        from rnnc.runtime.triton_scan import ScanKernels
+
+        return ScanKernels(plan)
+    raise BackendError(
+        f"the Triton {plan.strategy} template is not built yet (cell {plan.ir.cell}); use backend='reference'"
+    )
+
+
+def _wants_triton(tensors: dict) -> bool:
+    """backend='auto': Triton for CUDA tensors, or anywhere when TRITON_INTERPRET=1."""
+    if config.triton_interpret():
+        return True
+    return any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors.values())
