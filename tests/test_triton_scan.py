@@ -78,3 +78,21 @@ def test_generated_module_is_deterministic_and_readable():
     second = rnnc.compile(open("examples/hgrn.rnn").read(), backend="triton").source
     assert first == second
     assert "def forward_kernel(" in first and "tl.associative_scan" in first and "tl.exp(x_g)" in first
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_inference_moves_each_byte_about_once(name):
+    """Forward at inference: inputs, weights and initial states read once, outputs and final states
+    written once, within 5 % (weights are read once per batch row)."""
+    from interpreter_bytes import count_bytes
+
+    triton_cell, _, tensors, states = _call(name, 2, 20, 2, 24, torch.float32)
+    tensors = {k: v.detach() for k, v in tensors.items()}
+    states = {k: v.detach() for k, v in states.items()}
+    with torch.no_grad(), count_bytes() as moved:
+        out = triton_cell(state=states, **tensors)
+    read = sum(t.numel() * t.element_size() for t in [*tensors.values(), *states.values()])
+    written = sum(t.numel() * t.element_size() for t in [*out.outputs.values(), *out.state.values()])
+    assert moved["store"] <= 1.05 * written, (moved, written)
+    assert moved["load"] <= 1.05 * read, (moved, read)
+    assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte
