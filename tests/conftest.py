@@ -13,6 +13,23 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ZOO = sorted(p.stem for p in EXAMPLES.glob("*.rnn"))
 
+# one file, two cells: used by the API and CLI tests
+TWO_CELLS = """\
+cell acc(H) {
+    input x: [H]
+    state h: [H]
+    h = h + x
+    emit h
+}
+
+cell squash(H) {
+    input x: [H]
+    state h: [H]
+    h = tanh(h + x)
+    emit y = 2 * h
+}
+"""
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _at_repository_root():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TWO_CELLS
 
 import rnnc
 from rnnc import BackendError, RnncError
@@ -17,20 +18,6 @@ from rnnc import BackendError, RnncError
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-TWO_CELLS = """
-cell acc(H) {
-    input x: [H]
-    state h: [H]
-    h = h + x
-    emit h
-}
-cell squash(H) {
-    input x: [H]
-    state h: [H]
-    h = tanh(h + x)
-    emit y = 2 * h
-}
-"""
 
 # B, T, NH and the dims used throughout: all distinct, so a message that shows one shows which.
 B, T, NH, H = 2, 3, 2, 5

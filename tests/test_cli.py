@@ -14,25 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import TWO_CELLS
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.rnn"))
 
-TWO_CELLS = """\
-cell acc(H) {
-    input x: [H]
-    state h: [H]
-    h = h + x
-    emit h
-}
-
-cell squash(H) {
-    input x: [H]
-    state h: [H]
-    h = tanh(h + x)
-    emit y = 2 * h
-}
-"""
 
 SEMANTIC = "cell c(H) {\n    input x: [H]\n    state h: [H]\n    h = h + y\n}\n"  # y is undefined
 DEEP = "cell c(H) {\n    input x: [H]\n    state h: [H]\n    h = " + "(" * 10_000 + "h" + ")" * 10_000 + "\n}\n"

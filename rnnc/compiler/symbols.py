@@ -286,3 +286,22 @@ COMPARISONS = {
 }
 STRUCTURAL_FUNCTIONS = ("outer", "sum")
 ALL_FUNCTIONS = tuple(sorted([*UNARY_FUNCTIONS, *BINARY_FUNCTIONS, "where", *STRUCTURAL_FUNCTIONS]))
+
+
+def split_fraction(product: sympy.Expr) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
+    """The factors of a product above and below the fraction bar, in a fixed order (for printers).
+
+    Example:
+        >>> x, y = sympy.symbols("x y")
+        >>> split_fraction(x / (2 * y**2))
+        ([x], [2, y**2])
+    """
+    numer, denom = [], []
+    for factor in sorted(sympy.Mul.make_args(product), key=sympy.default_sort_key):
+        if isinstance(factor, sympy.Pow) and factor.exp.is_number and factor.exp < 0:
+            denom.append(factor.base ** (-factor.exp))
+        elif factor.is_Rational and not factor.is_Integer and factor.p == 1:
+            denom.append(sympy.Integer(factor.q))
+        else:
+            numer.append(factor)
+    return numer, denom

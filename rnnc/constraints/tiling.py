@@ -20,7 +20,7 @@ from pathlib import Path
 from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.constraints import chunked, scan, sequential
-from rnnc.constraints.model import Model, Solution, lift
+from rnnc.constraints.model import Model, lift
 from rnnc.constraints.problem import Problem, problem_of
 from rnnc.constraints.profiles import GpuProfile, load_profile
 from rnnc.errors import TilingError
@@ -118,20 +118,15 @@ def solve_tiling(
         gpu=profile.name,
         dtype=dtype,
         shape={k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)},
-        params={**best[0].values, **_fixed(problem)},
+        params=dict(best[0].values),
         estimate_us=best[0].objective * model.unit_ns / 1000,
-        candidates=tuple(({**s.values, **_fixed(problem)}, s.objective * model.unit_ns / 1000) for s in best[1:]),
+        candidates=tuple((dict(s.values), s.objective * model.unit_ns / 1000) for s in best[1:]),
         binding=tuple(_describe(c, best[0].values, profile) for c in model.binding(best[0])) if find_binding else (),
         quantities={k: v.evaluate(best[0].values) for k, v in model.quantities.items()},
     )
     if use_cache:
         _write_cache(key, tiling)
     return tiling
-
-
-def _fixed(problem: Problem) -> dict:
-    """Parameters the kernels get that are not choices (padded tile extents)."""
-    return {}
 
 
 def _describe(constraint, values: dict, profile: GpuProfile) -> str:
@@ -239,4 +234,4 @@ def _write_cache(key: str, tiling: Tiling) -> None:
         pass  # a cache that cannot be written is only slower
 
 
-__all__ = ["Tiling", "solve_tiling", "Solution"]
+__all__ = ["Tiling", "solve_tiling"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sympy
 
-from rnnc.compiler.symbols import logsigmoid, maximum, minimum, relu, sigmoid, softplus
+from rnnc.compiler.symbols import logsigmoid, maximum, minimum, relu, sigmoid, softplus, split_fraction
 
 _UNARY = {
     sympy.exp: "torch.exp",
@@ -102,19 +102,12 @@ class _Printer:
     def _mul(self, e) -> tuple[str, int]:
         coeff, rest = e.as_coeff_Mul()
         if coeff.is_number and coeff < 0:
-            inner, _ = self._mul_terms(sympy.Mul.make_args(-e))
+            inner, _ = self._mul_terms(-e)
             return f"-{inner}" if not inner.startswith("-") else f"-({inner})", 1
-        return self._mul_terms(sympy.Mul.make_args(e))
+        return self._mul_terms(e)
 
-    def _mul_terms(self, factors) -> tuple[str, int]:
-        numer, denom = [], []
-        for f in sorted(factors, key=sympy.default_sort_key):
-            if isinstance(f, sympy.Pow) and f.exp.is_number and f.exp < 0:
-                denom.append(f.base ** (-f.exp))
-            elif f.is_Rational and not f.is_Integer and f.p == 1:
-                denom.append(sympy.Integer(f.q))
-            else:
-                numer.append(f)
+    def _mul_terms(self, product) -> tuple[str, int]:
+        numer, denom = split_fraction(product)
         text = " * ".join(self._wrap(f, 2) for f in numer) if numer else "1.0"
         for d in denom:
             text += f" / {self._wrap(d, 3)}"

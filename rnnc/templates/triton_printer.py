@@ -17,7 +17,7 @@ from __future__ import annotations
 import sympy
 from sympy.printing.codeprinter import CodePrinter
 
-from rnnc.compiler.symbols import logsigmoid, maximum, minimum, relu, sigmoid, softplus
+from rnnc.compiler.symbols import logsigmoid, maximum, minimum, relu, sigmoid, softplus, split_fraction
 
 
 class TritonPrinter(CodePrinter):
@@ -72,14 +72,7 @@ class TritonPrinter(CodePrinter):
         coeff, _ = expr.as_coeff_Mul()
         if coeff.is_number and coeff < 0:
             return f"-({self._print(-expr)})"
-        numer, denom = [], []
-        for factor in sorted(sympy.Mul.make_args(expr), key=sympy.default_sort_key):
-            if isinstance(factor, sympy.Pow) and factor.exp.is_number and factor.exp < 0:
-                denom.append(factor.base ** (-factor.exp))
-            elif factor.is_Rational and not factor.is_Integer and factor.p == 1:
-                denom.append(sympy.Integer(factor.q))
-            else:
-                numer.append(factor)
+        numer, denom = split_fraction(expr)
         text = " * ".join(self.parenthesize(f, 50) for f in numer) if numer else "1.0"
         for d in denom:
             text += f" / {self.parenthesize(d, 60)}"
