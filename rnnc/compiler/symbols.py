@@ -89,6 +89,10 @@ class sigmoid(sympy.Function):  # noqa: N801 - printed as the language spells it
 
     is_real = True
 
+    def _eval_evalf(self, prec):  # numbers: the textbook formula
+        x = self.args[0]
+        return (1 / (1 + sympy.exp(-x)))._eval_evalf(prec)
+
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
         return s * (1 - s)
@@ -110,6 +114,10 @@ class softplus(sympy.Function):  # noqa: N801
 
     is_real = True
 
+    def _eval_evalf(self, prec):  # numbers: the textbook formula
+        x = self.args[0]
+        return (sympy.log(1 + sympy.exp(x)))._eval_evalf(prec)
+
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
 
@@ -124,6 +132,10 @@ class logsigmoid(sympy.Function):  # noqa: N801
 
     is_real = True
 
+    def _eval_evalf(self, prec):  # numbers: the textbook formula
+        x = self.args[0]
+        return (-sympy.log(1 + sympy.exp(-x)))._eval_evalf(prec)
+
     def fdiff(self, argindex=1):
         return sigmoid(-self.args[0])
 
@@ -137,6 +149,10 @@ class relu(sympy.Function):  # noqa: N801
     """
 
     is_real = True
+
+    def _eval_evalf(self, prec):  # numbers: the textbook formula
+        x = self.args[0]
+        return (sympy.Max(x, 0))._eval_evalf(prec)
 
     def fdiff(self, argindex=1):
         return sympy.Heaviside(self.args[0], 0)
@@ -155,6 +171,9 @@ class maximum(sympy.Function):  # noqa: N801
 
     nargs = 2
     is_real = True
+
+    def _eval_evalf(self, prec):  # numbers: sympy's own Max
+        return sympy.Max(*self.args)._eval_evalf(prec)
 
     def fdiff(self, argindex=1):
         a, b = self.args
@@ -181,6 +200,9 @@ class minimum(sympy.Function):  # noqa: N801
 
     nargs = 2
     is_real = True
+
+    def _eval_evalf(self, prec):  # numbers: sympy's own Min
+        return sympy.Min(*self.args)._eval_evalf(prec)
 
     def fdiff(self, argindex=1):
         a, b = self.args

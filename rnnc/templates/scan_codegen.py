@@ -122,7 +122,7 @@ def render_scan(plan: Plan) -> ScanModule:
     for decl in ir.inputs:
         grad = tl(input_grad(decl))
         if decl.shape:
-            store = f"tl.store(d_in_{decl.name} + row[:, None] * C + c[None, :], {grad}, mask=mask)"
+            store = f"tl.store(d_in_{decl.name} + row[:, None] * C + c[None, :], zero + ({grad}), mask=mask)"
         else:  # a scalar per step: every channel contributes
             store = f"tl.atomic_add(d_in_{decl.name} + row, tl.sum(tl.where(mask, {grad}, 0.0), axis=1), mask=mask_t)"
         inputs.append(
@@ -174,7 +174,7 @@ def render_scan(plan: Plan) -> ScanModule:
             "pointer": f"out_{name}",
             "d_pointer": f"d_out_{name}",
             "d_tile": f"do_{name}",
-            "expr": f"({tl(expr)}).to(out_{name}.dtype.element_ty)",
+            "expr": f"zero + ({tl(expr)})",
         }
         for name, expr in outputs
     ]

@@ -34,6 +34,13 @@ class TritonPrinter(CodePrinter):
     def doprint(self, expr, assign_to=None):  # one expression, no statements or declarations
         return self._print(expr)
 
+    def _print(self, expr, **kwargs):
+        # a constant subexpression (sigmoid(0.5), exp(2)) becomes one float64 literal, so that
+        # Triton does not evaluate it in float32
+        if isinstance(expr, sympy.Expr) and expr.is_number and not isinstance(expr, sympy.Number):
+            return repr(float(expr.evalf(30)))
+        return super()._print(expr, **kwargs)
+
     # --- leaves ---------------------------------------------------------------------------
     def _print_Symbol(self, expr):
         return self.names[expr.name]
