@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-INT_LIMIT = 2**62
+from rnnc.constraints.cpsat_builder import CpSatBuilder
+
 TIEBREAK_RANGE = 1000  # the objective is scaled by this so that the tie-break never outweighs it
 
 
@@ -265,7 +266,7 @@ class Model:
         self, forbidden: list[dict[str, int]] = (), drop: tuple[str, ...] = (), minimise: Expr | None = None
     ) -> Solution | None:
         """The optimum (deterministic: one worker, fixed seed), or None when infeasible."""
-        builder = _Builder(self)
+        builder = CpSatBuilder(self)
         for c in self.constraints:
             if c.name not in drop:
                 builder.cp.add(builder.as_linear(lift(c.lhs)) <= builder.as_linear(lift(c.limit)))
@@ -296,7 +297,7 @@ class Model:
         Each constraint gets a slack; the objective is the sum of slacks relative to
         each limit (so 10 % over a register budget weighs like 10 % over shared memory).
         """
-        builder = _Builder(self)
+        builder = CpSatBuilder(self)
         penalties = []
         for c in self.constraints:
             lhs, limit = lift(c.lhs), lift(c.limit)
@@ -360,56 +361,3 @@ class Model:
             if relaxed is not None and relaxed.objective < solution.objective:
                 out.append(c)
         return out
-
-
-class _Builder:
-    """Compiles expressions to CP-SAT variables, once per expression object."""
-
-    def __init__(self, model: Model):
-        self.cp = cp_model.CpModel()
-        self.cache: dict[int, tuple[Expr, object]] = {}
-        self.index: dict[str, object] = {}
-        self.value: dict[str, object] = {}
-        for var in model.variables:
-            self.var_of(var)
-
-    def index_of(self, var: Var):
-        if var.name not in self.index:
-            self.index[var.name] = self.cp.new_int_var(0, len(var.domain) - 1, f"{var.name}_index")
-        return self.index[var.name]
-
-    def var_of(self, var: Var):
-        if var.name not in self.value:
-            value = self.cp.new_int_var_from_domain(cp_model.Domain.from_values(list(var.domain)), var.name)
-            self.cp.add_element(self.index_of(var), list(var.domain), value)
-            self.value[var.name] = value
-        return self.value[var.name]
-
-    def new(self, expr: Expr):
-        lo, hi = expr.bounds()
-        if hi > INT_LIMIT:
-            raise OverflowError(f"an intermediate value may reach {hi}, past CP-SAT's range")
-        var = self.cp.new_int_var(lo, hi, "")
-        self.cache[id(expr)] = (expr, var)  # the expr is kept alive so that its id is never reused
-        return var
-
-    def define(self, expr: Expr, linear):
-        self.cache[id(expr)] = (expr, linear)
-        return linear
-
-    def as_linear(self, expr: Expr):
-        if id(expr) in self.cache:
-            return self.cache[id(expr)][1]
-        return expr.build(self)
-
-    def as_var(self, expr: Expr):
-        """A CP-SAT variable equal to ``expr`` (multiplication and division need variables)."""
-        linear = self.as_linear(expr)
-        if isinstance(linear, cp_model.IntVar):
-            return linear
-        lo, hi = expr.bounds()
-        if hi > INT_LIMIT:
-            raise OverflowError(f"an intermediate value may reach {hi}, past CP-SAT's range")
-        var = self.cp.new_int_var(lo, hi, "")
-        self.cp.add(var == linear)
-        return var
