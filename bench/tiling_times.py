@@ -57,26 +57,44 @@ def main() -> int:
                         t0 = time.perf_counter()
                         solution = model.solve()
                         seconds = time.perf_counter() - t0
-                        rows.append({"cell": cell, "strategy": plan.strategy, "gpu": gpu, "shape": shape,
-                                     "feasible": solution is not None, "seconds": seconds,
-                                     "estimate_us": solution.objective / 1000 if solution else None})
+                        rows.append(
+                            {
+                                "cell": cell,
+                                "strategy": plan.strategy,
+                                "gpu": gpu,
+                                "shape": shape,
+                                "feasible": solution is not None,
+                                "seconds": seconds,
+                                "estimate_us": solution.objective / 1000 if solution else None,
+                            }
+                        )
     times = sorted(r["seconds"] for r in rows)
     pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
-    print(f"{len(rows)} solves; median {statistics.median(times) * 1e3:.1f} ms, p90 {pct(0.9) * 1e3:.1f} ms, "
-          f"p99 {pct(0.99) * 1e3:.1f} ms, max {times[-1] * 1e3:.1f} ms; "
-          f"{sum(t > 0.5 for t in times)} over 0.5 s; {sum(not r['feasible'] for r in rows)} infeasible")
+    print(
+        f"{len(rows)} solves; median {statistics.median(times) * 1e3:.1f} ms, p90 {pct(0.9) * 1e3:.1f} ms, "
+        f"p99 {pct(0.99) * 1e3:.1f} ms, max {times[-1] * 1e3:.1f} ms; "
+        f"{sum(t > 0.5 for t in times)} over 0.5 s; {sum(not r['feasible'] for r in rows)} infeasible"
+    )
     for strategy in ("sequential", "scan", "chunked"):
         st = [r["seconds"] for r in rows if r["strategy"] == strategy]
-        print(f"  {strategy:10s} {len(st):5d} solves, median {statistics.median(st) * 1e3:6.1f} ms, "
-              f"max {max(st) * 1e3:6.1f} ms")
+        print(
+            f"  {strategy:10s} {len(st):5d} solves, median {statistics.median(st) * 1e3:6.1f} ms, "
+            f"max {max(st) * 1e3:6.1f} ms"
+        )
     for r in sorted(rows, key=lambda r: -r["seconds"])[:5]:
         print(f"  slow: {r['seconds'] * 1e3:.0f} ms {r['cell']} on {r['gpu']} {r['shape']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        record = {"benchmark": "tiling solve time, zoo x profiles x shapes, one solve each",
-                  "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                              "ortools": ortools.__version__, "cpu_count_used": 1},
-                  "solves": rows}
+        record = {
+            "benchmark": "tiling solve time, zoo x profiles x shapes, one solve each",
+            "machine": {
+                "platform": platform.platform(),
+                "python": sys.version.split()[0],
+                "ortools": ortools.__version__,
+                "cpu_count_used": 1,
+            },
+            "solves": rows,
+        }
         args.json.write_text(json.dumps(record, indent=0) + "\n")
     return 0
 

@@ -51,8 +51,10 @@ def time_rnnc(head_dim: int, heads: int, batch: int, plan) -> dict:
             tiling = exc
         full_runs.append(time.perf_counter() - t0)
     return {
-        "optimum_median_s": statistics.median(optimum_runs), "optimum_runs_s": optimum_runs,
-        "full_median_s": statistics.median(full_runs), "full_runs_s": full_runs,
+        "optimum_median_s": statistics.median(optimum_runs),
+        "optimum_runs_s": optimum_runs,
+        "full_median_s": statistics.median(full_runs),
+        "full_runs_s": full_runs,
         "feasible": solution is not None,
         "params": None if solution is None else solution.values,
         "estimate_us": getattr(tiling, "estimate_us", None),
@@ -75,29 +77,49 @@ def main() -> int:
 
     plan = analyse_source((ROOT / "examples" / "lstm.rnn").read_text())
     first_row = theirs["rows"][0]
-    build_model(problem_of(plan, {"B": first_row["batch"], "T": 1024, "NH": first_row["num_heads"],
-                                  "H": first_row["head_dim"]}, "bfloat16"), load_profile("h100")).solve()
+    build_model(
+        problem_of(
+            plan,
+            {"B": first_row["batch"], "T": 1024, "NH": first_row["num_heads"], "H": first_row["head_dim"]},
+            "bfloat16",
+        ),
+        load_profile("h100"),
+    ).solve()
     first_s = time.perf_counter() - t0  # imports, analysis and the first solve of the process
     rows = []
-    print(f"{'head dim':>8} {'heads':>5} {'batch':>5} {'ConstrINT':>10} {'rnnc opt':>9} {'rnnc full':>9} {'speed-up':>9}")
+    print(
+        f"{'head dim':>8} {'heads':>5} {'batch':>5} {'ConstrINT':>10} {'rnnc opt':>9} {'rnnc full':>9} {'speed-up':>9}"
+    )
     for row in theirs["rows"]:
         ours = time_rnnc(row["head_dim"], row["num_heads"], row["batch"], plan)
         speedup = row["median_s"] / ours["optimum_median_s"] if row.get("median_s") else None
-        rows.append({"config": {k: row[k] for k in ("head_dim", "num_heads", "batch", "dtype")},
-                     "constrint": {k: row.get(k) for k in ("median_s", "runs_s", "feasible", "timed_out")},
-                     "rnnc": ours, "speedup_optimum": speedup})
-        print(f"{row['head_dim']:8d} {row['num_heads']:5d} {row['batch']:5d} {row['median_s']:9.2f}s "
-              f"{ours['optimum_median_s'] * 1e3:7.1f}ms {ours['full_median_s'] * 1e3:7.0f}ms "
-              f"{speedup:8.0f}x" + ("" if ours["feasible"] else "  (rnnc: no tiling fits)"))
+        rows.append(
+            {
+                "config": {k: row[k] for k in ("head_dim", "num_heads", "batch", "dtype")},
+                "constrint": {k: row.get(k) for k in ("median_s", "runs_s", "feasible", "timed_out")},
+                "rnnc": ours,
+                "speedup_optimum": speedup,
+            }
+        )
+        print(
+            f"{row['head_dim']:8d} {row['num_heads']:5d} {row['batch']:5d} {row['median_s']:9.2f}s "
+            f"{ours['optimum_median_s'] * 1e3:7.1f}ms {ours['full_median_s'] * 1e3:7.0f}ms "
+            f"{speedup:8.0f}x" + ("" if ours["feasible"] else "  (rnnc: no tiling fits)")
+        )
     print(f"rnnc first solve in a fresh process, imports and analysis included: {first_s:.2f} s")
     if args.json:
         import ortools
 
         record = {
             "benchmark": "tiling solve time: rnnc CP-SAT vs FlashRNN ConstrINT, LSTM, H100 SXM profile, bf16",
-            "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                        "ortools": ortools.__version__},
-            "constrint_machine": theirs.get("machine"), "rnnc_first_solve_s": first_s, "rows": rows,
+            "machine": {
+                "platform": platform.platform(),
+                "python": sys.version.split()[0],
+                "ortools": ortools.__version__,
+            },
+            "constrint_machine": theirs.get("machine"),
+            "rnnc_first_solve_s": first_s,
+            "rows": rows,
         }
         args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0
