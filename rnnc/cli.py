@@ -1,4 +1,4 @@
-"""The ``rnnc`` command line: ``check`` and ``explain`` (later stages add build, tune, demo).
+"""The ``rnnc`` command line: ``check``, ``explain`` and ``build`` (later stages add tune and demo).
 
 Example:
     >>> main(["check", "examples/hgrn.rnn"])
@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--shape", default=None, help="the call shape for --gpu, e.g. B=16,T=1024,NH=12,H=64")
     explain.add_argument("--dtype", default="bfloat16", help="input and weight dtype for --gpu (default bfloat16)")
+    build = commands.add_parser("build", help="write the generated Triton modules of the cells to a folder")
+    build.add_argument("files", nargs="+", metavar="FILE.rnn")
+    build.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write CELL.py files to")
+    build.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR is stale or edited")
     return parser
 
 
@@ -92,6 +96,36 @@ def _explain(path: str, cell: str | None, gpu: str | None, shape: str | None, dt
     return 0
 
 
+def _build(files: list[str], output: str, check: bool) -> int:
+    """Write (or, with check, compare) one deterministic module per cell."""
+    from rnnc.runtime.cell import triton_source
+
+    folder = Path(output)
+    problems = 0
+    for path in files:
+        for plan in _cells(path):
+            target = folder / f"{plan.ir.cell}.py"
+            try:
+                text = triton_source(plan)
+            except RnncError as exc:
+                print(f"{path}: error: cell {plan.ir.cell}: {exc}", file=sys.stderr)
+                problems += 1
+                continue
+            if check:
+                current = target.read_text() if target.exists() else None
+                if current != text:
+                    state = "missing" if current is None else "stale or edited"
+                    print(f"{target}: {state}: regenerate with rnnc build", file=sys.stderr)
+                    problems += 1
+                else:
+                    print(f"{target}: up to date")
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            print(f"{target}: written ({plan.strategy})")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -105,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.files)
+        if args.command == "build":
+            return _build(args.files, args.output, args.check)
         return _explain(args.file, args.cell, args.gpu, args.shape, args.dtype)
     except RnncError as exc:
         text = str(exc)

@@ -243,3 +243,26 @@ def test_explain_a_bad_file_exits_1_with_a_location(runs, files):
     assert result.returncode == 1, both(result)
     assert_no_traceback(result)
     assert result.stderr.startswith(f"{files['bad']['semantic'][0]}:4:13: error: "), result.stderr
+
+
+def test_build_writes_deterministic_modules_and_check_finds_edits(tmp_path):
+    from rnnc.cli import main
+
+    out = tmp_path / "kernels"
+    assert main(["build", "examples/hgrn.rnn", "examples/mingru.rnn", "-o", str(out)]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(first) == ["hgrn.py", "mingru.py"]
+    assert main(["build", "examples/hgrn.rnn", "examples/mingru.rnn", "-o", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # byte-identical
+    assert main(["build", "examples/hgrn.rnn", "examples/mingru.rnn", "-o", str(out), "--check"]) == 0
+    (out / "hgrn.py").write_text((out / "hgrn.py").read_text() + "# edited\n")
+    assert main(["build", "examples/hgrn.rnn", "-o", str(out), "--check"]) == 1
+    (out / "mingru.py").unlink()
+    assert main(["build", "examples/mingru.rnn", "-o", str(out), "--check"]) == 1
+
+
+def test_build_says_which_cells_have_no_template_yet(tmp_path, capsys):
+    from rnnc.cli import main
+
+    assert main(["build", "examples/lstm.rnn", "-o", str(tmp_path)]) == 1
+    assert "sequential template is not built yet" in capsys.readouterr().err

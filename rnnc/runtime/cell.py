@@ -133,3 +133,18 @@ def _wants_triton(tensors: dict) -> bool:
     if config.triton_interpret():
         return True
     return any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors.values())
+
+
+def triton_source(plan: Plan) -> str:
+    """The generated Triton module of a cell (deterministic), or a BackendError saying why there is none.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> "def forward_kernel(" in triton_source(analyse_source(open("examples/hgrn.rnn").read()))
+        True
+    """
+    if plan.strategy == "scan":
+        from rnnc.templates.scan_codegen import render_scan
+
+        return render_scan(plan).text
+    return _triton_runner(plan).source
