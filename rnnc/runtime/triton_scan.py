@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import triton
 
 from rnnc import config
 from rnnc.compiler import Plan
@@ -83,17 +84,14 @@ class _ScanFunction(torch.autograd.Function):
         compute = call.compute_dtype
         store = any(ctx.needs_input_grad[2:])
         outputs = [
-            torch.full(
-                (call.B, call.T, call.NH, *call.shape_of(o.shape)), float("nan"), dtype=call.dtype, device=call.device
-            )
-            for o in ir.outputs
+            torch.full(_output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
         ]
         finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
         saved = [
             torch.empty((call.B, call.T, call.NH, channels) if store else (1,), dtype=compute, device=call.device)
             for _ in initial
         ]
-        grid = (triton_cdiv(channels, tiles["BLOCK_C"]), call.B * call.NH)
+        grid = (triton.cdiv(channels, tiles["BLOCK_C"]), call.B * call.NH)
         kernels.kernels.forward_kernel[grid](
             *inputs,
             *weights,
@@ -126,8 +124,12 @@ class _ScanFunction(torch.autograd.Function):
         saved = saved_tensors[n_in + n_w + n_s :]
         compute = call.compute_dtype
         d_out = [
-            (g if g is not None else torch.zeros_like(o_like)).to(compute).contiguous()
-            for g, o_like in zip(grads[:n_out], _output_likes(call, ir))
+            (
+                g.to(compute)
+                if g is not None
+                else torch.zeros(_output_shape(call, o), dtype=compute, device=call.device)
+            ).contiguous()
+            for g, o in zip(grads[:n_out], ir.outputs)
         ]
         d_fin = [
             (g if g is not None else torch.zeros_like(s)).to(compute).contiguous()
@@ -136,7 +138,7 @@ class _ScanFunction(torch.autograd.Function):
         d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
         d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
-        grid = (triton_cdiv(channels, tiles["BLOCK_C"]), call.B * call.NH)
+        grid = (triton.cdiv(channels, tiles["BLOCK_C"]), call.B * call.NH)
         kernels.kernels.backward_kernel[grid](
             *inputs,
             *weights,
@@ -160,16 +162,9 @@ class _ScanFunction(torch.autograd.Function):
         return (None, None, *grads_in, *grads_w, *d_st)
 
 
-def _output_likes(call: Call, ir):
-    return [
-        torch.empty((call.B, call.T, call.NH, *call.shape_of(o.shape)), dtype=call.compute_dtype, device=call.device)
-        for o in ir.outputs
-    ]
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """Ceiling division for grid sizes."""
-    return -(-a // b)
+def _output_shape(call: Call, output) -> tuple[int, ...]:
+    """[B, T, NH, *shape] of an emitted output."""
+    return (call.B, call.T, call.NH, *call.shape_of(output.shape))
 
 
 def _triton_dtype(dtype: torch.dtype):

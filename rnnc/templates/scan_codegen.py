@@ -36,9 +36,6 @@ class ScanModule:
     text: str
     forward_args: list
     backward_args: list
-    state_shape: tuple
-    scalar_inputs: tuple
-    scalar_weights: tuple
 
 
 @lru_cache(maxsize=1)
@@ -79,8 +76,6 @@ def render_scan(plan: Plan) -> ScanModule:
     prev = {d.name: sympy.Symbol(f"prev_{d.name}", real=True) for d in ir.states}
     d_state = {d.name: sympy.Symbol(f"d_{d.name}", real=True) for d in ir.states}
     d_out = {o.name: sympy.Symbol(f"dout_{o.name}", real=True) for o in ir.outputs}
-    scalar_inputs = tuple(d.name for d in ir.inputs if not d.shape)
-    scalar_weights = tuple(d.name for d in ir.weights if not d.shape)
 
     names = {d.name: f"x_{d.name}" for d in ir.inputs}
     names.update({d.name: f"w_{d.name}" for d in ir.weights})
@@ -197,4 +192,4 @@ def render_scan(plan: Plan) -> ScanModule:
         states=states,
         outputs=outs,
     )
-    return ScanModule(text, forward_args, backward_args, shape, scalar_inputs, scalar_weights)
+    return ScanModule(text, forward_args, backward_args)
