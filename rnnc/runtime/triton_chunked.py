@@ -1,0 +1,196 @@
+"""Running the chunked strategy's Triton kernels, with a torch.autograd.Function around them.
+
+The forward kernel walks the chunks of each (batch row, head, value block) in order and,
+when a gradient is needed, stores each chunk's starting state ([B * NH, chunks, K, V],
+one state per chunk, not per step); the backward kernel walks the chunks in reverse from those.
+
+Example (the interpreter runs it on CPU when TRITON_INTERPRET=1):
+    >>> from rnnc.compiler import analyse_source
+    >>> kernels = ChunkedKernels(analyse_source(open("examples/simple_gla.rnn").read()))
+    >>> kernels.module.decay, kernels.module.forward_args[-1]
+    ('scalar', 'saved_S')
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from rnnc import config
+from rnnc.compiler import Plan
+from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.modules import load_module
+from rnnc.templates.chunked_codegen import render_chunked
+
+LEAST_TILE = 16  # tl.dot needs every dimension of a tile to be at least 16
+# per-key-channel decays are split as q e^gamma . k e^-gamma, and e^-gamma grows along a
+# chunk: 16 steps keep it finite in fp32 unless a channel decays below e^-5.5 per step
+DIAGONAL_CHUNK = 16
+
+
+def _pow2(n: int) -> int:
+    """The next power of two >= max(n, 16)."""
+    return max(LEAST_TILE, 1 << max(0, (n - 1).bit_length()))
+
+
+class ChunkedKernels:
+    """The generated kernels of one chunked cell and the code that launches them."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.module = render_chunked(plan)
+        self.kernels = load_module(self.module.text, f"{plan.ir.cell}_chunked")
+
+    @property
+    def source(self) -> str:
+        """The generated module's text."""
+        return self.module.text
+
+    def tiles(self, call: Call) -> dict:
+        """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter.
+
+        The key dimension stays whole in one program (padded to a power of two), whatever the
+        model says: the outputs and the delta rule contract over all of it.
+
+        Example:
+            >>> import torch
+            >>> from rnnc.compiler import analyse_source
+            >>> kernels = ChunkedKernels(analyse_source(open("examples/gla.rnn").read()))
+            >>> q = torch.zeros(1, 3, 1, 24)
+            >>> call = bind(kernels.plan.ir, {"q": q, "k": q, "v": torch.zeros(1, 3, 1, 40), "g": q}, None)
+            >>> kernels.tiles(call)
+            {'CHUNK': 16, 'BK': 32, 'BV': 64, 'num_warps': 4, 'num_stages': 1}
+        """
+        pieces_dims = self._dims(call)
+        k_pad, v_pad = _pow2(pieces_dims[0]), _pow2(pieces_dims[1])
+        tiles = {"CHUNK": LEAST_TILE, "BK": k_pad, "BV": v_pad, "num_warps": 4, "num_stages": 1}
+        if call.device.type == "cuda" and not config.triton_interpret():
+            from rnnc.constraints.tiling import solve_tiling
+
+            dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}.get(
+                call.dtype, "float32"
+            )
+            shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
+            params = solve_tiling(self.plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+            tiles = {
+                "CHUNK": max(LEAST_TILE, params["CHUNK"]),
+                "BK": k_pad,
+                "BV": max(LEAST_TILE, min(params["BV"], v_pad)),
+                "num_warps": params.get("num_warps", 4),
+                "num_stages": params.get("num_stages", 1),
+            }
+        if self.module.decay == "diagonal":
+            tiles["CHUNK"] = min(tiles["CHUNK"], DIAGONAL_CHUNK)
+        return tiles
+
+    def _dims(self, call: Call) -> tuple[int, int]:
+        """(K, V): the state's key and value sizes."""
+        key, value = call.shape_of(self.plan.ir.states[0].shape)
+        return key, value
+
+    def __call__(self, tensors: dict, state: dict | None):
+        call = bind(self.plan.ir, tensors, state)
+        ir = self.plan.ir
+        flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
+        flat += [call.weights[d.name].contiguous() for d in ir.weights]
+        decl = ir.states[0]
+        given = call.states.get(decl.name)
+        shape = (call.B, call.NH, *self._dims(call))
+        initial = (
+            given.to(call.compute_dtype).contiguous()
+            if given is not None
+            else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
+        )
+        output, final = _ChunkedFunction.apply(self, call, *flat, initial)
+        return {ir.outputs[0].name: output}, {decl.name: final}
+
+
+class _ChunkedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kernels: ChunkedKernels, call: Call, *flat):
+        ir = kernels.plan.ir
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[-1]
+        K, V = kernels._dims(call)
+        tiles = kernels.tiles(call)
+        compute = call.compute_dtype
+        n_chunks = triton.cdiv(call.T, tiles["CHUNK"])
+        store = any(ctx.needs_input_grad[2:])
+        device = call.device
+        output = torch.full((call.B, call.T, call.NH, V), float("nan"), dtype=call.dtype, device=device)
+        final = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
+        saved_shape = (call.B * call.NH, n_chunks, K, V) if store else (1,)
+        saved = torch.empty(saved_shape, dtype=compute, device=device)
+        grid = (triton.cdiv(V, tiles["BV"]), call.B * call.NH)
+        kernels.kernels.forward_kernel[grid](
+            *inputs,
+            *weights,
+            initial,
+            output,
+            final,
+            saved,
+            call.T,
+            call.NH,
+            K,
+            V,
+            COMPUTE=_triton_dtype(compute),
+            CHUNK=tiles["CHUNK"],
+            BK=tiles["BK"],
+            BV=tiles["BV"],
+            STORE_STATES=store,
+            num_warps=tiles["num_warps"],
+            num_stages=tiles["num_stages"],
+        )
+        ctx.kernels, ctx.call, ctx.tiles = kernels, call, tiles
+        ctx.save_for_backward(*inputs, *weights, initial, saved)
+        return output, final
+
+    @staticmethod
+    def backward(ctx, d_output, d_final):
+        kernels, call, tiles = ctx.kernels, ctx.call, ctx.tiles
+        ir = kernels.plan.ir
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        saved_tensors = ctx.saved_tensors
+        inputs, weights = saved_tensors[:n_in], saved_tensors[n_in : n_in + n_w]
+        initial, saved = saved_tensors[-2], saved_tensors[-1]
+        K, V = kernels._dims(call)
+        compute, device = call.compute_dtype, call.device
+        out_shape = (call.B, call.T, call.NH, V)
+        d_output = (
+            d_output.to(compute) if d_output is not None else torch.zeros(out_shape, dtype=compute, device=device)
+        ).contiguous()
+        d_final = (d_final if d_final is not None else torch.zeros_like(initial)).to(compute).contiguous()
+        # gradients shared by the value blocks are added atomically: they start at zero
+        d_in = [torch.zeros(x.shape, dtype=compute, device=device) for x in inputs]
+        d_w = [torch.zeros(w.shape, dtype=compute, device=device) for w in weights]
+        d_initial = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
+        grid = (triton.cdiv(V, tiles["BV"]), call.B * call.NH)
+        kernels.kernels.backward_kernel[grid](
+            *inputs,
+            *weights,
+            saved,
+            d_output,
+            d_final,
+            *d_in,
+            *d_w,
+            d_initial,
+            call.T,
+            call.NH,
+            K,
+            V,
+            COMPUTE=_triton_dtype(compute),
+            CHUNK=tiles["CHUNK"],
+            BK=tiles["BK"],
+            BV=tiles["BV"],
+            num_warps=tiles["num_warps"],
+            num_stages=tiles["num_stages"],
+        )
+        grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
+        grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
+        return (None, None, *grads_in, *grads_w, d_initial)
+
+
+def _triton_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32

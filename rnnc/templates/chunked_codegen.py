@@ -1,0 +1,225 @@
+"""Rendering the chunked template for a Plan: every cell expression from the sympy printer.
+
+Covered: one matrix state ``S: [K, V]`` whose update is
+``S' = a * S + c * outer(k(x), v(x))`` with ``a`` the identity, ``exp(scalar)`` or
+``exp(g(x))[:, None]`` (a log decay per key channel), or the delta rule
+``S' = a * (S - beta * outer(k, k @ S)) + c * outer(k, v)`` with ``a`` the identity or a
+scalar ``exp(...)``, and one output ``q(x) @ S'``. The pieces ``q``, ``k``, ``v``, ``c``,
+``beta`` and the log decay are pointwise expressions of the inputs and weights, printed by
+:func:`rnnc.templates.triton_printer.to_triton`; backward chains through them with sympy's
+derivatives. Anything else raises a BackendError that says why.
+
+Example:
+    >>> from rnnc.compiler import analyse_source
+    >>> module = render_chunked(analyse_source(open("examples/gla.rnn").read()))
+    >>> module.decay, module.forward_args
+    ('diagonal', ['in_q', 'in_k', 'in_v', 'in_g', 'st_S', 'out_o', 'fin_S', 'saved_S'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import jinja2
+import sympy
+
+from rnnc.compiler import Plan
+from rnnc.templates.chunked_pieces import SPACES, Pieces, find_pieces
+from rnnc.templates.triton_printer import to_triton
+
+# the structural parts of the template per decay: (state decay, carry of k to the chunk end,
+# decay of q, decay of a score pair, beta times the decay, the decay alone)
+_DECAY_TEXT = {
+    "none": {
+        "decay_state": "",
+        "k_carry": "",
+        "q_decay": "",
+        "pair_decay_mul": "",
+        "beta_decay": "beta",
+        "p_over_beta": "",
+        "lane_index": "",
+        "last_index": "",
+    },
+    "scalar": {
+        "decay_state": "tl.exp(gamma_last) * ",
+        "k_carry": "tl.exp(gamma_last - gamma)[:, None] * ",
+        "q_decay": "tl.exp(gamma)[:, None] * ",
+        "pair_decay_mul": " * pair_decay",
+        "beta_decay": "beta * tl.exp(gamma)",
+        "p_over_beta": "tl.exp(gamma)[:, None] * ",
+        "lane_index": "",
+        "last_index": "",
+    },
+    "diagonal": {
+        "decay_state": "tl.exp(gamma_last)[:, None] * ",
+        "k_carry": "tl.exp(gamma_last[None, :] - gamma) * ",
+        "q_decay": "",
+        "pair_decay_mul": "",
+        "beta_decay": "",
+        "p_over_beta": "",
+        "lane_index": "[:, None]",
+        "last_index": "[None, :]",
+    },
+}
+
+# what a tile of each space is called, how it is masked, and how a pointer to a row is formed
+_TILE = {
+    "key": ("zero_k", "mask_tk", "row[:, None] * DK + kk[None, :]"),
+    "value": ("zero_v", "mask_tv", "row[:, None] * DV + vv[None, :]"),
+    "scalar": ("zero_c", "mask_t", "row"),
+}
+# gradient tiles of the pieces (the template computes them)
+_D_PIECE = {
+    "query": "d_query",
+    "key": "d_key",
+    "value": "d_value",
+    "scale": "d_scale",
+    "beta": "d_beta",
+    "log_decay": "d_log_decay",
+}
+
+
+@dataclass(frozen=True)
+class ChunkedModule:
+    """The generated module text, the order of its kernels' pointer arguments, and its decay."""
+
+    text: str
+    forward_args: list
+    backward_args: list
+    decay: str
+    delta: bool
+
+
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    def read(name: str) -> str:
+        return resources.files("rnnc.templates").joinpath(name).read_text()
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(read),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=False,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("chunked.py.jinja")
+
+
+def _names(pieces: Pieces, space: str) -> dict[str, str]:
+    """Tile names of the leaves, broadcast into ``space`` ([CHUNK, BK], [CHUNK, BV] or [CHUNK])."""
+    names = {pieces.key_dim: "DK", pieces.value_dim: "DV"}
+    for name, leaf_space in pieces.inputs.items():
+        widen = "[:, None]" if leaf_space == "scalar" and space != "scalar" else ""
+        names[name] = f"x_{name}{widen}"
+    for name, leaf_space in pieces.weights.items():
+        names[name] = f"w_{name}[None, :]" if leaf_space != "scalar" else f"w_{name}"
+    names.update({d: d for d in _D_PIECE.values()})
+    return names
+
+
+def _print(pieces: Pieces, expr: sympy.Expr, space: str) -> str:
+    """``expr`` printed in ``space``; a constant or weight-only expression gets the tile's shape."""
+    expr = sympy.sympify(expr)
+    text = to_triton(expr, _names(pieces, space))
+    tiles = {*pieces.inputs, *_D_PIECE.values()}
+    if not any(s.name in tiles for s in expr.free_symbols):
+        text = f"{_TILE[space][0]} + ({text})"
+    return text
+
+
+def _gradient(pieces: Pieces, leaf: str, space: str) -> str:
+    """The gradient of one leaf in its own space: d piece * d piece / d leaf, summed over pieces."""
+    symbol = sympy.Symbol(leaf, real=True)
+    terms = []
+    for piece, (expr, piece_space) in sorted(pieces.exprs.items()):
+        derivative = sympy.diff(expr, symbol)
+        if derivative == 0:
+            continue
+        text = _print(pieces, sympy.Symbol(_D_PIECE[piece], real=True) * derivative, piece_space)
+        if piece_space != space:  # a scalar leaf read by a vector piece: sum over the channels
+            text = f"tl.sum(tl.where({_TILE[piece_space][1]}, {text}, 0.0), axis=1)"
+        terms.append(text)
+    return " + ".join(terms) if terms else _TILE[space][0]
+
+
+def render_chunked(plan: Plan) -> ChunkedModule:
+    """The Triton module (forward and backward kernels) of a chunked cell.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> module = render_chunked(analyse_source(open("examples/deltanet.rnn").read()))
+        >>> module.delta, "_unit_lower_inverse(l_matrix, CHUNK)" in module.text
+        (True, True)
+    """
+    pieces = find_pieces(plan)
+    ir = plan.ir
+    inputs = []
+    for decl in ir.inputs:
+        space = pieces.inputs[decl.name]
+        _, mask, offsets = _TILE[space]
+        load = f"tl.load(in_{decl.name} + {offsets}, mask={mask}, other=0.0).to(COMPUTE)"
+        grad = _gradient(pieces, decl.name, space)
+        if space == "value":  # one program owns these columns: a plain store
+            store = f"tl.store(d_in_{decl.name} + {offsets}, {grad}, mask={mask})"
+        else:  # summed over the programs of the value blocks
+            store = f"tl.atomic_add(d_in_{decl.name} + {offsets}, {grad}, mask={mask})"
+        inputs.append({"tile": f"x_{decl.name}", "load": load, "store_grad": store})
+    weights = []
+    for decl in ir.weights:
+        space = pieces.weights[decl.name]
+        zero, mask, _ = _TILE[space]
+        if space == "scalar":
+            load = f"tl.load(w_{decl.name} + h).to(COMPUTE)"
+            store = f"tl.atomic_add(d_w_{decl.name} + h, tl.sum(g_{decl.name}, axis=0))"
+        else:
+            size, lanes, lane_mask = ("DK", "kk", "mask_k") if space == "key" else ("DV", "vv", "mask_v")
+            load = f"tl.load(w_{decl.name} + h * {size} + {lanes}, mask={lane_mask}, other=0.0).to(COMPUTE)"
+            store = (
+                f"tl.atomic_add(d_w_{decl.name} + h * {size} + {lanes}, tl.sum(g_{decl.name}, axis=0), "
+                f"mask={lane_mask})"
+            )
+        weights.append(
+            {
+                "tile": f"w_{decl.name}",
+                "load": load,
+                "grad": f"g_{decl.name}",
+                "grad_zero": zero,
+                "grad_expr": f"tl.where({mask}, {_gradient(pieces, decl.name, space)}, 0.0)",
+                "store_grad": store,
+            }
+        )
+    state, output = ir.states[0].name, ir.outputs[0].name
+    printed = {name: _print(pieces, expr, space) for name, (expr, space) in pieces.exprs.items()}
+    forward_args = [f"in_{d.name}" for d in ir.inputs] + [f"w_{d.name}" for d in ir.weights]
+    forward_args += [f"st_{state}", f"out_{output}", f"fin_{state}", f"saved_{state}"]
+    backward_args = [f"in_{d.name}" for d in ir.inputs] + [f"w_{d.name}" for d in ir.weights]
+    backward_args += [f"saved_{state}", f"d_out_{output}", f"d_fin_{state}"]
+    backward_args += [f"d_in_{d.name}" for d in ir.inputs] + [f"d_w_{d.name}" for d in ir.weights]
+    backward_args += [f"d_st_{state}"]
+    text = _template().render(
+        cell=ir.cell,
+        key=plan.key(),
+        forward_args=forward_args,
+        backward_args=backward_args,
+        inputs=inputs,
+        weights=weights,
+        decay=pieces.decay,
+        delta=pieces.delta,
+        has_scale="scale" in printed,
+        **{f"{name}_expr": printed.get(name, "") for name in _D_PIECE},
+        state_tile=f"s_{state}",
+        initial=f"st_{state}",
+        final=f"fin_{state}",
+        saved=f"saved_{state}",
+        output=f"out_{output}",
+        d_output=f"d_out_{output}",
+        d_final=f"d_fin_{state}",
+        d_initial=f"d_st_{state}",
+        **_DECAY_TEXT[pieces.decay],
+    )
+    return ChunkedModule(text, forward_args, backward_args, pieces.decay, pieces.delta)
+
+
+__all__ = ["ChunkedModule", "SPACES", "render_chunked"]
