@@ -109,7 +109,8 @@ def _template() -> jinja2.Template:
 
 def _names(pieces: Pieces, space: str) -> dict[str, str]:
     """Tile names of the leaves, broadcast into ``space`` ([CHUNK, BK], [CHUNK, BV] or [CHUNK])."""
-    names = {pieces.key_dim: "DK", pieces.value_dim: "DV"}
+    zero = _TILE[space][0]  # a dim read as a number: a COMPUTE-typed tile, not an integer
+    names = {pieces.key_dim: f"({zero} + DK)", pieces.value_dim: f"({zero} + DV)"}
     for name, leaf_space in pieces.inputs.items():
         widen = "[:, None]" if leaf_space == "scalar" and space != "scalar" else ""
         names[name] = f"x_{name}{widen}"

@@ -22,7 +22,7 @@ import sympy
 from rnnc.compiler import Plan
 from rnnc.compiler.nested import nest, show
 from rnnc.compiler.shapes import show as show_shape
-from rnnc.compiler.symbols import STRUCTURAL, Matmul, Outer, Placed
+from rnnc.compiler.symbols import STRUCTURAL, Matmul, Outer, Placed, logsigmoid, sigmoid, tensor_symbol
 from rnnc.errors import BackendError
 
 SPACES = ("key", "value", "scalar")
@@ -103,6 +103,8 @@ def find_pieces(plan: Plan) -> Pieces:
     new_state = sympy.Symbol("new_state_value")
     out = ir.outputs[0]
     read = nest(ir, out.expr).xreplace({transition.update: new_state})
+    if tensor_symbol(ir.states[0].name) in read.free_symbols:
+        raise _unsupported(plan, f"needs the output to read the updated state, has {show(read)} of the previous one")
     if not (isinstance(read, Matmul) and read.args[1] == new_state and new_state not in read.args[0].free_symbols):
         raise _unsupported(plan, f"needs the output q @ {ir.states[0].name} of the new state, has {show(read)}")
     exprs["query"] = (read.args[0], "key")
@@ -130,10 +132,12 @@ def _decay(plan: Plan, transition, exprs: dict) -> str:
     a = transition.a
     if isinstance(a, sympy.exp):
         log_decay = a.args[0]
+    elif isinstance(a, sigmoid):
+        log_decay = logsigmoid(a.args[0])
     elif a.is_number and a.is_positive:
         log_decay = sympy.log(a)
     else:
-        raise _unsupported(plan, f"needs the decay written as exp(log decay), has {show(a)}")
+        raise _unsupported(plan, f"needs the decay written as exp(log decay) or sigmoid(x), has {show(a)}")
     if structure == "diagonal":  # g[:, None] in the state's index space is g per key channel
         log_decay = log_decay.replace(
             lambda e: isinstance(e, Placed) and tuple(e.args[1]) == (-2,), lambda e: e.args[0]
