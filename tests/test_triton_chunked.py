@@ -118,7 +118,8 @@ def test_cells_outside_the_zoo_match_reference(name):
             "needs one output, has 2",
         ),
         (
-            "cell c(K) { input q: [K]; input k: [K]; input v: [K]; state S: [K, K]\nS = S + outer(k, v)\nemit o = q @ S }",
+            "cell c(K) { input q: [K]; input k: [K]; input v: [K]; state S: [K, K]\n"
+            "S = S + outer(k, v)\nemit o = q @ S }",
             r"needs a state \[K, V\] of two distinct dims, has \[K, K\]",
         ),
         (

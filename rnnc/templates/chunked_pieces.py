@@ -42,7 +42,9 @@ class Pieces:
 
 
 def _unsupported(plan: Plan, why: str) -> BackendError:
-    return BackendError(f"the Triton chunked template does not cover cell {plan.ir.cell} yet: {why}")
+    return BackendError(
+        f"the Triton chunked template does not cover cell {plan.ir.cell} yet: {why}; backend='reference' runs it"
+    )
 
 
 def find_pieces(plan: Plan) -> Pieces:
