@@ -123,6 +123,10 @@ def _triton_runner(plan: Plan):
         from rnnc.runtime.triton_scan import ScanKernels
 
         return ScanKernels(plan)
+    if plan.strategy == "chunked":
+        from rnnc.runtime.triton_chunked import ChunkedKernels
+
+        return ChunkedKernels(plan)
     raise BackendError(
         f"the Triton {plan.strategy} template is not built yet (cell {plan.ir.cell}); use backend='reference'"
     )
