@@ -26,7 +26,7 @@ import jinja2
 import sympy
 
 from rnnc.compiler import Plan
-from rnnc.templates.chunked_pieces import SPACES, Pieces, find_pieces
+from rnnc.templates.chunked_pieces import Pieces, find_pieces
 from rnnc.templates.triton_printer import to_triton
 
 # the structural parts of the template per decay: (state decay, carry of k to the chunk end,
@@ -221,6 +221,3 @@ def render_chunked(plan: Plan) -> ChunkedModule:
         **_DECAY_TEXT[pieces.decay],
     )
     return ChunkedModule(text, forward_args, backward_args, pieces.decay, pieces.delta)
-
-
-__all__ = ["ChunkedModule", "SPACES", "render_chunked"]
