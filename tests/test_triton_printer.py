@@ -16,6 +16,7 @@ from rnnc.runtime.modules import load_module
 from rnnc.templates.triton_printer import to_triton
 
 triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 x, y = sympy.symbols("x y", real=True)
 EXPRESSIONS = {
@@ -57,7 +58,7 @@ import triton.language as tl
 
 
 @triton.jit
-def kernel(X, Y, OUT, N: tl.constexpr):
+def kernel(X, Y, OUT, N: tl.constexpr, COMPUTE: tl.constexpr):  # the dtype templates compute in
     offsets = tl.arange(0, N)
     x = tl.load(X + offsets)
     y = tl.load(Y + offsets)
@@ -77,7 +78,7 @@ def test_printed_expression_matches_sympy(name):
     if name == "heaviside":
         xs[0] = 0.0  # the value at zero is part of the contract
     out = torch.full((n,), float("nan"), dtype=torch.float64)
-    module.kernel[(1,)](xs, ys, out, n)
+    module.kernel[(1,)](xs, ys, out, n, tl.float64)
     for i in random.sample(range(n), 8):
         expected = float(textbook(expr).subs({x: float(xs[i]), y: float(ys[i])}).evalf(30))
         assert abs(out[i].item() - expected) <= 1e-12 * max(1.0, abs(expected)), (name, i, out[i].item(), expected)
@@ -87,6 +88,6 @@ def test_tanh_does_not_overflow_where_exp_would():
     module = load_module(TEMPLATE.format(expr=to_triton(sympy.tanh(x), {"x": "x", "y": "y"})), "printer_tanh_edges")
     xs = torch.tensor([-1000.0, -60.0, -1e-8, 0.0, 1e-8, 60.0, 1000.0] + [0.0] * 9, dtype=torch.float64)
     out = torch.full((16,), float("nan"), dtype=torch.float64)
-    module.kernel[(1,)](xs, xs, out, 16)
+    module.kernel[(1,)](xs, xs, out, 16, tl.float64)
     assert torch.isfinite(out).all()
     assert torch.allclose(out, torch.tanh(xs), atol=1e-15)

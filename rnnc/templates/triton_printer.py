@@ -1,5 +1,10 @@
 """Printing sympy element expressions as Triton source.
 
+A tile made of constants alone (a step function, a ``where`` between two numbers)
+is float32 in Triton whatever the kernel computes in, so it is cast to the
+kernel's ``COMPUTE`` dtype: a float64 kernel would otherwise round what it is
+multiplied with to float32.
+
 Triton has no ``tanh`` that runs everywhere (``libdevice`` does not run in the
 interpreter), so tanh is printed as ``2 * sigmoid(2x) - 1``, which cannot
 overflow; ``softplus`` and ``logsigmoid`` use the stable forms
@@ -130,12 +135,12 @@ class TritonPrinter(CodePrinter):
 
     def _print_sign(self, expr):
         x = self._print(expr.args[0])
-        return f"tl.where({x} > 0.0, 1.0, tl.where({x} < 0.0, -1.0, 0.0))"
+        return f"tl.where({x} > 0.0, 1.0, tl.where({x} < 0.0, -1.0, 0.0)).to(COMPUTE)"
 
     def _print_Heaviside(self, expr):
         x = self._print(expr.args[0])
         at_zero = float(expr.args[1]) if len(expr.args) > 1 else 0.5
-        return f"tl.where({x} > 0.0, 1.0, tl.where({x} < 0.0, 0.0, {at_zero!r}))"
+        return f"tl.where({x} > 0.0, 1.0, tl.where({x} < 0.0, 0.0, {at_zero!r})).to(COMPUTE)"
 
     def _print_maximum(self, expr):
         return f"tl.maximum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
@@ -147,7 +152,10 @@ class TritonPrinter(CodePrinter):
         (value, cond), rest = expr.args[0], expr.args[1:]
         if cond == sympy.true or not rest:
             return self._print(value)
-        return f"tl.where({self._print(cond)}, {self._print(value)}, {self._print(sympy.Piecewise(*rest))})"
+        text = f"tl.where({self._print(cond)}, {self._print(value)}, {self._print(sympy.Piecewise(*rest))})"
+        if all(v.is_number for v, _ in expr.args):  # constants alone would make a float32 tile
+            return f"{text}.to(COMPUTE)"
+        return text
 
     def _print_Relational(self, expr):
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
