@@ -264,5 +264,9 @@ def test_build_writes_deterministic_modules_and_check_finds_edits(tmp_path):
 def test_build_says_which_cells_have_no_template_yet(tmp_path, capsys):
     from rnnc.cli import main
 
-    assert main(["build", "examples/lstm.rnn", "-o", str(tmp_path)]) == 1
-    assert "sequential template is not built yet" in capsys.readouterr().err
+    cell = tmp_path / "odd.rnn"  # a weight used both as a matrix and pointwise: no template covers it
+    cell.write_text(
+        "cell odd(H) { input x: [H]; weight R: [H, H]; state h: [H]\nh = tanh(x + R @ h + sum(R, 0))\nemit h }"
+    )
+    assert main(["build", str(cell), "-o", str(tmp_path / "out")]) == 1
+    assert "sequential template does not cover cell odd" in capsys.readouterr().err

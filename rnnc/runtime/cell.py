@@ -123,6 +123,10 @@ def _triton_runner(plan: Plan):
         from rnnc.runtime.triton_scan import ScanKernels
 
         return ScanKernels(plan)
+    if plan.strategy == "sequential":
+        from rnnc.runtime.triton_sequential import SequentialKernels
+
+        return SequentialKernels(plan)
     if plan.strategy == "chunked":
         from rnnc.runtime.triton_chunked import ChunkedKernels
 

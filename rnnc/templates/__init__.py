@@ -1,1 +1,1 @@
-"""Jinja templates of the Triton kernels (the code-generation stage; not built yet)."""
+"""Jinja templates of the Triton kernels and the code that renders them (scan, sequential, chunked)."""
