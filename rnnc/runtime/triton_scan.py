@@ -21,11 +21,34 @@ from rnnc.runtime.modules import load_module
 from rnnc.templates.scan_codegen import render_scan
 
 
-def _interpreter_tiles(call: Call, channels: int) -> dict:
-    """Small power-of-two tiles for the interpreter, which runs programs one at a time."""
-    block_c = min(64, 1 << max(0, math.ceil(math.log2(max(channels, 1)))))
-    block_t = min(16, 1 << max(0, math.ceil(math.log2(max(call.T, 1)))))
-    return {"BLOCK_C": block_c, "BLOCK_T": max(block_t, 2), "num_warps": 4}
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _interpreter_tiles(call: Call, sizes: tuple[int, ...]) -> dict:
+    """Small power-of-two tiles for the interpreter, which runs programs one at a time.
+
+    Up to 1024 state entries per program: one program then owns all of Mamba's D = 64, N = 16,
+    so B and C are read once per step (a program that owns a block of D re-reads them)."""
+    rest = math.prod(_pow2(n) for n in sizes[1:])
+    block_first = min(_pow2(sizes[0]), max(1, 1024 // rest))
+    block_t = min(16, _pow2(call.T))
+    return {"BLOCK_C": block_first * rest, "BLOCK_T": max(block_t, 2), "num_warps": 4}
+
+
+def _axis_blocks(axes: list[str], sizes: tuple[int, ...], block_c: int) -> dict:
+    """BLOCK_<axis> of each state axis from the tiling's BLOCK_C (state entries per program).
+
+    A program owns every entry of the axes after the first (padded to powers of two) and as many
+    entries of the first axis as BLOCK_C leaves room for, at least one.
+
+    Example:
+        >>> _axis_blocks(["D", "N"], (24, 16), 512)
+        {'BLOCK_D': 32, 'BLOCK_N': 16}
+    """
+    rest = math.prod(_pow2(n) for n in sizes[1:])
+    first = min(_pow2(sizes[0]), _pow2(max(1, block_c // rest)))
+    return {f"BLOCK_{axes[0]}": first, **{f"BLOCK_{a}": _pow2(n) for a, n in zip(axes[1:], sizes[1:])}}
 
 
 class ScanKernels:
@@ -41,7 +64,7 @@ class ScanKernels:
         """The generated module's text."""
         return self.module.text
 
-    def tiles(self, call: Call, channels: int) -> dict:
+    def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
         """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter."""
         if call.device.type == "cuda" and not config.triton_interpret():
             from rnnc.constraints.tiling import solve_tiling
@@ -51,7 +74,7 @@ class ScanKernels:
             )
             shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
             return solve_tiling(self.plan, "auto", shape, dtype, candidates=0, find_binding=False).params
-        return _interpreter_tiles(call, channels)
+        return _interpreter_tiles(call, sizes)
 
     def __call__(self, tensors: dict, state: dict | None):
         call = bind(self.plan.ir, tensors, state)
@@ -79,8 +102,10 @@ class _ScanFunction(torch.autograd.Function):
         ir = kernels.plan.ir
         n_in, n_w = len(ir.inputs), len(ir.weights)
         inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
-        channels = math.prod(call.shape_of(ir.states[0].shape))
-        tiles = kernels.tiles(call, channels)
+        sizes = call.shape_of(ir.states[0].shape)
+        channels = math.prod(sizes)
+        tiles = kernels.tiles(call, sizes)
+        blocks = _axis_blocks(kernels.module.axes, sizes, tiles["BLOCK_C"])
         compute = call.compute_dtype
         store = any(ctx.needs_input_grad[2:])
         outputs = [
@@ -91,7 +116,7 @@ class _ScanFunction(torch.autograd.Function):
             torch.empty((call.B, call.T, call.NH, channels) if store else (1,), dtype=compute, device=call.device)
             for _ in initial
         ]
-        grid = (triton.cdiv(channels, tiles["BLOCK_C"]), call.B * call.NH)
+        grid = (triton.cdiv(sizes[0], blocks[f"BLOCK_{kernels.module.axes[0]}"]), call.B * call.NH)
         kernels.kernels.forward_kernel[grid](
             *inputs,
             *weights,
@@ -101,20 +126,20 @@ class _ScanFunction(torch.autograd.Function):
             *saved,
             call.T,
             call.NH,
-            channels,
+            *sizes,
             COMPUTE=_triton_dtype(compute),
-            BLOCK_C=tiles["BLOCK_C"],
+            **blocks,
             BLOCK_T=tiles["BLOCK_T"],
             STORE_STATES=store,
             num_warps=tiles.get("num_warps", 4),
         )
-        ctx.kernels, ctx.call, ctx.tiles, ctx.channels = kernels, call, tiles, channels
+        ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid = kernels, call, tiles, blocks, grid
         ctx.save_for_backward(*inputs, *weights, *initial, *saved)
         return (*outputs, *finals)
 
     @staticmethod
     def backward(ctx, *grads):
-        kernels, call, tiles, channels = ctx.kernels, ctx.call, ctx.tiles, ctx.channels
+        kernels, call, tiles, blocks, grid = ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid
         ir = kernels.plan.ir
         n_in, n_w, n_s, n_out = len(ir.inputs), len(ir.weights), len(ir.states), len(ir.outputs)
         saved_tensors = ctx.saved_tensors
@@ -138,7 +163,6 @@ class _ScanFunction(torch.autograd.Function):
         d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
         d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
-        grid = (triton.cdiv(channels, tiles["BLOCK_C"]), call.B * call.NH)
         kernels.kernels.backward_kernel[grid](
             *inputs,
             *weights,
@@ -151,9 +175,9 @@ class _ScanFunction(torch.autograd.Function):
             *d_st,
             call.T,
             call.NH,
-            channels,
+            *call.shape_of(ir.states[0].shape),
             COMPUTE=_triton_dtype(compute),
-            BLOCK_C=tiles["BLOCK_C"],
+            **blocks,
             BLOCK_T=tiles["BLOCK_T"],
             num_warps=tiles.get("num_warps", 4),
         )

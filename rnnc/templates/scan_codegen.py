@@ -1,15 +1,19 @@
 """Rendering the scan template for a Plan: every expression from the sympy printer.
 
-Covered so far: cells whose states share one shape, whose inputs and weights are
-either of that shape or scalars, and whose outputs are pointwise functions of the
-new states and the inputs (HGRN, minGRU and the like). Other scan cells (Mamba's
-``S @ C`` output reduces over an axis) raise a BackendError that says why.
+Covered: cells whose states share one shape (a vector like HGRN's, or a matrix like
+Mamba's ``S: [D, N]``), whose inputs and weights are views of the state's axes broadcast
+into it (``dt[:, None]``, ``B[None, :]``, scalars), and whose outputs are pointwise
+functions of the new states and the inputs, over the state's shape or over all but its
+last axis with ``E @ V`` reductions of that axis (Mamba's ``y = S @ C + Dskip * u``).
+Anything else (a state read along permuted axes, ``sum``, ``outer``, a matmul inside an
+update) raises a BackendError that says why. Tile layouts live in
+:mod:`rnnc.templates.scan_layout`.
 
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> module = render_scan(analyse_source(open("examples/hgrn.rnn").read()))
-    >>> "def forward_kernel(" in module.text, module.forward_args[:2]
-    (True, ['in_x', 'in_g'])
+    >>> "def forward_kernel(" in module.text, module.forward_args[:2], module.axes
+    (True, ['in_x', 'in_g'], ['D'])
 """
 
 from __future__ import annotations
@@ -22,20 +26,19 @@ import jinja2
 import sympy
 
 from rnnc.compiler import Plan
-from rnnc.compiler.nested import nest
-from rnnc.compiler.shapes import same_shape, show
-from rnnc.compiler.symbols import tensor_symbol
-from rnnc.errors import BackendError
+from rnnc.compiler.nested import nest, show
+from rnnc.templates.scan_layout import Tiles, unsupported
 from rnnc.templates.triton_printer import to_triton
 
 
 @dataclass(frozen=True)
 class ScanModule:
-    """The generated module text and the order of its kernels' pointer arguments."""
+    """The generated module text, the order of its kernels' pointer arguments, and its state axes."""
 
     text: str
     forward_args: list
     backward_args: list
+    axes: list  # names of the state axes: the kernels take dim_<name> and BLOCK_<name>
 
 
 @lru_cache(maxsize=1)
@@ -47,149 +50,223 @@ def _template() -> jinja2.Template:
     return env.from_string(text)
 
 
-def _unsupported(plan: Plan, why: str) -> BackendError:
-    return BackendError(f"the Triton scan template does not cover cell {plan.ir.cell} yet: {why}")
+class _Names(dict):
+    """Tile symbols are named after their kernel variables: print them as they are."""
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+def _tl(expr) -> str:
+    return to_triton(sympy.sympify(expr), _Names())
+
+
+def _total(terms) -> sympy.Expr:
+    return sum(terms, sympy.Integer(0))
 
 
 def render_scan(plan: Plan) -> ScanModule:
-    """The Triton module (forward and backward kernels) of a scan cell."""
+    """The Triton module (forward and backward kernels) of a scan cell.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> module = render_scan(analyse_source(open("examples/mamba.rnn").read()))
+        >>> module.axes, "m_0 = tl.sum(tl.where(mask_D_N, s_S * x_C, 0.0), axis=2, keep_dims=True)" in module.text
+        (['D', 'N'], True)
+    """
     ir = plan.ir
     if plan.strategy != "scan":
-        raise _unsupported(plan, f"its strategy is {plan.strategy}")
-    structural = [a.name for a in ir.atoms if not a.is_leaf]
-    if structural:
-        raise _unsupported(plan, f"it uses {', '.join(structural)} (only pointwise steps so far)")
-    shape = ir.states[0].shape
-    if any(not same_shape(d.shape, shape) for d in ir.states):
-        raise _unsupported(plan, "its states differ in shape")
-    for decl in (*ir.inputs, *ir.weights):
-        if decl.shape and not same_shape(decl.shape, shape):
-            raise _unsupported(plan, f"{decl.name} is {show(decl.shape)}, neither {show(shape)} nor a scalar")
-    for out in ir.outputs:
-        if not same_shape(out.shape, shape):
-            raise _unsupported(plan, f"output {out.name} is {show(out.shape)}, not {show(shape)}")
-    if any(not v.is_plain() for _, v in ir.views):
-        raise _unsupported(plan, "it inserts or permutes axes")
-
-    sym = tensor_symbol
-    new_state = {d.name: sympy.Symbol(f"new_{d.name}", real=True) for d in ir.states}
-    prev = {d.name: sympy.Symbol(f"prev_{d.name}", real=True) for d in ir.states}
-    d_state = {d.name: sympy.Symbol(f"d_{d.name}", real=True) for d in ir.states}
-    d_out = {o.name: sympy.Symbol(f"dout_{o.name}", real=True) for o in ir.outputs}
-
-    names = {d.name: f"x_{d.name}" for d in ir.inputs}
-    names.update({d.name: f"w_{d.name}" for d in ir.weights})
-    names.update({f"new_{n}": f"s_{n}" for n in new_state})
-    names.update({f"prev_{n}": f"p_{n}" for n in prev})
-    names.update({f"d_{n}": f"ds_{n}" for n in d_state})
-    names.update({f"dout_{n}": f"do_{n}" for n in d_out})
-    names_next = {**names, **{d.name: f"x_{d.name}_next" for d in ir.inputs}}
-
+        raise unsupported(plan, f"its strategy is {plan.strategy}")
+    tiles = Tiles(plan)
+    full, last = tiles.full, tiles.full[-1:]
     transitions = {t.state: t for t in plan.transitions}
+    marker = tiles.markers  # the new value of each state, in nested form
+    new = tiles.new_states
+    prev = {n: sympy.Symbol(f"p_{n}", real=True) for n in new}
+    d_state = {n: sympy.Symbol(f"ds_{n}", real=True) for n in new}
+
+    # forward, in tile symbols: each state's a and b, each output in its own axes
+    a = {n: tiles.flatten(transitions[n].a, full, products=False) for n in new}
+    b = {n: tiles.flatten(transitions[n].b, full, products=False) for n in new}
     outputs = []
     for out in ir.outputs:
-        expr = nest(ir, out.expr).xreplace({transitions[n].update: new_state[n] for n in new_state})
-        stray = [s.name for s in expr.free_symbols if s.name in new_state and s not in new_state.values()]
-        if stray or any(sym(n) in expr.free_symbols for n in new_state):
-            raise _unsupported(plan, f"output {out.name} reads a previous state")
-        outputs.append((out.name, expr))
+        space = tiles.output_space(out.name, out.shape)
+        nested = nest(ir, out.expr).xreplace({transitions[n].update: marker[n] for n in new})
+        expr = tiles.flatten(nested, space)
+        do = sympy.Symbol(f"do_{out.name}", real=True)
+        outputs.append({"name": out.name, "space": space, "expr": expr, "do": do, "show": show(nested)})
 
-    def tl(expr, table=names):
-        return to_triton(sympy.sympify(expr), table)
+    # backward: gradients into each product E @ V, into each new state, and into each leaf's tile
+    dm = {m.symbol: sympy.Symbol(f"d{m.symbol.name}", real=True) for m in tiles.matmuls}
+    dv = {m.symbol: sympy.Symbol(f"dv_{m.symbol.name[2:]}", real=True) for m in tiles.matmuls}
+    dm_expr = {
+        m.symbol: _total(o["do"] * sympy.diff(o["expr"], m.symbol) for o in outputs if o["space"] == m.space)
+        for m in tiles.matmuls
+    }
 
-    def load(decl, next_step=False) -> str:
-        pointer = f"in_{decl.name}"
-        row, mask_t, mask = ("row_next", "mask_t_next", "mask_next") if next_step else ("row", "mask_t", "mask")
-        if decl.shape:
-            return f"tl.load({pointer} + {row}[:, None] * C + c[None, :], mask={mask}, other=0.0).to(COMPUTE)"
-        return f"tl.load({pointer} + {row}, mask={mask_t}, other=0.0).to(COMPUTE)[:, None]"
+    def into_full(x: sympy.Symbol) -> sympy.Expr:
+        """Gradient reaching ``x`` through expressions over all state axes (upstream times partial)."""
+        terms = [o["do"] * sympy.diff(o["expr"], x) for o in outputs if o["space"] == full]
+        terms += [dm[m.symbol] * m.right * sympy.diff(m.left, x) for m in tiles.matmuls]
+        return _total(terms)
 
-    def input_grad(decl) -> sympy.Expr:
-        x = sym(decl.name)
-        total = sympy.Integer(0)
-        for n, t in transitions.items():
-            total += d_state[n] * (prev[n] * sympy.diff(t.a, x) + sympy.diff(t.b, x))
-        for name, expr in outputs:
-            total += d_out[name] * sympy.diff(expr, x)
-        return total
+    def contributions(x: sympy.Symbol) -> dict:
+        """{state axes of a space: the gradient reaching tile x from expressions over that space}."""
+        groups = {full: into_full(x) + _total(d_state[n] * (prev[n] * a[n].diff(x) + b[n].diff(x)) for n in new)}
+        for o in outputs:
+            if o["space"] != full:
+                groups[o["space"]] = groups.get(o["space"], 0) + o["do"] * sympy.diff(o["expr"], x)
+        for m in tiles.matmuls:
+            groups[last] = groups.get(last, 0) + dv[m.symbol] * sympy.diff(m.right, x)
+        return {space: g for space, g in groups.items() if g != 0}
 
+    def reduced(x: sympy.Symbol, axes: tuple, time: bool) -> str:
+        """The gradient of tile x, summed over every tile axis that x does not span."""
+        parts = []
+        for space, g in sorted(contributions(x).items()):
+            text = f"tl.where({tiles.layout('mask', space)}, {_tl(g)}, 0.0)"
+            for k in [0] * (not time) + [1 + s for s in space if s not in axes]:
+                text = f"tl.sum({text}, axis={k}, keep_dims=True)"
+            parts.append(text)
+        return " + ".join(parts)
+
+    def where(axes: tuple, row: str) -> str:
+        return f"{row} * {tiles.layout('size', axes)} + {tiles.layout('offs', axes)}"
+
+    backward_exprs = [*dm_expr.values()]  # what the backward kernel evaluates: does it read a product?
+    a_inputs = sorted({s.name for n in new for s in a[n].free_symbols if s.name.startswith("x_")})
+    to_next = {sympy.Symbol(name, real=True): sympy.Symbol("n" + name, real=True) for name in a_inputs}
     inputs = []
     for decl in ir.inputs:
-        grad = tl(input_grad(decl))
-        if decl.shape:
-            store = f"tl.store(d_in_{decl.name} + row[:, None] * C + c[None, :], zero + ({grad}), mask=mask)"
-        else:  # a scalar per step: every channel contributes
-            store = f"tl.atomic_add(d_in_{decl.name} + row, tl.sum(tl.where(mask, {grad}, 0.0), axis=1), mask=mask_t)"
+        if decl.name not in tiles.leaf_axes:
+            continue  # read nowhere: its gradient stays zero
+        axes, x = tiles.leaf_axes[decl.name], tiles.tile_symbol(decl.name)
+        backward_exprs += contributions(x).values()
+        grad = reduced(x, axes, time=True)
+        store = "tl.store" if 0 in axes else "tl.atomic_add"  # programs share what does not span axis 0
+        mask = tiles.layout("mask", axes)
+        next_mask = f"mask_t_next & {tiles.layout('valid', axes)}"
         inputs.append(
-            {"tile": names[decl.name], "load": load(decl), "load_next": load(decl, True), "store_grad": store}
+            {
+                "tile": x.name,
+                "load": f"tl.load(in_{decl.name} + {where(axes, 'row')}, mask={mask}, other=0.0).to(COMPUTE)",
+                "next_tile": f"n{x.name}" if x.name in a_inputs else "",
+                "load_next": f"tl.load(in_{decl.name} + {where(axes, '(row + NH)')}, mask={next_mask}, other=0.0)"
+                ".to(COMPUTE)",
+                "store_grad": grad
+                and f"{store}(d_in_{decl.name} + {where(axes, 'row')}, {tiles.layout('zero', axes)} + ({grad}), "
+                f"mask={mask})",
+            }
         )
     weights = []
     for decl in ir.weights:
-        if decl.shape:
-            tile_load = f"tl.load(w_{decl.name} + h * C + c, mask=mask_c, other=0.0).to(COMPUTE)[None, :]"
-            store = f"tl.atomic_add(d_w_{decl.name} + h * C + c, tl.sum(g_{decl.name}, axis=0), mask=mask_c)"
-        else:
-            tile_load = f"tl.load(w_{decl.name} + h).to(COMPUTE)"
-            store = f"tl.atomic_add(d_w_{decl.name} + h, tl.sum(tl.sum(g_{decl.name}, axis=1), axis=0))"
+        if decl.name not in tiles.leaf_axes:
+            continue
+        axes, w = tiles.leaf_axes[decl.name], tiles.tile_symbol(decl.name)
+        backward_exprs += contributions(w).values()
+        here, valid = where(axes, "h"), tiles.layout("valid", axes)
         weights.append(
             {
-                "tile": names[decl.name],
-                "load": tile_load,
+                "tile": w.name,
+                "load": f"tl.load(w_{decl.name} + {here}, mask={valid}, other=0.0).to(COMPUTE)",
                 "grad": f"g_{decl.name}",
-                "grad_expr": tl(input_grad(decl)),
-                "store_grad": store,
+                "grad_shape": tiles.tile_shape(axes, time=False),
+                "grad_expr": reduced(w, axes, time=False) or "0.0",
+                "store_grad": f"tl.atomic_add(d_w_{decl.name} + {here}, g_{decl.name}, mask={valid})",
             }
         )
     states = []
     for decl in ir.states:
-        t = transitions[decl.name]
-        g = sum((d_out[name] * sympy.diff(expr, new_state[decl.name]) for name, expr in outputs), sympy.Integer(0))
+        n = decl.name
+        backward_exprs.append(into_full(new[n]))
         states.append(
             {
-                "name": decl.name,
-                "tile": f"s_{decl.name}",
-                "prev": f"p_{decl.name}",
-                "d": f"ds_{decl.name}",
-                "carry": f"carry_{decl.name}",
-                "initial": f"st_{decl.name}",
-                "initial_tile": f"initial_{decl.name}",
-                "final": f"fin_{decl.name}",
-                "saved": f"saved_{decl.name}",
-                "d_final": f"d_fin_{decl.name}",
-                "d_initial": f"d_st_{decl.name}",
-                "a_first": f"a_first_{decl.name}",
-                "a_expr": tl(t.a),
-                "b_expr": tl(t.b),
-                "a_next_expr": tl(t.a, names_next),
-                "g_expr": tl(g),
+                "describe": transitions[n].describe(),
+                "tile": new[n].name,
+                "prev": prev[n].name,
+                "d": d_state[n].name,
+                "carry": f"carry_{n}",
+                "initial": f"st_{n}",
+                "initial_tile": f"initial_{n}",
+                "final": f"fin_{n}",
+                "saved": f"saved_{n}",
+                "d_final": f"d_fin_{n}",
+                "d_initial": f"d_st_{n}",
+                "a_first": f"a_first_{n}",
+                "a_expr": _tl(a[n]),
+                "b_expr": _tl(b[n]),
+                "a_next_expr": _tl(a[n].xreplace(to_next)),
+                "g_expr": _tl(into_full(new[n])),
             }
         )
     outs = [
         {
-            "pointer": f"out_{name}",
-            "d_pointer": f"d_out_{name}",
-            "d_tile": f"do_{name}",
-            "expr": f"zero + ({tl(expr)})",
+            "show": o["show"],
+            "pointer": f"out_{o['name']}",
+            "d_pointer": f"d_out_{o['name']}",
+            "d_tile": o["do"].name,
+            "at": where(o["space"], "row"),
+            "mask": tiles.layout("mask", o["space"]),
+            "expr": f"{tiles.layout('zero', o['space'])} + ({_tl(o['expr'])})",
         }
-        for name, expr in outputs
+        for o in outputs
     ]
+    read_in_backward = set().union(*(sympy.sympify(e).free_symbols for e in backward_exprs))
+    full_mask = tiles.layout("mask", full)
+    products = []
+    for m in tiles.matmuls:
+        dv_text = f"tl.where({full_mask}, {_tl(dm[m.symbol] * m.left)}, 0.0)"
+        for k in [1 + s for s in full[:-1]]:  # dm * E summed over every axis but the last is dV
+            dv_text = f"tl.sum({dv_text}, axis={k}, keep_dims=True)"
+        space_mask, zero = tiles.layout("mask", m.space), tiles.layout("zero", m.space)
+        products.append(
+            {
+                "show": m.label,
+                "tile": m.symbol.name,
+                "expr": f"tl.sum(tl.where({full_mask}, {_tl(m.left * m.right)}, 0.0), axis={tiles.rank}, "
+                "keep_dims=True)",
+                "in_backward": m.symbol in read_in_backward,
+                "d_tile": dm[m.symbol].name,
+                "d_expr": f"tl.where({space_mask}, {zero} + ({_tl(dm_expr[m.symbol])}), 0.0)",
+                "dv_tile": dv[m.symbol].name,
+                "dv_expr": dv_text if m.right.free_symbols else "",
+            }
+        )
 
-    forward_args = [f"in_{d.name}" for d in ir.inputs] + [f"w_{d.name}" for d in ir.weights]
-    forward_args += [f"st_{d.name}" for d in ir.states] + [f"out_{o.name}" for o in ir.outputs]
-    forward_args += [f"fin_{d.name}" for d in ir.states] + [f"saved_{d.name}" for d in ir.states]
-    backward_args = [f"in_{d.name}" for d in ir.inputs] + [f"w_{d.name}" for d in ir.weights]
-    backward_args += [f"st_{d.name}" for d in ir.states] + [f"saved_{d.name}" for d in ir.states]
-    backward_args += [f"d_out_{o.name}" for o in ir.outputs] + [f"d_fin_{d.name}" for d in ir.states]
-    backward_args += [f"d_in_{d.name}" for d in ir.inputs] + [f"d_w_{d.name}" for d in ir.weights]
-    backward_args += [f"d_st_{d.name}" for d in ir.states]
+    names = [d.name for d in ir.inputs], [d.name for d in ir.weights], [d.name for d in ir.states]
+    ins, ws, sts = names
+    outputs_ = [o.name for o in ir.outputs]
+    forward_args = [f"in_{n}" for n in ins] + [f"w_{n}" for n in ws] + [f"st_{n}" for n in sts]
+    forward_args += [f"out_{n}" for n in outputs_] + [f"fin_{n}" for n in sts] + [f"saved_{n}" for n in sts]
+    backward_args = [f"in_{n}" for n in ins] + [f"w_{n}" for n in ws] + [f"st_{n}" for n in sts]
+    backward_args += [f"saved_{n}" for n in sts] + [f"d_out_{n}" for n in outputs_] + [f"d_fin_{n}" for n in sts]
+    backward_args += [f"d_in_{n}" for n in ins] + [f"d_w_{n}" for n in ws] + [f"d_st_{n}" for n in sts]
+    layouts = sorted({full, last, *tiles.leaf_axes.values(), *(o["space"] for o in outputs)}, key=lambda s: (len(s), s))
     text = _template().render(
         cell=ir.cell,
         key=plan.key(),
         forward_args=forward_args,
         backward_args=backward_args,
+        axes=[
+            {"name": x.name, "size": x.size, "block": x.block, "index": x.index, "valid": x.valid} for x in tiles.axes
+        ],
+        time_spread=tiles.spread(0),
+        layouts=[
+            {
+                "name": tiles.layout_name(s),
+                "offs": tiles.offsets(s),
+                "valid": tiles.valid(s),
+                "size": tiles.size(s),
+                "shape": tiles.tile_shape(s),
+            }
+            for s in layouts
+        ],
+        full=tiles.layout_name(full),
+        state_shape=tiles.tile_shape(full, time=False),
         inputs=inputs,
         weights=weights,
         states=states,
         outputs=outs,
+        products=products,
     )
-    return ScanModule(text, forward_args, backward_args)
+    return ScanModule(text, forward_args, backward_args, [x.name for x in tiles.axes])
