@@ -1,4 +1,4 @@
-"""The ``rnnc`` command line: ``check``, ``explain`` and ``build`` (later stages add tune and demo).
+"""The ``rnnc`` command line: ``check``, ``explain``, ``build`` and ``demo`` (``tune`` needs a GPU: later).
 
 Example:
     >>> main(["check", "examples/hgrn.rnn"])
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("files", nargs="+", metavar="FILE.rnn")
     build.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write CELL.py files to")
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR is stale or edited")
+    demo = commands.add_parser("demo", help="run the bundled cells on small data on this machine and check them")
+    demo.add_argument("files", nargs="*", metavar="FILE.rnn", help="cells to run (default: the bundled zoo)")
+    demo.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
     return parser
 
 
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.files)
         if args.command == "build":
             return _build(args.files, args.output, args.check)
+        if args.command == "demo":
+            from rnnc.demo import run_demo
+
+            return run_demo([Path(f) for f in args.files] or None, dtype_name=args.dtype)
         return _explain(args.file, args.cell, args.gpu, args.shape, args.dtype)
     except RnncError as exc:
         text = str(exc)

@@ -47,3 +47,18 @@ def cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "rnnc"
+
+
+def use_triton_interpreter() -> None:
+    """Ask Triton to run kernels on the CPU from now on (``rnnc demo`` on a machine without a GPU).
+
+    Only kernels defined after the call are interpreted, so call it before compiling cells.
+
+    Example:
+        >>> import os
+        >>> saved = os.environ.get("TRITON_INTERPRET")
+        >>> use_triton_interpreter(); triton_interpret()
+        True
+        >>> _ = os.environ.pop("TRITON_INTERPRET") if saved is None else os.environ.update(TRITON_INTERPRET=saved)
+    """
+    os.environ["TRITON_INTERPRET"] = "1"

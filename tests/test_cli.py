@@ -270,3 +270,29 @@ def test_build_says_which_cells_have_no_template_yet(tmp_path, capsys):
     )
     assert main(["build", str(cell), "-o", str(tmp_path / "out")]) == 1
     assert "sequential template does not cover cell odd" in capsys.readouterr().err
+
+
+def test_demo_runs_cells_on_triton_and_checks_them(tmp_path, capsys, monkeypatch):
+    from rnnc import demo
+    from rnnc.cli import main
+
+    odd = tmp_path / "odd.rnn"  # no template covers it: reported, not failed
+    odd.write_text(
+        "cell odd(H) { input x: [H]; weight R: [H, H]; state h: [H]\nh = tanh(x + R @ h + sum(R, 0))\nemit h }"
+    )
+    assert main(["demo", "examples/hgrn.rnn", "examples/elman.rnn", str(odd)]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in table.splitlines()[3:-1]}
+    assert set(rows) == {"hgrn", "elman", "odd"}
+    assert rows["hgrn"].split()[1:3] == ["scan", "triton"] and rows["hgrn"].endswith("ok")
+    assert rows["elman"].split()[1:3] == ["sequential", "triton"] and rows["elman"].endswith("ok")
+    assert "no kernel" in rows["odd"]
+    monkeypatch.setitem(demo.TOLERANCE, "float32", 0.0)  # every real error now exceeds it: the check can fail
+    assert main(["demo", "examples/hgrn.rnn"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_demo_bundles_the_zoo():
+    from rnnc.demo import bundled_cells
+
+    assert {p.stem for p in bundled_cells()} >= {"lstm", "gru", "slstm", "gla", "deltanet", "mamba", "hgrn"}
