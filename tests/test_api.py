@@ -659,3 +659,24 @@ def test_gradient_matches_finite_differences_on_a_small_call(gla):
         return out.o.sum() + out.state["S"].square().sum()
 
     assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_readme_ten_line_training_example_runs_on_the_kernels_and_learns():
+    import re
+    from pathlib import Path
+
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    section = text.split("## Your own cell, trained, in ten lines", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 12  # the promise in the title, roughly
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    assert scope["cell"].last_backend == ("triton" if rnnc_config_interprets() else "reference")
+    losses = scope["losses"]
+    assert len(losses) == 20 and losses[-1] < 0.9 * losses[0], losses
+
+
+def rnnc_config_interprets() -> bool:
+    from rnnc import config
+
+    return config.triton_interpret()
