@@ -680,3 +680,18 @@ def rnnc_config_interprets() -> bool:
     from rnnc import config
 
     return config.triton_interpret()
+
+
+def test_reference_reads_a_dim_inside_a_function():
+    import torch
+
+    import rnnc
+
+    plain = "cell a(K, V) { input q: [K]; input k: [K]; input v: [V]; state S: [K, V]\n"
+    plain += "S = S + outer(k, v)\nemit o = q @ S }"
+    scaled = plain.replace("emit o = q @ S", "emit o = (q / sqrt(K)) @ S")
+    q, k, v = torch.randn(2, 3, 1, 4, dtype=torch.float64), torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 5)
+    k, v = k.double(), v.double()
+    base = rnnc.compile(plain, backend="reference")(q=q, k=k, v=v).o
+    ours = rnnc.compile(scaled, backend="reference")(q=q, k=k, v=v).o
+    assert torch.allclose(ours, base / 2.0, rtol=1e-14, atol=0)  # sqrt(K) = 2 at K = 4

@@ -124,3 +124,8 @@ def _random_cell(rng) -> str:
 def test_random_sequential_cells_match_the_reference(seed):
     text = _random_cell(random.Random(seed))
     _check(text, 3, 4, 1, {"H": 20}, torch.float64, 1e-9)
+
+
+def test_dims_read_as_numbers_are_exact_in_float64():
+    text = "cell c(H) { input x: [H]; weight R: [H, H]; state h: [H]\nh = tanh(x + R @ h / sqrt(H))\nemit y = h * H }"
+    _check(text, 3, 4, 1, {"H": 20}, torch.float64, 1e-12)

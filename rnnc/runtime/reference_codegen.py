@@ -42,7 +42,7 @@ class _Names:
 
 def _expression_code(ir: IR, names: _Names, expr: sympy.Expr, rank: int, prefix: str, lines: list[str]) -> str:
     """Emit view assignments for ``expr`` at ``rank`` axes; return its source."""
-    mapping = {d: f"dims[{d!r}]" for d in ir.dims}
+    mapping = {d: f"like.new_tensor(dims[{d!r}])" for d in ir.dims}  # a tensor: torch.sqrt(K) works
     for k, sym in enumerate(ir.view_symbols(expr)):
         view = ir.view(sym)
         var = f"{prefix}_v{k}"

@@ -33,6 +33,9 @@ mask_row = mask_b[:, None]
 zero_row = tl.zeros([BLOCK_B, 1], dtype=COMPUTE)
 state_row = rows.to(tl.int64) * NH + head  # [B, NH] row of this program's states"""
 
+# a dim read as a number in the cell's math: a [1, 1] tile in COMPUTE, so that sqrt(H) is exact in fp64
+SIZE = "size_{d} = tl.zeros([1, 1], dtype=COMPUTE) + dim_{d}"
+
 DIM_PROLOGUE = """cols_{d} = tl.arange(0, BLOCK_{d})
 in_{d} = cols_{d} < dim_{d}
 mask_{d} = mask_b[:, None] & in_{d}[None, :]
@@ -189,7 +192,9 @@ def render_sequential(plan: Plan) -> SequentialModule:
         value = leaves.get((name, 0))
         carry_advance.append(f"ds_{name} = {value if value is not None else f'zero_{tile.dim}'}")
 
-    prologue = "\n".join([PROLOGUE] + [DIM_PROLOGUE.format(d=d) for d in step.layout.dims])
+    prologue = "\n".join(
+        [PROLOGUE] + [DIM_PROLOGUE.format(d=d) for d in step.layout.dims] + [SIZE.format(d=d) for d in ir.dims]
+    )
     text = _template().render(
         cell=ir.cell,
         key=plan.key(),

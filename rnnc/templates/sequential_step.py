@@ -39,7 +39,7 @@ class SequentialStep:
         self.ir = plan.ir
         self.layout = plan_layout(plan)
         self.tiles = self.layout.tiles
-        self.names = _Names({d: f"dim_{d}" for d in self.ir.dims})
+        self.names = _Names({d: f"size_{d}" for d in self.ir.dims})  # a dim read as a number
         self._temp = 0
 
     # --- expressions --------------------------------------------------------------------------
