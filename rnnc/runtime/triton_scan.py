@@ -29,10 +29,13 @@ def _interpreter_tiles(call: Call, sizes: tuple[int, ...]) -> dict:
     """Small power-of-two tiles for the interpreter, which runs programs one at a time.
 
     Up to 1024 state entries per program: one program then owns all of Mamba's D = 64, N = 16,
-    so B and C are read once per step (a program that owns a block of D re-reads them)."""
+    so B and C are read once per step (a program that owns a block of D re-reads them).
+    Chunks of 16 steps, longer beyond 4096 steps so that there are at most 256 chunks: the
+    interpreter's cost is per operation (Mamba at T = 65,536: 16 steps a chunk take 4 times as
+    long as 256)."""
     rest = math.prod(_pow2(n) for n in sizes[1:])
     block_first = min(_pow2(sizes[0]), max(1, 1024 // rest))
-    block_t = min(16, _pow2(call.T))
+    block_t = min(_pow2(call.T), max(16, min(256, _pow2(call.T) // 256)))
     return {"BLOCK_C": block_first * rest, "BLOCK_T": max(block_t, 2), "num_warps": 4}
 
 
