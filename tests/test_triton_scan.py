@@ -35,7 +35,7 @@ CELLS = {
     "emit y = sigmoid(h) * c }",
     # a scalar output per step: a dot product of the new state with an input
     "dot_output": "cell dot(D) { input x: [D]; input q: [D]; weight w: []; state h: [D]\n"
-    "h = sigmoid(q + w) * h + x\nemit y = tanh(h @ q) + w }",
+    "h = sigmoid(q + w) * h + x\nemit y = tanh(h @ q / sqrt(D)) + w }",
 }
 # (B, T, NH, D): odd sizes and powers of two; small, because the interpreter runs the scan element by element
 SIZES = [(3, 1, 2, 24), (3, 37, 1, 24), (1, 5, 2, 48), (1, 16, 1, 16)]
@@ -176,6 +176,22 @@ def _random_cell(rng) -> str:
         "cell rnd(D) { input x: [D]; input u: []; weight w: [D]; weight k: []; state h: [D]\n"
         f"h = {decay} * h + {term()} + x\nemit y = h * {term()} + max(h, u) }}"
     )
+
+
+def test_dims_read_as_numbers_over_a_matrix_state():
+    text = (
+        "cell s(D, N) { input x: [D]; input c: [N]; weight A: [D, N]; state S: [D, N]\n"
+        "S = sigmoid(A) * S + x[:, None] * c[None, :] / N\nemit y = S @ c / sqrt(N) + D }"
+    )
+    triton_cell, reference = rnnc.compile(text, backend="triton"), rnnc.compile(text, backend="reference")
+    tensors, states = random_call(triton_cell.plan.ir, B=2, T=5, NH=1, dims={"D": 3, "N": 5})
+    leaves = [*tensors.values(), *states.values()]
+    ours, theirs = triton_cell(state=states, **tensors), reference(state=states, **tensors)
+    assert rel_err(ours.y, theirs.y) < 1e-9 and rel_err(ours.state["S"], theirs.state["S"]) < 1e-9
+    for mine, ref in zip(
+        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
+    ):
+        assert rel_err(mine, ref) < 1e-9
 
 
 @pytest.mark.parametrize("seed", range(6))

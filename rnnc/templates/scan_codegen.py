@@ -251,6 +251,8 @@ def render_scan(plan: Plan) -> ScanModule:
             {"name": x.name, "size": x.size, "block": x.block, "index": x.index, "valid": x.valid} for x in tiles.axes
         ],
         time_spread=tiles.spread(0),
+        dims_read=[x.name for x in tiles.axes if x.name in tiles.dims_read],
+        one_shape=tiles.tile_shape((), time=False),
         layouts=[
             {
                 "name": tiles.layout_name(s),

@@ -117,9 +117,9 @@ class Tiles:
         self.new_states = {d.name: sympy.Symbol(f"s_{d.name}", real=True) for d in ir.states}
         # the new value of a state in nested expressions (a name no leaf can have), read as its tile
         self.markers = {d.name: sympy.Symbol(f"{d.name}'", real=True) for d in ir.states}
-        self.dims = {
-            str(a.dim): sympy.Symbol(a.size, positive=True) for a in self.axes if isinstance(a.dim, sympy.Symbol)
-        }
+        # a dim read as a number: a COMPUTE tile (value_D), so that sqrt(D) is exact in fp64
+        self.dims = {str(a.dim): a for a in self.axes if isinstance(a.dim, sympy.Symbol)}
+        self.dims_read: set[str] = set()  # names of the axes whose dims the expressions read
 
     # --- names and shapes of layouts ------------------------------------------------------------
     def layout_name(self, axes: tuple[int, ...]) -> str:
@@ -229,7 +229,8 @@ class Tiles:
                     raise unsupported(self.plan, f"it reads state {expr.name[:-1]} in fewer axes than it has")
                 return self.new_states[expr.name[:-1]]
             if expr.name in self.dims:
-                return self.dims[expr.name]
+                self.dims_read.add(self.dims[expr.name].name)
+                return sympy.Symbol(f"value_{self.dims[expr.name].name}", positive=True)
             if expr.name in self.plan.ir.dims:
                 raise unsupported(self.plan, f"it reads dim {expr.name} as a number, which is no state axis")
             rank = len(self.plan.ir.atom(expr.name).shape)
