@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import triton
 
-from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.launch import gpu_tiling, on_gpu, triton_dtype
 from rnnc.runtime.modules import load_module
 from rnnc.templates.chunked_codegen import render_chunked
 
@@ -64,14 +64,8 @@ class ChunkedKernels:
         pieces_dims = self._dims(call)
         k_pad, v_pad = _pow2(pieces_dims[0]), _pow2(pieces_dims[1])
         tiles = {"CHUNK": LEAST_TILE, "BK": k_pad, "BV": v_pad, "num_warps": 4, "num_stages": 1}
-        if call.device.type == "cuda" and not config.triton_interpret():
-            from rnnc.constraints.tiling import solve_tiling
-
-            dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}.get(
-                call.dtype, "float32"
-            )
-            shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
-            params = solve_tiling(self.plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+        if on_gpu(call):
+            params = gpu_tiling(self.plan, call)
             tiles = {
                 "CHUNK": max(LEAST_TILE, params["CHUNK"]),
                 "BK": k_pad,
@@ -133,7 +127,7 @@ class _ChunkedFunction(torch.autograd.Function):
             call.NH,
             K,
             V,
-            COMPUTE=_triton_dtype(compute),
+            COMPUTE=triton_dtype(compute),
             CHUNK=tiles["CHUNK"],
             BK=tiles["BK"],
             BV=tiles["BV"],
@@ -178,7 +172,7 @@ class _ChunkedFunction(torch.autograd.Function):
             call.NH,
             K,
             V,
-            COMPUTE=_triton_dtype(compute),
+            COMPUTE=triton_dtype(compute),
             CHUNK=tiles["CHUNK"],
             BK=tiles["BK"],
             BV=tiles["BV"],
@@ -188,9 +182,3 @@ class _ChunkedFunction(torch.autograd.Function):
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
         return (None, None, *grads_in, *grads_w, d_initial)
-
-
-def _triton_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32

@@ -14,9 +14,17 @@ import math
 import torch
 import triton
 
-from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.launch import (
+    flat_arguments,
+    gpu_tiling,
+    on_gpu,
+    output_cotangents,
+    output_shape,
+    state_cotangents,
+    triton_dtype,
+)
 from rnnc.runtime.modules import load_module
 from rnnc.templates.scan_codegen import render_scan
 
@@ -69,31 +77,14 @@ class ScanKernels:
 
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
         """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter."""
-        if call.device.type == "cuda" and not config.triton_interpret():
-            from rnnc.constraints.tiling import solve_tiling
-
-            dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}.get(
-                call.dtype, "float32"
-            )
-            shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
-            return solve_tiling(self.plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+        if on_gpu(call):
+            return gpu_tiling(self.plan, call)
         return _interpreter_tiles(call, sizes)
 
     def __call__(self, tensors: dict, state: dict | None):
         call = bind(self.plan.ir, tensors, state)
         ir = self.plan.ir
-        flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
-        flat += [call.weights[d.name].contiguous() for d in ir.weights]
-        initial = []
-        for d in ir.states:
-            given = call.states.get(d.name)
-            shape = (call.B, call.NH, *call.shape_of(d.shape))
-            initial.append(
-                given.to(call.compute_dtype).contiguous()
-                if given is not None
-                else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
-            )
-        results = _ScanFunction.apply(self, call, *flat, *initial)
+        results = _ScanFunction.apply(self, call, *flat_arguments(call, ir))
         outputs = {o.name: results[i] for i, o in enumerate(ir.outputs)}
         finals = {d.name: results[len(ir.outputs) + i] for i, d in enumerate(ir.states)}
         return outputs, finals
@@ -112,7 +103,7 @@ class _ScanFunction(torch.autograd.Function):
         compute = call.compute_dtype
         store = any(ctx.needs_input_grad[2:])
         outputs = [
-            torch.full(_output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
+            torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
         ]
         finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
         saved = [
@@ -130,7 +121,7 @@ class _ScanFunction(torch.autograd.Function):
             call.T,
             call.NH,
             *sizes,
-            COMPUTE=_triton_dtype(compute),
+            COMPUTE=triton_dtype(compute),
             **blocks,
             BLOCK_T=tiles["BLOCK_T"],
             STORE_STATES=store,
@@ -151,18 +142,7 @@ class _ScanFunction(torch.autograd.Function):
         initial = saved_tensors[n_in + n_w : n_in + n_w + n_s]
         saved = saved_tensors[n_in + n_w + n_s :]
         compute = call.compute_dtype
-        d_out = [
-            (
-                g.to(compute)
-                if g is not None
-                else torch.zeros(_output_shape(call, o), dtype=compute, device=call.device)
-            ).contiguous()
-            for g, o in zip(grads[:n_out], ir.outputs)
-        ]
-        d_fin = [
-            (g if g is not None else torch.zeros_like(s)).to(compute).contiguous()
-            for g, s in zip(grads[n_out:], initial)
-        ]
+        d_out, d_fin = output_cotangents(call, ir, grads[:n_out]), state_cotangents(grads[n_out:], initial)
         d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
         d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
@@ -179,7 +159,7 @@ class _ScanFunction(torch.autograd.Function):
             call.T,
             call.NH,
             *call.shape_of(ir.states[0].shape),
-            COMPUTE=_triton_dtype(compute),
+            COMPUTE=triton_dtype(compute),
             **blocks,
             BLOCK_T=tiles["BLOCK_T"],
             num_warps=tiles.get("num_warps", 4),
@@ -187,14 +167,3 @@ class _ScanFunction(torch.autograd.Function):
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
         return (None, None, *grads_in, *grads_w, *d_st)
-
-
-def _output_shape(call: Call, output) -> tuple[int, ...]:
-    """[B, T, NH, *shape] of an emitted output."""
-    return (call.B, call.T, call.NH, *call.shape_of(output.shape))
-
-
-def _triton_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32

@@ -12,12 +12,17 @@ from __future__ import annotations
 import torch
 import triton
 
-from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.errors import BackendError
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.launch import (
+    flat_arguments,
+    gpu_tiling,
+    on_gpu,
+    output_shape,
+    triton_dtype,
+)
 from rnnc.runtime.modules import load_module
-from rnnc.runtime.triton_scan import _output_shape, _triton_dtype
 from rnnc.templates.sequential_codegen import render_sequential
 
 
@@ -50,14 +55,8 @@ class SequentialKernels:
         """
         tiles = {f"BLOCK_{d}": _pow2_at_least(call.dims[d]) for d in self.module.dims}
         tiles.update(BLOCK_B=_pow2_at_least(min(call.B, 16)), num_warps=4)
-        if call.device.type == "cuda" and not config.triton_interpret():
-            from rnnc.constraints.tiling import solve_tiling
-
-            dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}.get(
-                call.dtype, "float32"
-            )
-            shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
-            params = solve_tiling(self.plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+        if on_gpu(call):
+            params = gpu_tiling(self.plan, call)
             if params.get("SPLIT", 1) != 1:
                 raise BackendError(
                     f"cell {self.plan.ir.cell} at {call.dims} needs its heads split over {params['SPLIT']} "
@@ -69,17 +68,7 @@ class SequentialKernels:
     def __call__(self, tensors: dict, state: dict | None):
         call = bind(self.plan.ir, tensors, state)
         ir = self.plan.ir
-        flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
-        flat += [call.weights[d.name].contiguous() for d in ir.weights]
-        for d in ir.states:
-            given = call.states.get(d.name)
-            shape = (call.B, call.NH, *call.shape_of(d.shape))
-            flat.append(
-                given.to(call.compute_dtype).contiguous()
-                if given is not None
-                else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
-            )
-        results = _SequentialFunction.apply(self, call, *flat)
+        results = _SequentialFunction.apply(self, call, *flat_arguments(call, ir))
         outputs = {o.name: results[i] for i, o in enumerate(ir.outputs)}
         finals = {d.name: results[len(ir.outputs) + i] for i, d in enumerate(ir.states)}
         return outputs, finals
@@ -90,7 +79,7 @@ def _launch_sizes(call: Call, kernels: SequentialKernels, tiles: dict) -> tuple[
     sizes = [call.B, call.T, call.NH] + [call.dims[d] for d in kernels.module.dims]
     compute = call.compute_dtype
     meta = {
-        "COMPUTE": _triton_dtype(compute),
+        "COMPUTE": triton_dtype(compute),
         "DOT_PRECISION": "ieee",  # fp32 tl.dot would default to TF32 on NVIDIA GPUs
         "num_warps": tiles["num_warps"],
         **{k: v for k, v in tiles.items() if k.startswith("BLOCK_")},
@@ -108,7 +97,7 @@ class _SequentialFunction(torch.autograd.Function):
         compute = call.compute_dtype
         store = any(ctx.needs_input_grad[2:])
         outputs = [
-            torch.full(_output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
+            torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
         ]
         finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
         saved = [
@@ -138,7 +127,7 @@ class _SequentialFunction(torch.autograd.Function):
             (
                 g.to(compute)
                 if g is not None
-                else torch.zeros(_output_shape(call, o), dtype=compute, device=call.device)
+                else torch.zeros(output_shape(call, o), dtype=compute, device=call.device)
             ).contiguous()
             for g, o in zip(grads[:n_out], ir.outputs)
         ]

@@ -1,0 +1,80 @@
+"""What every strategy's kernel launcher shares: flat arguments, GPU tilings, dtypes, cotangents.
+
+Example:
+    >>> import torch
+    >>> from rnnc.compiler import lower_source
+    >>> from rnnc.runtime.arguments import bind
+    >>> ir = lower_source(open("examples/hgrn.rnn").read())
+    >>> x = torch.zeros(2, 5, 1, 3)
+    >>> call = bind(ir, {"x": x, "g": x}, None)
+    >>> [tuple(t.shape) for t in flat_arguments(call, ir)], output_shape(call, ir.outputs[0])
+    ([(2, 5, 1, 3), (2, 5, 1, 3), (2, 1, 3)], (2, 5, 1, 3))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnc import config
+from rnnc.compiler import Plan
+from rnnc.compiler.ir import IR
+from rnnc.runtime.arguments import Call
+
+DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
+
+
+def on_gpu(call: Call) -> bool:
+    """True when the call's kernels run compiled on a GPU (not in the interpreter)."""
+    return call.device.type == "cuda" and not config.triton_interpret()
+
+
+def gpu_tiling(plan: Plan, call: Call) -> dict:
+    """The tiling model's parameters for this call on the live GPU (``--gpu auto``)."""
+    from rnnc.constraints.tiling import solve_tiling
+
+    shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
+    dtype = DTYPE_NAMES.get(call.dtype, "float32")
+    return solve_tiling(plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+
+
+def flat_arguments(call: Call, ir: IR) -> list[torch.Tensor]:
+    """Inputs, weights (contiguous) and initial states (in the compute dtype; zeros where not given)."""
+    flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
+    flat += [call.weights[d.name].contiguous() for d in ir.weights]
+    for d in ir.states:
+        given = call.states.get(d.name)
+        shape = (call.B, call.NH, *call.shape_of(d.shape))
+        flat.append(
+            given.to(call.compute_dtype).contiguous()
+            if given is not None
+            else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
+        )
+    return flat
+
+
+def output_shape(call: Call, output) -> tuple[int, ...]:
+    """[B, T, NH, *shape] of an emitted output."""
+    return (call.B, call.T, call.NH, *call.shape_of(output.shape))
+
+
+def triton_dtype(dtype: torch.dtype):
+    """The Triton dtype kernels compute in for a torch compute dtype (float64 or float32)."""
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def output_cotangents(call: Call, ir: IR, grads) -> list[torch.Tensor]:
+    """The outputs' incoming gradients in the compute dtype, zeros where autograd passed None."""
+    compute = call.compute_dtype
+    return [
+        (
+            g.to(compute) if g is not None else torch.zeros(output_shape(call, o), dtype=compute, device=call.device)
+        ).contiguous()
+        for g, o in zip(grads, ir.outputs)
+    ]
+
+
+def state_cotangents(grads, initial) -> list[torch.Tensor]:
+    """The final states' incoming gradients, shaped and typed like the initial states."""
+    return [(g if g is not None else torch.zeros_like(s)).to(s.dtype).contiguous() for g, s in zip(grads, initial)]
