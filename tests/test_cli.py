@@ -296,3 +296,15 @@ def test_demo_bundles_the_zoo():
     from rnnc.demo import bundled_cells
 
     assert {p.stem for p in bundled_cells()} >= {"lstm", "gru", "slstm", "gla", "deltanet", "mamba", "hgrn"}
+
+
+def test_build_is_byte_identical_across_processes_with_different_hash_seeds(tmp_path):
+    """Sets iterate in hash order, and str hashes change with PYTHONHASHSEED: output must not depend on it."""
+    zoo = sorted(str(p) for p in Path("examples").glob("*.rnn"))
+    texts = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-m", "rnnc.cli", "build", *zoo, "-o", str(out)], env=env, check=True)
+        texts.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert len(texts[0]) == len(zoo) and texts[0] == texts[1]

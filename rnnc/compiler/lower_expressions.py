@@ -66,7 +66,7 @@ class ExpressionLowering:
 
     def _view_symbols(self, expr: sympy.Expr) -> list[sympy.Symbol]:
         """The symbols of ``expr`` that are views (the others are dims)."""
-        return [s for s in expr.free_symbols if str(s) in self.views]
+        return sorted((s for s in expr.free_symbols if str(s) in self.views), key=str)  # sets iterate by hash
 
     def _leaf_value(self, name: str) -> Value:
         atom = self.atoms[name]
