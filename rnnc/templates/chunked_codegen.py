@@ -19,14 +19,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 
-import jinja2
 import sympy
 
 from rnnc.compiler import Plan
 from rnnc.templates.chunked_pieces import Pieces, find_pieces
+from rnnc.templates.loading import template
 from rnnc.templates.triton_printer import to_triton
 
 # the structural parts of the template per decay: (state decay, carry of k to the chunk end,
@@ -90,21 +88,6 @@ class ChunkedModule:
     backward_args: list
     decay: str
     delta: bool
-
-
-@lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
-    def read(name: str) -> str:
-        return resources.files("rnnc.templates").joinpath(name).read_text()
-
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(read),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=False,
-        keep_trailing_newline=True,
-    )
-    return env.get_template("chunked.py.jinja")
 
 
 def _names(pieces: Pieces, space: str) -> dict[str, str]:
@@ -199,7 +182,7 @@ def render_chunked(plan: Plan) -> ChunkedModule:
     backward_args += [f"saved_{state}", f"d_out_{output}", f"d_fin_{state}"]
     backward_args += [f"d_in_{d.name}" for d in ir.inputs] + [f"d_w_{d.name}" for d in ir.weights]
     backward_args += [f"d_st_{state}"]
-    text = _template().render(
+    text = template("chunked.py.jinja").render(
         cell=ir.cell,
         key=plan.key(),
         forward_args=forward_args,

@@ -19,14 +19,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 
-import jinja2
 import sympy
 
 from rnnc.compiler import Plan
 from rnnc.compiler.nested import nest, show
+from rnnc.templates.loading import template
 from rnnc.templates.scan_layout import Tiles, unsupported
 from rnnc.templates.triton_printer import to_triton
 
@@ -39,15 +37,6 @@ class ScanModule:
     forward_args: list
     backward_args: list
     axes: list  # names of the state axes: the kernels take dim_<name> and BLOCK_<name>
-
-
-@lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
-    text = resources.files("rnnc.templates").joinpath("scan.py.jinja").read_text()
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=False, keep_trailing_newline=True
-    )
-    return env.from_string(text)
 
 
 class _Names(dict):
@@ -242,7 +231,7 @@ def render_scan(plan: Plan) -> ScanModule:
     backward_args += [f"saved_{n}" for n in sts] + [f"d_out_{n}" for n in outputs_] + [f"d_fin_{n}" for n in sts]
     backward_args += [f"d_in_{n}" for n in ins] + [f"d_w_{n}" for n in ws] + [f"d_st_{n}" for n in sts]
     layouts = sorted({full, last, *tiles.leaf_axes.values(), *(o["space"] for o in outputs)}, key=lambda s: (len(s), s))
-    text = _template().render(
+    text = template("scan.py.jinja").render(
         cell=ir.cell,
         key=plan.key(),
         forward_args=forward_args,

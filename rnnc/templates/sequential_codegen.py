@@ -16,12 +16,9 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
-
-import jinja2
 
 from rnnc.compiler import Plan
+from rnnc.templates.loading import template
 from rnnc.templates.sequential_step import SequentialStep
 from rnnc.templates.sequential_tiles import Tile, unsupported
 
@@ -50,15 +47,6 @@ class SequentialModule:
     forward_args: list
     backward_args: list
     dims: list
-
-
-@lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
-    text = resources.files("rnnc.templates").joinpath("sequential.py.jinja").read_text()
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=False, keep_trailing_newline=True
-    )
-    return env.from_string(text)
 
 
 def _size(gates: int, dim: str | None) -> str:
@@ -195,7 +183,7 @@ def render_sequential(plan: Plan) -> SequentialModule:
     prologue = "\n".join(
         [PROLOGUE] + [DIM_PROLOGUE.format(d=d) for d in step.layout.dims] + [SIZE.format(d=d) for d in ir.dims]
     )
-    text = _template().render(
+    text = template("sequential.py.jinja").render(
         cell=ir.cell,
         key=plan.key(),
         forward_args=forward_args,
