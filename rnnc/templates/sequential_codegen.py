@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from rnnc.compiler import Plan
 from rnnc.templates.loading import template
 from rnnc.templates.sequential_step import SequentialStep
-from rnnc.templates.sequential_tiles import Tile, unsupported
+from rnnc.templates.sequential_tiles import Tile, split_shape, unsupported
 
 PROLOGUE = """pid_b = tl.program_id(0)
 head = tl.program_id(1)
@@ -30,13 +30,12 @@ mask_row = mask_b[:, None]
 zero_row = tl.zeros([BLOCK_B, 1], dtype=COMPUTE)
 state_row = rows.to(tl.int64) * NH + head  # [B, NH] row of this program's states"""
 
-# a dim read as a number in the cell's math: a [1, 1] tile in COMPUTE, so that sqrt(H) is exact in fp64
-SIZE = "size_{d} = tl.zeros([1, 1], dtype=COMPUTE) + dim_{d}"
-
+# per dim; size_<d> is the dim read as a number in the cell's math, a [1, 1] tile in COMPUTE (sqrt(H) exact in fp64)
 DIM_PROLOGUE = """cols_{d} = tl.arange(0, BLOCK_{d})
 in_{d} = cols_{d} < dim_{d}
 mask_{d} = mask_b[:, None] & in_{d}[None, :]
-zero_{d} = tl.zeros([BLOCK_B, BLOCK_{d}], dtype=COMPUTE)"""
+zero_{d} = tl.zeros([BLOCK_B, BLOCK_{d}], dtype=COMPUTE)
+size_{d} = tl.zeros([1, 1], dtype=COMPUTE) + dim_{d}"""
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def render_sequential(plan: Plan) -> SequentialModule:
     weights = [(d.name, tiles[d.name]) for d in ir.weights]
     states = step.states()
     outputs = [r.name for r in ir.outputs]
-    output_dims = {r.name: tiles_dim(plan, r.shape) for r in ir.outputs}
+    output_dims = {r.name: split_shape(plan, r.shape)[1] for r in ir.outputs}
 
     forward_args = [f"{n}_ptr" for n, _ in inputs] + [f"{n}_ptr" for n, _ in weights]
     forward_args += [f"{n}_init_ptr" for n, _ in states] + [f"{n}_out_ptr" for n in outputs]
@@ -180,9 +179,7 @@ def render_sequential(plan: Plan) -> SequentialModule:
         value = leaves.get((name, 0))
         carry_advance.append(f"ds_{name} = {value if value is not None else f'zero_{tile.dim}'}")
 
-    prologue = "\n".join(
-        [PROLOGUE] + [DIM_PROLOGUE.format(d=d) for d in step.layout.dims] + [SIZE.format(d=d) for d in ir.dims]
-    )
+    prologue = "\n".join([PROLOGUE] + [DIM_PROLOGUE.format(d=d) for d in step.layout.dims])
     text = template("sequential.py.jinja").render(
         cell=ir.cell,
         key=plan.key(),
@@ -213,10 +210,3 @@ def render_sequential(plan: Plan) -> SequentialModule:
         weight_grad_stores=weight_grad_stores,
     )
     return SequentialModule(text, forward_args, backward_args, list(step.layout.dims))
-
-
-def tiles_dim(plan: Plan, shape) -> str:
-    """The dim of a vector shape ``[dim]``."""
-    from rnnc.templates.sequential_tiles import split_shape
-
-    return split_shape(plan, shape)[1]

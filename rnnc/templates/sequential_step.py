@@ -153,7 +153,7 @@ class SequentialStep:
     def _derivative_entries(self) -> list[tuple[tuple, str, sympy.Expr]]:
         """(key, view label, derivative at the key's gate) for every pointwise expression of the step.
 
-        Keys: ("result", name) for state updates and outputs, ("arg", atom index, arg index, gate).
+        Keys: ("update", state) and ("output", name) for the results, ("arg", atom index, arg index, gate).
         """
         derivatives = self.plan.derivatives
         entries = []
@@ -181,26 +181,26 @@ class SequentialStep:
         """
         entries = self._derivative_entries()
         lines, reduced = self._cse([(str(k), e) for k, _, e in entries], "q")
-        derivative_code: dict[tuple, list[tuple[str, str]]] = {}
+        # per key: (view label, derivative code, whether the derivative is a constant)
+        derivative_code: dict[tuple, list[tuple[str, str, bool]]] = {}
         named: dict[str, str] = {}  # printed derivative -> its variable
         for (key, label, _), value in zip(entries, reduced):
-            code = to_triton(value, self.names)
-            if value == 1:
-                code = "1"
-            elif not (value.is_number or isinstance(value, sympy.Symbol)):
+            code = "1" if value == 1 else to_triton(value, self.names)
+            if not (value.is_number or isinstance(value, sympy.Symbol)):
                 if code not in named:
                     named[code] = f"q_{len(named)}"
                     lines.append(f"{named[code]} = {code}")
                 code = named[code]
-            derivative_code.setdefault(key, []).append((label, code))
-        # pending cotangent terms per (atom, gate): (seed, derivative code, expression dim, target kind)
-        grads: dict[tuple[str, int], list[tuple[str, str, str | None, str]]] = {}
+            derivative_code.setdefault(key, []).append((label, code, bool(value.is_number)))
+        # pending cotangent terms per (atom, gate): (seed, derivative code, constant?, expression dim, target kind)
+        grads: dict[tuple[str, int], list[tuple[str, str, bool, str | None, str]]] = {}
 
         def propagate(key, seed: str, gate: int, dim: str | None) -> None:
-            for label, code in derivative_code.get(key, []):
+            for label, code, constant in derivative_code.get(key, []):
                 atom = self.ir.view(label).atom
                 tile = self.tiles[atom]
-                grads.setdefault((atom, gate if tile.gates > 1 else 0), []).append((seed, code, dim, tile.kind))
+                target = (atom, gate if tile.gates > 1 else 0)
+                grads.setdefault(target, []).append((seed, code, constant, dim, tile.kind))
 
         rendered: dict[str, str] = {}
 
@@ -228,12 +228,11 @@ class SequentialStep:
             if not any(cotangents):
                 continue
             if atom.op == "part":
-                arg_gates, dim = split_shape(self.plan, atom.arg_shapes[0])
+                _, dim = split_shape(self.plan, atom.arg_shapes[0])
                 propagate(("arg", i, 0, atom.params[1]), cotangents[0], atom.params[1], dim)
                 continue
             side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
-            matrix_name = self.ir.view(atom.args[1 - side]).atom
-            matrix = self.tiles[matrix_name]
+            matrix = self.tiles[self.ir.view(atom.args[1 - side]).atom]
             v = self.arg_variable(i, side, 0)
             _, v_dim = split_shape(self.plan, atom.arg_shapes[side])
             dots = []
@@ -256,14 +255,14 @@ class SequentialStep:
 def _render_terms(terms, mask) -> list[str]:
     """Sum the seeds that share a derivative, mask, and reduce to the target's shape."""
     groups: dict[tuple, list[str]] = {}
-    for seed, code, dim, kind in terms:
-        groups.setdefault((code, dim, kind), []).append(seed)
+    for seed, code, constant, dim, kind in terms:
+        groups.setdefault((code, constant, dim, kind), []).append(seed)
     out = []
-    for (code, dim, kind), seeds in groups.items():
+    for (code, constant, dim, kind), seeds in groups.items():
         seed = seeds[0] if len(seeds) == 1 else f"({' + '.join(seeds)})"
         if code == "1":
             term = seed
-        elif _is_number(code):
+        elif constant:  # seeds are zero in padded lanes already
             term = f"{seed} * {code}"
         else:  # a derivative may be inf or NaN in padded lanes, where the seed is zero
             term = f"tl.where({mask(dim)}, {seed} * {code}, 0.0)"
@@ -273,11 +272,3 @@ def _render_terms(terms, mask) -> list[str]:
             term = f"tl.sum(tl.sum({term}, axis=1, keep_dims=True), axis=0, keep_dims=True)"
         out.append(term)
     return out
-
-
-def _is_number(code: str) -> bool:
-    try:
-        float(code)
-    except ValueError:
-        return False
-    return True
