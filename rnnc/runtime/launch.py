@@ -14,13 +14,50 @@ Example:
 from __future__ import annotations
 
 import torch
+import triton
 
 from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.compiler.ir import IR
 from rnnc.runtime.arguments import Call
+from rnnc.runtime.modules import load_module
 
+DOT_MINIMUM = 16  # tl.dot needs every side of a tile to be at least 16
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
+
+
+class GeneratedKernels:
+    """A cell's generated Triton module, rendered and loaded from the module cache.
+
+    Each strategy's launcher subclasses it and sets ``strategy`` and ``render`` (Plan -> module
+    with a ``text``); ``kernels`` is the imported module.
+    """
+
+    strategy = ""
+
+    @staticmethod
+    def render(plan: Plan):
+        raise NotImplementedError
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.module = self.render(plan)
+        self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
+
+    @property
+    def source(self) -> str:
+        """The generated module's text."""
+        return self.module.text
+
+
+def pow2_at_least(n: int, least: int = 1) -> int:
+    """The smallest power of two that is >= n and >= least.
+
+    Example:
+        >>> pow2_at_least(24), pow2_at_least(3, DOT_MINIMUM), pow2_at_least(0)
+        (32, 16, 1)
+    """
+    return max(least, triton.next_power_of_2(max(n, 1)))
 
 
 def on_gpu(call: Call) -> bool:

@@ -16,35 +16,20 @@ from __future__ import annotations
 import torch
 import triton
 
-from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
-from rnnc.runtime.launch import gpu_tiling, on_gpu, triton_dtype
-from rnnc.runtime.modules import load_module
+from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, gpu_tiling, on_gpu, pow2_at_least, triton_dtype
 from rnnc.templates.chunked_codegen import render_chunked
 
-LEAST_TILE = 16  # tl.dot needs every dimension of a tile to be at least 16
 # per-key-channel decays are split as q e^gamma . k e^-gamma, and e^-gamma grows along a
 # chunk: 16 steps keep it finite in fp32 unless a channel decays below e^-5.5 per step
 DIAGONAL_CHUNK = 16
 
 
-def _pow2(n: int) -> int:
-    """The next power of two >= max(n, 16)."""
-    return max(LEAST_TILE, 1 << max(0, (n - 1).bit_length()))
-
-
-class ChunkedKernels:
+class ChunkedKernels(GeneratedKernels):
     """The generated kernels of one chunked cell and the code that launches them."""
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.module = render_chunked(plan)
-        self.kernels = load_module(self.module.text, f"{plan.ir.cell}_chunked")
-
-    @property
-    def source(self) -> str:
-        """The generated module's text."""
-        return self.module.text
+    strategy = "chunked"
+    render = staticmethod(render_chunked)
 
     def tiles(self, call: Call) -> dict:
         """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter.
@@ -62,14 +47,14 @@ class ChunkedKernels:
             {'CHUNK': 16, 'BK': 32, 'BV': 64, 'num_warps': 4, 'num_stages': 1}
         """
         pieces_dims = self._dims(call)
-        k_pad, v_pad = _pow2(pieces_dims[0]), _pow2(pieces_dims[1])
-        tiles = {"CHUNK": LEAST_TILE, "BK": k_pad, "BV": v_pad, "num_warps": 4, "num_stages": 1}
+        k_pad, v_pad = pow2_at_least(pieces_dims[0], DOT_MINIMUM), pow2_at_least(pieces_dims[1], DOT_MINIMUM)
+        tiles = {"CHUNK": DOT_MINIMUM, "BK": k_pad, "BV": v_pad, "num_warps": 4, "num_stages": 1}
         if on_gpu(call):
             params = gpu_tiling(self.plan, call)
             tiles = {
-                "CHUNK": max(LEAST_TILE, params["CHUNK"]),
+                "CHUNK": max(DOT_MINIMUM, params["CHUNK"]),
                 "BK": k_pad,
-                "BV": max(LEAST_TILE, min(params["BV"], v_pad)),
+                "BV": max(DOT_MINIMUM, min(params["BV"], v_pad)),
                 "num_warps": params.get("num_warps", 4),
                 "num_stages": params.get("num_stages", 1),
             }

@@ -14,23 +14,19 @@ import math
 import torch
 import triton
 
-from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.launch import (
+    GeneratedKernels,
     flat_arguments,
     gpu_tiling,
     on_gpu,
     output_cotangents,
     output_shape,
+    pow2_at_least,
     state_cotangents,
     triton_dtype,
 )
-from rnnc.runtime.modules import load_module
 from rnnc.templates.scan_codegen import render_scan
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
 def _interpreter_tiles(call: Call, sizes: tuple[int, ...]) -> dict:
@@ -41,9 +37,9 @@ def _interpreter_tiles(call: Call, sizes: tuple[int, ...]) -> dict:
     Chunks of 16 steps, longer beyond 4096 steps so that there are at most 256 chunks: the
     interpreter's cost is per operation (Mamba at T = 65,536: 16 steps a chunk take 4 times as
     long as 256)."""
-    rest = math.prod(_pow2(n) for n in sizes[1:])
-    block_first = min(_pow2(sizes[0]), max(1, 1024 // rest))
-    block_t = min(_pow2(call.T), max(16, min(256, _pow2(call.T) // 256)))
+    rest = math.prod(pow2_at_least(n) for n in sizes[1:])
+    block_first = min(pow2_at_least(sizes[0]), max(1, 1024 // rest))
+    block_t = min(pow2_at_least(call.T), max(16, min(256, pow2_at_least(call.T) // 256)))
     return {"BLOCK_C": block_first * rest, "BLOCK_T": max(block_t, 2), "num_warps": 4}
 
 
@@ -57,23 +53,16 @@ def _axis_blocks(axes: list[str], sizes: tuple[int, ...], block_c: int) -> dict:
         >>> _axis_blocks(["D", "N"], (24, 16), 512)
         {'BLOCK_D': 32, 'BLOCK_N': 16}
     """
-    rest = math.prod(_pow2(n) for n in sizes[1:])
-    first = min(_pow2(sizes[0]), _pow2(max(1, block_c // rest)))
-    return {f"BLOCK_{axes[0]}": first, **{f"BLOCK_{a}": _pow2(n) for a, n in zip(axes[1:], sizes[1:])}}
+    rest = math.prod(pow2_at_least(n) for n in sizes[1:])
+    first = min(pow2_at_least(sizes[0]), pow2_at_least(max(1, block_c // rest)))
+    return {f"BLOCK_{axes[0]}": first, **{f"BLOCK_{a}": pow2_at_least(n) for a, n in zip(axes[1:], sizes[1:])}}
 
 
-class ScanKernels:
+class ScanKernels(GeneratedKernels):
     """The generated kernels of one scan cell and the code that launches them."""
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.module = render_scan(plan)
-        self.kernels = load_module(self.module.text, f"{plan.ir.cell}_scan")
-
-    @property
-    def source(self) -> str:
-        """The generated module's text."""
-        return self.module.text
+    strategy = "scan"
+    render = staticmethod(render_scan)
 
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
         """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter."""

@@ -12,40 +12,26 @@ from __future__ import annotations
 import torch
 import triton
 
-from rnnc.compiler import Plan
 from rnnc.errors import BackendError
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.launch import (
+    DOT_MINIMUM,
+    GeneratedKernels,
     flat_arguments,
     gpu_tiling,
     on_gpu,
     output_shape,
+    pow2_at_least,
     triton_dtype,
 )
-from rnnc.runtime.modules import load_module
 from rnnc.templates.sequential_codegen import render_sequential
 
 
-def _pow2_at_least(n: int, low: int = 16) -> int:
-    """The smallest power of two >= max(n, low): tl.dot needs every tile side >= 16."""
-    size = low
-    while size < n:
-        size *= 2
-    return size
-
-
-class SequentialKernels:
+class SequentialKernels(GeneratedKernels):
     """The generated kernels of one sequential cell and the code that launches them."""
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.module = render_sequential(plan)
-        self.kernels = load_module(self.module.text, f"{plan.ir.cell}_sequential")
-
-    @property
-    def source(self) -> str:
-        """The generated module's text."""
-        return self.module.text
+    strategy = "sequential"
+    render = staticmethod(render_sequential)
 
     def tiles(self, call: Call) -> dict:
         """Launch parameters: BLOCK_B and one BLOCK per dim, covering each head whole.
@@ -53,8 +39,8 @@ class SequentialKernels:
         On a GPU, BLOCK_B and num_warps come from the tiling model when it keeps a head
         in one program; a head it splits across programs is refused (not built yet).
         """
-        tiles = {f"BLOCK_{d}": _pow2_at_least(call.dims[d]) for d in self.module.dims}
-        tiles.update(BLOCK_B=_pow2_at_least(min(call.B, 16)), num_warps=4)
+        tiles = {f"BLOCK_{d}": pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.dims}
+        tiles.update(BLOCK_B=DOT_MINIMUM, num_warps=4)
         if on_gpu(call):
             params = gpu_tiling(self.plan, call)
             if params.get("SPLIT", 1) != 1:
@@ -62,7 +48,8 @@ class SequentialKernels:
                     f"cell {self.plan.ir.cell} at {call.dims} needs its heads split over {params['SPLIT']} "
                     "programs, and the split-head sequential kernel is not built yet; use smaller heads"
                 )
-            tiles.update(BLOCK_B=max(16, params.get("BLOCK_B", 16)), num_warps=params.get("num_warps", 4))
+            block_b = max(DOT_MINIMUM, params.get("BLOCK_B", DOT_MINIMUM))
+            tiles.update(BLOCK_B=block_b, num_warps=params.get("num_warps", 4))
         return tiles
 
     def __call__(self, tensors: dict, state: dict | None):
