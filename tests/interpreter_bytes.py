@@ -51,3 +51,25 @@ def count_bytes():
     finally:
         for name, function in originals.items():
             setattr(builder, name, function)
+
+
+def nbytes(tensors) -> int:
+    """Bytes the tensors hold."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def inference_traffic(cell, tensors: dict, states: dict) -> tuple[dict, int, int]:
+    """Run ``cell`` at inference and return (bytes moved, ideal bytes read, ideal bytes written).
+
+    The ideal reads every input, weight and initial state once and writes every output and
+    final state once.
+    """
+    import torch
+
+    tensors = {k: v.detach() for k, v in tensors.items()}
+    states = {k: v.detach() for k, v in states.items()}
+    with torch.no_grad(), count_bytes() as moved:
+        out = cell(state=states, **tensors)
+    read = nbytes([*tensors.values(), *states.values()])
+    written = nbytes([*out.outputs.values(), *out.state.values()])
+    return moved, read, written

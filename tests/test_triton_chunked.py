@@ -158,15 +158,10 @@ def test_generated_module_is_deterministic_and_readable():
 def test_inference_moves_each_byte_about_once(name):
     """Forward at inference: inputs, weights and the initial state read once, the output and the final
     state written once, within 30 % (weights are read once per program; nothing per chunk is stored)."""
-    from interpreter_bytes import count_bytes
+    from interpreter_bytes import inference_traffic
 
     triton_cell, _, tensors, states = _call(name, 2, 37, 2, 24, 20, torch.float32)
-    tensors = {k: v.detach() for k, v in tensors.items()}
-    states = {k: v.detach() for k, v in states.items()}
-    with torch.no_grad(), count_bytes() as moved:
-        out = triton_cell(state=states, **tensors)
-    read = sum(t.numel() * t.element_size() for t in [*tensors.values(), *states.values()])
-    written = sum(t.numel() * t.element_size() for t in [*out.outputs.values(), *out.state.values()])
+    moved, read, written = inference_traffic(triton_cell, tensors, states)
     assert moved["store"] <= 1.3 * written, (moved, written)
     assert moved["load"] <= 1.3 * read, (moved, read)
     assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte

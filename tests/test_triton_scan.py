@@ -144,15 +144,10 @@ def test_generated_module_is_deterministic_and_readable():
 def test_inference_moves_each_byte_about_once(name):
     """Forward at inference: inputs, weights and initial states read once, outputs and final states
     written once, within 5 % (weights are read once per batch row)."""
-    from interpreter_bytes import count_bytes
+    from interpreter_bytes import inference_traffic
 
     triton_cell, _, tensors, states = _call(name, 2, 20, 2, 24, torch.float32)
-    tensors = {k: v.detach() for k, v in tensors.items()}
-    states = {k: v.detach() for k, v in states.items()}
-    with torch.no_grad(), count_bytes() as moved:
-        out = triton_cell(state=states, **tensors)
-    read = sum(t.numel() * t.element_size() for t in [*tensors.values(), *states.values()])
-    written = sum(t.numel() * t.element_size() for t in [*out.outputs.values(), *out.state.values()])
+    moved, read, written = inference_traffic(triton_cell, tensors, states)
     assert moved["store"] <= 1.05 * written, (moved, written)
     assert moved["load"] <= 1.05 * read, (moved, read)
     assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte
@@ -220,17 +215,12 @@ def test_mamba_inference_reads_b_and_c_once(D, N):
     Exactly: inputs and initial states once, weights once per batch row (each (batch, head) program
     loads its head's A and Dskip), outputs and final states written once. At T = 64 the weights'
     second read is under 5 % of the ideal, every byte read once."""
-    from interpreter_bytes import count_bytes
+    from interpreter_bytes import inference_traffic, nbytes
 
     B, T, NH = 2, 64, 2
     triton_cell, _, tensors, states = _call("mamba", B, T, NH, D, torch.float32, N=N)
-    tensors = {k: v.detach() for k, v in tensors.items()}
-    states = {k: v.detach() for k, v in states.items()}
-    with torch.no_grad(), count_bytes() as moved:
-        out = triton_cell(state=states, **tensors)
-    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    moved, ideal, written = inference_traffic(triton_cell, tensors, states)  # written: y and the final S
     weights = nbytes([tensors["A"], tensors["Dskip"]])
-    ideal = nbytes([*tensors.values(), *states.values()])
     assert moved["load"] == ideal + (B - 1) * weights, (moved, ideal)
     assert moved["load"] <= 1.05 * ideal, moved["load"] / ideal
-    assert moved["store"] == nbytes([out.y, out.state["S"]])
+    assert moved["store"] == written

@@ -83,16 +83,11 @@ def test_matrix_weight_used_pointwise_is_refused_with_the_reason():
 def test_inference_moves_each_byte_about_once(name):
     """Forward at inference: inputs, weights and initial states read once, outputs and final states
     written once, within 5 %."""
-    from interpreter_bytes import count_bytes
+    from interpreter_bytes import inference_traffic
 
     cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
     tensors, states = random_call(cell.plan.ir, B=3, T=9, NH=2, dims={"H": 24}, dtype=torch.float32)
-    tensors = {k: v.detach() for k, v in tensors.items()}
-    states = {k: v.detach() for k, v in states.items()}
-    with torch.no_grad(), count_bytes() as moved:
-        out = cell(state=states, **tensors)
-    read = sum(t.numel() * t.element_size() for t in [*tensors.values(), *states.values()])
-    written = sum(t.numel() * t.element_size() for t in [*out.outputs.values(), *out.state.values()])
+    moved, read, written = inference_traffic(cell, tensors, states)
     assert read <= moved["load"] <= 1.05 * read, (moved, read)
     assert written <= moved["store"] <= 1.05 * written, (moved, written)
 
