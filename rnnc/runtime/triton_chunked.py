@@ -17,7 +17,16 @@ import torch
 import triton
 
 from rnnc.runtime.arguments import Call, bind
-from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, gpu_tiling, on_gpu, pow2_at_least, triton_dtype
+from rnnc.runtime.launch import (
+    DOT_MINIMUM,
+    GeneratedKernels,
+    gpu_tiling,
+    on_gpu,
+    output_cotangents,
+    pow2_at_least,
+    state_cotangents,
+    triton_dtype,
+)
 from rnnc.templates.chunked_codegen import render_chunked
 
 # per-key-channel decays are split as q e^gamma . k e^-gamma, and e^-gamma grows along a
@@ -84,6 +93,16 @@ class ChunkedKernels(GeneratedKernels):
         return {ir.outputs[0].name: output}, {decl.name: final}
 
 
+def _launch(call: Call, tiles: dict, K: int, V: int) -> tuple[tuple, list, dict]:
+    """Grid, size arguments and meta-parameters shared by the forward and backward kernels."""
+    grid = (triton.cdiv(V, tiles["BV"]), call.B * call.NH)
+    meta = {
+        "COMPUTE": triton_dtype(call.compute_dtype),
+        **{k: tiles[k] for k in ("CHUNK", "BK", "BV", "num_warps", "num_stages")},
+    }
+    return grid, [call.T, call.NH, K, V], meta
+
+
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels: ChunkedKernels, call: Call, *flat):
@@ -100,25 +119,9 @@ class _ChunkedFunction(torch.autograd.Function):
         final = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
         saved_shape = (call.B * call.NH, n_chunks, K, V) if store else (1,)
         saved = torch.empty(saved_shape, dtype=compute, device=device)
-        grid = (triton.cdiv(V, tiles["BV"]), call.B * call.NH)
+        grid, sizes, meta = _launch(call, tiles, K, V)
         kernels.kernels.forward_kernel[grid](
-            *inputs,
-            *weights,
-            initial,
-            output,
-            final,
-            saved,
-            call.T,
-            call.NH,
-            K,
-            V,
-            COMPUTE=triton_dtype(compute),
-            CHUNK=tiles["CHUNK"],
-            BK=tiles["BK"],
-            BV=tiles["BV"],
-            STORE_STATES=store,
-            num_warps=tiles["num_warps"],
-            num_stages=tiles["num_stages"],
+            *inputs, *weights, initial, output, final, saved, *sizes, STORE_STATES=store, **meta
         )
         ctx.kernels, ctx.call, ctx.tiles = kernels, call, tiles
         ctx.save_for_backward(*inputs, *weights, initial, saved)
@@ -134,35 +137,14 @@ class _ChunkedFunction(torch.autograd.Function):
         initial, saved = saved_tensors[-2], saved_tensors[-1]
         K, V = kernels._dims(call)
         compute, device = call.compute_dtype, call.device
-        out_shape = (call.B, call.T, call.NH, V)
-        d_output = (
-            d_output.to(compute) if d_output is not None else torch.zeros(out_shape, dtype=compute, device=device)
-        ).contiguous()
-        d_final = (d_final if d_final is not None else torch.zeros_like(initial)).to(compute).contiguous()
+        (d_output,), (d_final,) = output_cotangents(call, ir, [d_output]), state_cotangents([d_final], [initial])
         # gradients shared by the value blocks are added atomically: they start at zero
         d_in = [torch.zeros(x.shape, dtype=compute, device=device) for x in inputs]
         d_w = [torch.zeros(w.shape, dtype=compute, device=device) for w in weights]
         d_initial = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
-        grid = (triton.cdiv(V, tiles["BV"]), call.B * call.NH)
+        grid, sizes, meta = _launch(call, tiles, K, V)
         kernels.kernels.backward_kernel[grid](
-            *inputs,
-            *weights,
-            saved,
-            d_output,
-            d_final,
-            *d_in,
-            *d_w,
-            d_initial,
-            call.T,
-            call.NH,
-            K,
-            V,
-            COMPUTE=triton_dtype(compute),
-            CHUNK=tiles["CHUNK"],
-            BK=tiles["BK"],
-            BV=tiles["BV"],
-            num_warps=tiles["num_warps"],
-            num_stages=tiles["num_stages"],
+            *inputs, *weights, saved, d_output, d_final, *d_in, *d_w, d_initial, *sizes, **meta
         )
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
