@@ -671,15 +671,11 @@ def test_readme_ten_line_training_example_runs_on_the_kernels_and_learns():
     assert len([line for line in code.splitlines() if line.strip()]) <= 12  # the promise in the title, roughly
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
-    assert scope["cell"].last_backend == ("triton" if rnnc_config_interprets() else "reference")
-    losses = scope["losses"]
-    assert len(losses) == 20 and losses[-1] < 0.9 * losses[0], losses
-
-
-def rnnc_config_interprets() -> bool:
     from rnnc import config
 
-    return config.triton_interpret()
+    assert scope["cell"].last_backend == ("triton" if config.triton_interpret() else "reference")
+    losses = scope["losses"]
+    assert len(losses) == 20 and losses[-1] < 0.9 * losses[0], losses
 
 
 def test_reference_reads_a_dim_inside_a_function():
