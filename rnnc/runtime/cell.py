@@ -103,6 +103,29 @@ class Cell:
 
         return solve_tiling(self.plan, gpu, shape, dtype)
 
+    def use_tiling(self, params: dict | None) -> None:
+        """Pin launch parameters of the Triton kernels (``rnnc tune``'s winner, or a test's choice).
+
+        Pinned values win over the tiling model's; ``None`` unpins. ``SPLIT`` > 1 splits each
+        head of a sequential cell over that many programs, also in the interpreter.
+
+        Example:
+            >>> import rnnc
+            >>> cell = rnnc.compile("examples/lstm.rnn", backend="triton")
+            >>> cell.use_tiling({"SPLIT": 2}); cell.pinned_tiling
+            {'SPLIT': 2}
+        """
+        if self._triton is None:
+            raise BackendError(f"cell {self.name} has no Triton kernels to pin a tiling on (backend {self.backend})")
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"use_tiling needs a dict of launch parameters or None, has {type(params).__name__}")
+        self._triton.pinned = dict(params or {})
+
+    @property
+    def pinned_tiling(self) -> dict:
+        """The launch parameters pinned with :meth:`use_tiling` (empty when none)."""
+        return dict(self._triton.pinned) if self._triton is not None else {}
+
     def __call__(self, *positional, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
         if positional:
             takes = ", ".join(f"{d.name}=..." for d in self.plan.ir.decls if d.kind != "state")

@@ -43,6 +43,13 @@ class GeneratedKernels:
         self.plan = plan
         self.module = self.render(plan)
         self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
+        # launch parameters fixed by the caller (rnnc tune, tests): they win over the tiling model
+        self.pinned: dict = {}
+
+    def model_params(self, call: Call) -> dict:
+        """The tiling model's parameters on a GPU (none in the interpreter), with the pinned ones on top."""
+        params = gpu_tiling(self.plan, call) if on_gpu(call) else {}
+        return {**params, **self.pinned}
 
     @property
     def source(self) -> str:

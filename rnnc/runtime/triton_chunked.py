@@ -20,7 +20,6 @@ from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
-    gpu_tiling,
     on_gpu,
     output_cotangents,
     pow2_at_least,
@@ -59,7 +58,7 @@ class ChunkedKernels(GeneratedKernels):
         k_pad, v_pad = pow2_at_least(pieces_dims[0], DOT_MINIMUM), pow2_at_least(pieces_dims[1], DOT_MINIMUM)
         tiles = {"CHUNK": DOT_MINIMUM, "BK": k_pad, "BV": v_pad, "num_warps": 4, "num_stages": 1}
         if on_gpu(call):
-            params = gpu_tiling(self.plan, call)
+            params = self.model_params(call)
             tiles = {
                 "CHUNK": max(DOT_MINIMUM, params["CHUNK"]),
                 "BK": k_pad,

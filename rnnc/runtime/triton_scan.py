@@ -18,7 +18,6 @@ from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.launch import (
     GeneratedKernels,
     flat_arguments,
-    gpu_tiling,
     on_gpu,
     output_cotangents,
     output_shape,
@@ -67,7 +66,7 @@ class ScanKernels(GeneratedKernels):
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
         """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter."""
         if on_gpu(call):
-            return gpu_tiling(self.plan, call)
+            return self.model_params(call)
         return _interpreter_tiles(call, sizes)
 
     def __call__(self, tensors: dict, state: dict | None):
