@@ -1,4 +1,4 @@
-"""The ``rnnc`` command line: ``check``, ``explain``, ``build`` and ``demo`` (``tune`` needs a GPU: later).
+"""The ``rnnc`` command line: ``check``, ``explain``, ``build``, ``tune`` (needs a CUDA GPU) and ``demo``.
 
 Example:
     >>> main(["check", "examples/hgrn.rnn"])
@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("files", nargs="+", metavar="FILE.rnn")
     build.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write CELL.py files to")
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR is stale or edited")
+    tune = commands.add_parser("tune", help="time the tiling solver's best candidates on this GPU, cache the winner")
+    tune.add_argument("file", metavar="FILE.rnn")
+    tune.add_argument("--shape", required=True, help="the call shape, e.g. B=16,T=1024,NH=12,H=64")
+    tune.add_argument("--cell", default=None, help="the cell to tune (default: the file's only cell)")
+    tune.add_argument("--gpu", default="auto", help="the profile candidates come from (default auto: this GPU)")
+    tune.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32", "float64"))
+    tune.add_argument("--top", type=int, default=8, help="how many of the solver's best tilings to time (default 8)")
     demo = commands.add_parser("demo", help="run the bundled cells on small data on this machine and check them")
     demo.add_argument("files", nargs="*", metavar="FILE.rnn", help="cells to run (default: the bundled zoo)")
     demo.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
@@ -129,6 +136,19 @@ def _build(files: list[str], output: str, check: bool) -> int:
     return 1 if problems else 0
 
 
+def _tune(args) -> int:
+    """``rnnc tune``: refuse at once without a GPU, else time, cache and print the table."""
+    from rnnc.tune import format_result, gpu_problem, tune
+
+    problem = gpu_problem()
+    if problem is not None:
+        raise RnncError(f"error: rnnc tune needs a CUDA GPU to time kernels on, and found none: {problem}")
+    shape = _parse_shape(args.shape)
+    result = tune(args.file, shape, cell_name=args.cell, gpu=args.gpu, dtype=args.dtype, top=args.top)
+    print(format_result(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -144,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.files)
         if args.command == "build":
             return _build(args.files, args.output, args.check)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "demo":
             from rnnc.demo import run_demo
 

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -23,6 +24,16 @@ def debug_level() -> int:
         return max(0, min(4, int(raw)))
     except ValueError:
         return 0
+
+
+def debug(level: int, message: str) -> None:
+    """Print ``message`` to stderr, prefixed ``rnnc:``, when ``RNNC_DEBUG`` is at least ``level``.
+
+    Example:
+        >>> debug(5, "never shown: RNNC_DEBUG stops at 4")
+    """
+    if debug_level() >= level:
+        print(f"rnnc: {message}", file=sys.stderr)
 
 
 def triton_interpret() -> bool:

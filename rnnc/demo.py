@@ -52,17 +52,19 @@ def _relative(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def _random_tensors(cell, device, dtype, generator, B=2, T=8, NH=1, size=16):
-    """Inputs, weights (matrices at 1/sqrt(fan-in), as torch.nn initialises them) and initial states."""
+def _random_tensors(cell, device, dtype, generator, B=2, T=8, NH=1, size=16, dims=None, spread=0.5):
+    """Inputs, weights (matrices at 1/sqrt(fan-in), as torch.nn initialises them) and initial states.
+
+    Every dim is ``size`` unless ``dims`` names it; inputs, vectors and states are ``spread * randn``."""
     import sympy
     import torch
 
     ir = cell.plan.ir
-    subs = {sympy.Symbol(d, positive=True, integer=True): size for d in ir.dims}
+    subs = {sympy.Symbol(d, positive=True, integer=True): (dims or {}).get(d, size) for d in ir.dims}
 
     def make(lead, decl):
         shape = [*lead, *(int(sympy.sympify(s).subs(subs)) for s in decl.shape)]
-        scale = 0.5 if decl.kind != "weight" or len(decl.shape) < 2 else 1.0 / shape[-1] ** 0.5
+        scale = spread if decl.kind != "weight" or len(decl.shape) < 2 else 1.0 / shape[-1] ** 0.5
         x = scale * torch.randn(shape, generator=generator, dtype=torch.float64)
         return x.to(device=device, dtype=dtype).requires_grad_()
 

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -47,8 +49,9 @@ class GeneratedKernels:
         self.pinned: dict = {}
 
     def model_params(self, call: Call) -> dict:
-        """The tiling model's parameters on a GPU (none in the interpreter), with the pinned ones on top."""
-        params = gpu_tiling(self.plan, call) if on_gpu(call) else {}
+        """Launch parameters on a GPU (none in the interpreter): ``rnnc tune``'s cached winner for this
+        call when there is one, else the tiling model's; the pinned ones on top."""
+        params = (tuned_params(self, call) or gpu_tiling(self.plan, call)) if on_gpu(call) else {}
         return {**params, **self.pinned}
 
     @property
@@ -79,6 +82,23 @@ def gpu_tiling(plan: Plan, call: Call) -> dict:
     shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
     dtype = DTYPE_NAMES.get(call.dtype, "float32")
     return solve_tiling(plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+
+
+def tuned_params(kernels: GeneratedKernels, call: Call) -> dict | None:
+    """``rnnc tune``'s winner for this call's GPU, cell, kernels, dtype and shape bucket, or None."""
+    from rnnc.tuning_cache import TuningKey, shape_bucket, source_digest, winner
+
+    if getattr(kernels, "_tuning_ids", None) is None:  # plan.key() takes milliseconds: once per kernels
+        kernels._tuning_ids = (kernels.plan.ir.cell, kernels.plan.key(), source_digest(kernels.source))
+    shape = shape_bucket({"B": call.B, "T": call.T, "NH": call.NH, **call.dims})
+    dtype = DTYPE_NAMES.get(call.dtype, "float32")
+    return winner(TuningKey(device_name(call.device), *kernels._tuning_ids, dtype, shape))
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(device: torch.device) -> str:
+    """The GPU's name as torch reports it (``NVIDIA H100 80GB HBM3``): what tuning entries are filed under."""
+    return torch.cuda.get_device_name(device)
 
 
 def flat_arguments(call: Call, ir: IR) -> list[torch.Tensor]:
