@@ -47,11 +47,24 @@ class GeneratedKernels:
         self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
         # launch parameters fixed by the caller (rnnc tune, tests): they win over the tiling model
         self.pinned: dict = {}
+        self._model_tilings: dict = {}  # (shape, dtype) -> the tiling model's parameters
+        self._tuning_ids: tuple | None = None  # what tuning entries of these kernels are filed under
 
     def model_params(self, call: Call) -> dict:
         """Launch parameters on a GPU (none in the interpreter): ``rnnc tune``'s cached winner for this
-        call when there is one, else the tiling model's; the pinned ones on top."""
-        params = (tuned_params(self, call) or gpu_tiling(self.plan, call)) if on_gpu(call) else {}
+        call when there is one, else the tiling model's; the pinned ones on top.
+
+        The model's answer is remembered per shape and dtype: solving it takes milliseconds, a
+        launch microseconds.
+        """
+        if not on_gpu(call):
+            return dict(self.pinned)
+        params = tuned_params(self, call)
+        if not params:
+            shape = (call.B, call.T, call.NH, tuple(sorted(call.dims.items())), call.dtype)
+            if shape not in self._model_tilings:
+                self._model_tilings[shape] = gpu_tiling(self.plan, call)
+            params = self._model_tilings[shape]
         return {**params, **self.pinned}
 
     @property
@@ -88,7 +101,7 @@ def tuned_params(kernels: GeneratedKernels, call: Call) -> dict | None:
     """``rnnc tune``'s winner for this call's GPU, cell, kernels, dtype and shape bucket, or None."""
     from rnnc.tuning_cache import TuningKey, shape_bucket, source_digest, winner
 
-    if getattr(kernels, "_tuning_ids", None) is None:  # plan.key() takes milliseconds: once per kernels
+    if kernels._tuning_ids is None:  # plan.key() takes milliseconds: once per kernels
         kernels._tuning_ids = (kernels.plan.ir.cell, kernels.plan.key(), source_digest(kernels.source))
     shape = shape_bucket({"B": call.B, "T": call.T, "NH": call.NH, **call.dims})
     dtype = DTYPE_NAMES.get(call.dtype, "float32")
