@@ -22,8 +22,10 @@ SIZES = [(3, 1, 2, 24), (3, 37, 1, 24), (1, 5, 2, 48), (2, 16, 1, 16), (20, 3, 1
 CASES = [(size, torch.float64, 1e-9) for size in SIZES] + [((3, 37, 1, 24), torch.float32, 1e-4)]
 
 
-def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0):
+def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0, split=1):
     triton_cell = rnnc.compile(text_or_path, backend="triton")
+    if split > 1:
+        triton_cell.use_tiling({"SPLIT": split})
     reference = rnnc.compile(text_or_path, backend="reference")
     tensors, states = random_call(triton_cell.plan.ir, B=B, T=T, NH=NH, dims=dims, dtype=dtype)
     for decl in triton_cell.plan.ir.weights:  # matrices at torch.nn's scale, 1/sqrt(fan-in): gradients that
@@ -65,6 +67,31 @@ def test_triton_sequential_matches_reference(name, size, dtype, tol):
     _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T)
 
 
+# Heads split over programs that exchange the states every step (one launch per step here):
+# (B, T, NH, head dim, SPLIT); a 24-wide head in two slices of 16 leaves the second half empty,
+# 48 in three, B = 20 has two batch blocks adding into the same weight gradients
+SPLIT_CASES = [
+    ((3, 1, 2, 24, 2), torch.float64, 1e-9),
+    ((1, 5, 2, 48, 3), torch.float64, 1e-9),
+    ((20, 3, 1, 64, 4), torch.float64, 1e-9),
+    ((3, 37, 1, 24, 2), torch.float32, 1e-4),
+]
+
+
+@pytest.mark.parametrize(
+    "size,dtype,tol",
+    SPLIT_CASES,
+    ids=[f"{str(d)[6:]}-B{b}-T{t}-NH{n}-D{e}-S{s}" for (b, t, n, e, s), d, _ in SPLIT_CASES],
+)
+@pytest.mark.parametrize("name", ZOO)
+def test_split_heads_match_reference(name, size, dtype, tol):
+    B, T, NH, D, split = size
+    dims = {"H": D} if name != "lti" else {"N": D, "M": D // 2 + 1}
+    cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
+    assert cell._triton.module.split.supported
+    _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T, split=split)
+
+
 def test_generated_module_is_deterministic_and_reads_like_the_cell():
     first = rnnc.compile("examples/lstm.rnn", backend="triton").source
     second = rnnc.compile(open("examples/lstm.rnn").read(), backend="triton").source
@@ -97,7 +124,7 @@ def test_inference_moves_each_byte_about_once(name):
 UNARY = ["sigmoid", "tanh", "exp", "softplus", "logsigmoid", "relu", "abs"]
 
 
-def _random_cell(rng) -> str:
+def _random_cell(rng, contracted: str = "h * sigmoid(w)") -> str:
     def term(depth=0):
         choice = rng.random()
         if depth > 1 or choice < 0.35:
@@ -109,9 +136,9 @@ def _random_cell(rng) -> str:
     return (
         "cell rnd(H) { input x: [2, H]; input u: []; weight R: [2, H, H]; weight w: [H]; weight k: []\n"
         "state h: [H]; state c: [H]\n"
-        "a, z = x + R @ (h * sigmoid(w))\n"
-        f"c = sigmoid({term()}) * c + tanh({term()})\n"
-        f"h = tanh(c) * sigmoid({term()})\nemit y = h * {term()} + max(c, u) }}"
+        f"a, z = x + R @ ({contracted})\n"
+        f"c = sigmoid({term()} + a) * c + tanh({term()})\n"  # a and z always reach the states
+        f"h = tanh(c) * sigmoid({term()} + z)\nemit y = h * {term()} + max(c, u) }}"
     )
 
 
@@ -124,3 +151,29 @@ def test_random_sequential_cells_match_the_reference(seed):
 def test_dims_read_as_numbers_are_exact_in_float64():
     text = "cell c(H) { input x: [H]; weight R: [H, H]; state h: [H]\nh = tanh(x + R @ h / sqrt(H))\nemit y = h * H }"
     _check(text, 3, 4, 1, {"H": 20}, torch.float64, 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_cells_with_split_heads_match_the_reference(seed):
+    """Split heads with scalar inputs and weights: each program adds its part of their gradients."""
+    text = _random_cell(random.Random(100 + seed), contracted="h")
+    _check(text, 3, 3, 1, {"H": 40}, torch.float64, 1e-9, split=3)
+
+
+def test_split_head_whose_matmul_contracts_a_computed_vector_is_refused_with_the_reason():
+    cell = rnnc.compile(_random_cell(random.Random(0)), backend="triton")
+    cell.use_tiling({"SPLIT": 2})
+    tensors, states = random_call(cell.plan.ir, B=2, T=2, NH=1, dims={"H": 40}, dtype=torch.float64)
+    with pytest.raises(rnnc.BackendError, match="needs its heads split over 2 programs.*contract a state or an input"):
+        cell(state=states, **tensors)
+    cell.use_tiling({"SPLIT": 1})  # a whole head still runs
+    assert not torch.isnan(cell(state=states, **tensors).y).any()
+
+
+def test_a_split_that_one_slice_covers_runs_the_whole_head_kernel():
+    cell = rnnc.compile("examples/lstm.rnn", backend="triton")
+    cell.use_tiling({"SPLIT": 4})
+    tensors, _ = random_call(cell.plan.ir, B=2, T=2, NH=1, dims={"H": 16}, dtype=torch.float64)
+    from rnnc.runtime.arguments import bind
+
+    assert cell._triton.tiles(bind(cell.plan.ir, tensors, None))["SPLIT"] == 1

@@ -18,10 +18,10 @@ from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
     flat_arguments,
-    gpu_tiling,
-    on_gpu,
+    output_cotangents,
     output_shape,
     pow2_at_least,
+    state_cotangents,
     triton_dtype,
 )
 from rnnc.templates.sequential_codegen import render_sequential
@@ -34,22 +34,41 @@ class SequentialKernels(GeneratedKernels):
     render = staticmethod(render_sequential)
 
     def tiles(self, call: Call) -> dict:
-        """Launch parameters: BLOCK_B and one BLOCK per dim, covering each head whole.
+        """Launch parameters: BLOCK_B, SPLIT and one BLOCK (and FULL) per dim.
 
-        On a GPU, BLOCK_B and num_warps come from the tiling model when it keeps a head
-        in one program; a head it splits across programs is refused (not built yet).
+        On a GPU, BLOCK_B, num_warps and SPLIT come from the tiling model, with pinned
+        parameters (``Cell.use_tiling``) on top; in the interpreter only pinned ones apply.
+        SPLIT > 1 splits each head over that many programs: each owns a power-of-two slice of
+        every dim (at least 16 wide), and the split is cut down to the slices the dims need.
+
+        Example:
+            >>> import torch
+            >>> from rnnc.compiler import analyse_source
+            >>> kernels = SequentialKernels(analyse_source(open("examples/lstm.rnn").read()))
+            >>> x, R, b = torch.zeros(3, 2, 1, 4, 48), torch.zeros(1, 4, 48, 48), torch.zeros(1, 4, 48)
+            >>> call = bind(kernels.plan.ir, {"x": x, "R": R, "b": b}, None)
+            >>> kernels.pinned = {"SPLIT": 2}; kernels.tiles(call)
+            {'BLOCK_H': 32, 'BLOCK_B': 16, 'num_warps': 4, 'SPLIT': 2, 'FULL_H': 64}
         """
+        params = self.model_params(call)
         tiles = {f"BLOCK_{d}": pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.dims}
-        tiles.update(BLOCK_B=DOT_MINIMUM, num_warps=4)
-        if on_gpu(call):
-            params = gpu_tiling(self.plan, call)
-            if params.get("SPLIT", 1) != 1:
-                raise BackendError(
-                    f"cell {self.plan.ir.cell} at {call.dims} needs its heads split over {params['SPLIT']} "
-                    "programs, and the split-head sequential kernel is not built yet; use smaller heads"
-                )
-            block_b = max(DOT_MINIMUM, params.get("BLOCK_B", DOT_MINIMUM))
-            tiles.update(BLOCK_B=block_b, num_warps=params.get("num_warps", 4))
+        tiles.update(
+            BLOCK_B=max(DOT_MINIMUM, params.get("BLOCK_B", DOT_MINIMUM)), num_warps=params.get("num_warps", 4), SPLIT=1
+        )
+        split = int(params.get("SPLIT", 1))
+        if split <= 1:
+            return tiles
+        slices = {d: pow2_at_least(-(-call.dims[d] // split), DOT_MINIMUM) for d in self.module.dims}
+        split = max(-(-call.dims[d] // slices[d]) for d in self.module.dims)
+        if split <= 1:
+            return tiles  # the head fits one slice: the whole-head kernels
+        if not self.module.split.supported:
+            raise BackendError(
+                f"cell {self.plan.ir.cell} at {call.dims} needs its heads split over {split} programs, "
+                f"and {self.module.split.reason}"
+            )
+        tiles.update({f"BLOCK_{d}": b for d, b in slices.items()}, SPLIT=split)
+        tiles.update({f"FULL_{d}": pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.split.full_dims})
         return tiles
 
     def __call__(self, tensors: dict, state: dict | None):
@@ -63,13 +82,15 @@ class SequentialKernels(GeneratedKernels):
 
 def _launch_sizes(call: Call, kernels: SequentialKernels, tiles: dict) -> tuple[tuple, list, dict]:
     grid = (triton.cdiv(call.B, tiles["BLOCK_B"]), call.NH)
+    if tiles["SPLIT"] > 1:
+        grid += (tiles["SPLIT"],)
     sizes = [call.B, call.T, call.NH] + [call.dims[d] for d in kernels.module.dims]
     compute = call.compute_dtype
     meta = {
         "COMPUTE": triton_dtype(compute),
         "DOT_PRECISION": "ieee",  # fp32 tl.dot would default to TF32 on NVIDIA GPUs
         "num_warps": tiles["num_warps"],
-        **{k: v for k, v in tiles.items() if k.startswith("BLOCK_")},
+        **{k: v for k, v in tiles.items() if k.startswith(("BLOCK_", "FULL_"))},
     }
     return grid, sizes, meta
 
@@ -83,18 +104,25 @@ class _SequentialFunction(torch.autograd.Function):
         tiles = kernels.tiles(call)
         compute = call.compute_dtype
         store = any(ctx.needs_input_grad[2:])
+        split = tiles["SPLIT"] > 1
         outputs = [
             torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
         ]
         finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
+        # training keeps every step's states for backward; a split head at inference exchanges
+        # them through two alternating steps; a whole head at inference keeps them on chip
+        saved_t = call.T if store else (2 if split else 0)
         saved = [
-            torch.empty((call.B, call.T, *s.shape[1:]) if store else (1,), dtype=compute, device=call.device)
+            torch.empty((call.B, saved_t, *s.shape[1:]) if saved_t else (1,), dtype=compute, device=call.device)
             for s in initial
         ]
         grid, sizes, meta = _launch_sizes(call, kernels, tiles)
-        kernels.kernels.forward_kernel[grid](
-            *inputs, *weights, *initial, *outputs, *finals, *saved, *sizes, STORE_STATES=store, **meta
-        )
+        pointers = (*inputs, *weights, *initial, *outputs, *finals, *saved)
+        if split:
+            for t in range(call.T):  # one launch per step: the launch boundary is the exchange's barrier
+                kernels.kernels.forward_step_kernel[grid](*pointers, t, *sizes[:3], saved_t, *sizes[3:], **meta)
+        else:
+            kernels.kernels.forward_kernel[grid](*pointers, *sizes, STORE_STATES=store, **meta)
         ctx.kernels, ctx.call, ctx.tiles = kernels, call, tiles
         ctx.save_for_backward(*inputs, *weights, *initial, *saved)
         return (*outputs, *finals)
@@ -110,25 +138,55 @@ class _SequentialFunction(torch.autograd.Function):
         initial = saved_tensors[n_in + n_w : n_in + n_w + n_s]
         saved = saved_tensors[n_in + n_w + n_s :]
         compute = call.compute_dtype
-        d_out = [
-            (
-                g.to(compute)
-                if g is not None
-                else torch.zeros(output_shape(call, o), dtype=compute, device=call.device)
-            ).contiguous()
-            for g, o in zip(grads[:n_out], ir.outputs)
-        ]
-        d_fin = [
-            (g if g is not None else torch.zeros_like(s)).to(compute).contiguous()
-            for g, s in zip(grads[n_out:], initial)
-        ]
+        d_out = output_cotangents(call, ir, grads[:n_out])
+        d_fin = state_cotangents(grads[n_out:], initial)
         d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
         d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
-        d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
         grid, sizes, meta = _launch_sizes(call, kernels, tiles)
-        kernels.kernels.backward_kernel[grid](
-            *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_in, *d_w, *d_st, *sizes, **meta
-        )
+        if tiles["SPLIT"] > 1:
+            pointers = (*inputs, *weights, *initial, *saved, *d_out)
+            d_st = _backward_split(kernels, call, tiles["SPLIT"], pointers, d_fin, (*d_in, *d_w), grid, sizes, meta)
+        else:
+            d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
+            kernels.kernels.backward_kernel[grid](
+                *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_in, *d_w, *d_st, *sizes, **meta
+            )
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
         return (None, None, *grads_in, *grads_w, *d_st)
+
+
+def _backward_split(kernels, call, split, pointers, d_fin, leaf_grads, grid, sizes, meta) -> list[torch.Tensor]:
+    """Backward of a split head, one launch per step in reverse; returns the initial states' gradients.
+
+    Each state's cotangent travels in two parts: ``carry`` (each program's slice of the pointwise
+    part) and, for the states a matmul contracts, ``exchange`` (each program's partial sum of the
+    matmul part over the whole dim). Both alternate between two buffers, read one, write the other.
+    """
+    names = [d.name for d in kernels.plan.ir.states]
+    exchanged = kernels.module.split.exchanged
+    carry = [g.clone() for g in d_fin]
+    carry_next = [torch.empty_like(g) for g in d_fin]
+    exchange = [
+        torch.zeros((split, *d_fin[names.index(n)].shape), dtype=d_fin[0].dtype, device=call.device) for n in exchanged
+    ]
+    exchange_next = [torch.empty_like(e) for e in exchange]
+    for t in reversed(range(call.T)):
+        kernels.kernels.backward_step_kernel[grid](
+            *pointers,
+            *carry,
+            *exchange,
+            *leaf_grads,
+            *carry_next,
+            *exchange_next,
+            t,
+            *sizes[:3],
+            split,
+            *sizes[3:],
+            **meta,
+        )
+        carry, carry_next = carry_next, carry
+        exchange, exchange_next = exchange_next, exchange
+    for name, partial in zip(exchanged, exchange):
+        carry[names.index(name)] += partial.sum(dim=0)  # the programs' partial sums, in program order
+    return carry

@@ -32,15 +32,23 @@ class _Names(dict):
 
 
 class SequentialStep:
-    """Everything the sequential template needs to know about one cell's step."""
+    """Everything the sequential template needs to know about one cell's step.
 
-    def __init__(self, plan: Plan):
+    ``split``: each program owns a slice of every dim (a head split over programs). The
+    vector a matmul contracts must then be a state or an input, read whole from memory
+    (``full_<tile>``), and the cotangent a matmul sends back to it is a partial sum over
+    this program's slice, kept apart in ``exchanged`` for the other programs to add.
+    """
+
+    def __init__(self, plan: Plan, split: bool = False):
         self.plan = plan
+        self.split = split
         self.ir = plan.ir
         self.layout = plan_layout(plan)
         self.tiles = self.layout.tiles
         self.names = _Names({d: f"size_{d}" for d in self.ir.dims})  # a dim read as a number
         self._temp = 0
+        self.exchanged: dict[str, list[str]] = {}  # split: leaf -> its matmul cotangents (filled by backward_lines)
 
     # --- expressions --------------------------------------------------------------------------
     def _at_gate(self, expr: sympy.Expr, gates: int, gate: int) -> sympy.Expr:
@@ -89,6 +97,31 @@ class SequentialStep:
             return direct.name
         return f"a{index}_arg{arg_index}" + (f"_{gate}" if gates > 1 else "")
 
+    def matmul_vector(self, index: int, side: int) -> str:
+        """The variable of the vector that matmul atom ``index`` contracts (its argument ``side``)."""
+        if not self.split:
+            return self.arg_variable(index, side, 0)
+        atom = self.ir.atoms[index]
+        value = self._at_gate(atom.args[side], 1, 0)
+        whole = {self.tiles[d.name].names[0] for d in (*self.ir.states, *self.ir.inputs)}
+        if not isinstance(value, sympy.Symbol) or value.name not in whole:
+            raise unsupported(
+                self.plan,
+                f"a split head needs each matmul to contract a state or an input, and {atom.name} "
+                f"contracts {atom.args[side]}",
+            )
+        return f"full_{value.name}"
+
+    def contracted_leaves(self) -> list[str]:
+        """Names of the states and inputs the matmuls contract (a split head reads these whole)."""
+        found = set()
+        for i, atom in enumerate(self.ir.atoms):
+            if atom.op == "matmul":
+                side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
+                self.matmul_vector(i, side)  # a split head checks that it is a state or an input
+                found.add(self.ir.view(atom.args[side]).atom)
+        return sorted(found)
+
     def atom_lines(self) -> list[str]:
         """Compute every structural atom of the step, in order."""
         lines: list[str] = []
@@ -109,7 +142,7 @@ class SequentialStep:
                 side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
                 matrix = self.tiles[self.ir.view(atom.args[1 - side]).atom]
                 for g in range(tile.gates):
-                    v = self.arg_variable(i, side, 0)
+                    v = self.matmul_vector(i, side)
                     lines.append(
                         f"{tile.names[g]} = tl.dot({v}, {gate_of(matrix, tile.gates, g)}, "
                         f"input_precision=DOT_PRECISION)  # {atom.name}" + (f", gate {g}" if tile.gates > 1 else "")
@@ -180,6 +213,7 @@ class SequentialStep:
         consumed here; weight matrices get ``acc_r_<weight>[_gate] += ...`` lines.
         """
         entries = self._derivative_entries()
+        self.exchanged = {}
         lines, reduced = self._cse([(str(k), e) for k, _, e in entries], "q")
         # per key: (view label, derivative code, whether the derivative is a constant)
         derivative_code: dict[tuple, list[tuple[str, str, bool]]] = {}
@@ -233,7 +267,7 @@ class SequentialStep:
                 continue
             side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
             matrix = self.tiles[self.ir.view(atom.args[1 - side]).atom]
-            v = self.arg_variable(i, side, 0)
+            v = self.matmul_vector(i, side)
             _, v_dim = split_shape(self.plan, atom.arg_shapes[side])
             dots = []
             for g, d in enumerate(cotangents):
@@ -243,7 +277,10 @@ class SequentialStep:
                 dots.append(f"tl.dot({d}, tl.trans({weight}), input_precision=DOT_PRECISION)")
                 lines.append(f"acc_{weight} += tl.dot(tl.trans({v}), {d}, input_precision=DOT_PRECISION)")
             lines.append(f"d_a{i}_v = {' + '.join(dots)}  # d of the vector in {atom.name}")
-            propagate(("arg", i, side, 0), f"d_a{i}_v", 0, v_dim)
+            if self.split:  # a partial sum over this program's slice: the exchange adds the others'
+                self.exchanged.setdefault(self.ir.view(atom.args[side]).atom, []).append(f"d_a{i}_v")
+            else:
+                propagate(("arg", i, side, 0), f"d_a{i}_v", 0, v_dim)
         leaves = {}
         for atom in self.ir.atoms:
             if atom.is_leaf and self.tiles[atom.name].kind != "matrix":
