@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from cells import rel_err  # noqa: E402
 from interpreter_scan import fast_scan  # noqa: E402
-from test_long_sequence import LOOPS, T, TOLERANCE, _float64_loop, _inputs  # noqa: E402
+from test_long_sequence import LOOPS, TOLERANCE, T, _float64_loop, _inputs  # noqa: E402
 
 import rnnc  # noqa: E402
 
