@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from rnnc.compiler import Plan
 from rnnc.templates.loading import template
 from rnnc.templates.sequential_lines import (
+    BACKWARD_READS,
     DIM_PROLOGUE,
+    FORWARD_POINTERS,
     PROLOGUE,
     load_tile,
     pointer_names,
@@ -47,22 +49,10 @@ def render_sequential(plan: Plan) -> SequentialModule:
     """The Triton module (forward and backward kernels) of a sequential cell, or a BackendError."""
     step = SequentialStep(plan)
     states = step.states()
-    forward_args = pointer_names(
-        step,
-        ("inputs", "_ptr"),
-        ("weights", "_ptr"),
-        ("states", "_init_ptr"),
-        ("outputs", "_out_ptr"),
-        ("states", "_final_ptr"),
-        ("states", "_saved_ptr"),
-    )
+    forward_args = pointer_names(step, *FORWARD_POINTERS)
     backward_args = pointer_names(
         step,
-        ("inputs", "_ptr"),
-        ("weights", "_ptr"),
-        ("states", "_init_ptr"),
-        ("states", "_saved_ptr"),
-        ("outputs", "_out_grad_ptr"),
+        *BACKWARD_READS,
         ("states", "_final_grad_ptr"),
         ("inputs", "_grad_ptr"),
         ("weights", "_grad_ptr"),

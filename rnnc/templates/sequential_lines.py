@@ -31,6 +31,26 @@ zero_{d} = tl.zeros([BLOCK_B, BLOCK_{d}], dtype=COMPUTE)
 size_{d} = tl.zeros([1, 1], dtype=COMPUTE) + dim_{d}"""
 
 
+# the forward kernels' pointers, whole head or split: (kind, suffix) for pointer_names
+FORWARD_POINTERS = (
+    ("inputs", "_ptr"),
+    ("weights", "_ptr"),
+    ("states", "_init_ptr"),
+    ("outputs", "_out_ptr"),
+    ("states", "_final_ptr"),
+    ("states", "_saved_ptr"),
+)
+
+# what every backward kernel reads first: the step's operands, the saved states, the outputs' cotangents
+BACKWARD_READS = (
+    ("inputs", "_ptr"),
+    ("weights", "_ptr"),
+    ("states", "_init_ptr"),
+    ("states", "_saved_ptr"),
+    ("outputs", "_out_grad_ptr"),
+)
+
+
 def _size(gates: int, dim: str | None) -> str:
     """Elements per row of a ``[gates, dim]`` tensor, as source."""
     if dim is None:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from rnnc.compiler import Plan
 from rnnc.errors import BackendError
 from rnnc.templates.sequential_lines import (
+    BACKWARD_READS,
     DIM_PROLOGUE,
+    FORWARD_POINTERS,
     PROLOGUE,
     load_tile,
     pointer_names,
@@ -116,22 +118,10 @@ def render_split(plan: Plan) -> SplitKernels:
             f"{partial}, mask=mask_full_{d})"
         )
 
-    forward_args = pointer_names(
-        step,
-        ("inputs", "_ptr"),
-        ("weights", "_ptr"),
-        ("states", "_init_ptr"),
-        ("outputs", "_out_ptr"),
-        ("states", "_final_ptr"),
-        ("states", "_saved_ptr"),
-    )
+    forward_args = pointer_names(step, *FORWARD_POINTERS)
     backward_args = pointer_names(
         step,
-        ("inputs", "_ptr"),
-        ("weights", "_ptr"),
-        ("states", "_init_ptr"),
-        ("states", "_saved_ptr"),
-        ("outputs", "_out_grad_ptr"),
+        *BACKWARD_READS,
         ("states", "_carry_in_ptr"),
         ("exchanged", "_exchange_in_ptr"),
         ("inputs", "_grad_ptr"),
