@@ -55,6 +55,7 @@ from gpu_measure import (  # noqa: E402
 )
 from gpu_report import Report, code_identity, machine, plot_family  # noqa: E402
 
+SPLIT_CHECKS = ["lstm", "gru", "slstm", "lti"]  # sequential cells checked with split heads as well
 TUNE_SHAPES = {
     "lstm": {"B": 16, "T": 1024, "NH": 12, "H": 64},
     "hgrn": {"B": 8, "T": 4096, "NH": 12, "D": 128},
@@ -121,6 +122,9 @@ def main(argv=None) -> int:
         zoo = ["hgrn"] if args.smoke else sorted(p.stem for p in (ROOT / "examples").glob("*.rnn"))
         dtypes = ["float32"] if args.smoke else ["float32", "bfloat16"]
         items += [{"kind": "check", "cell": c, "dtype": d} for c in zoo for d in dtypes]
+        if not args.smoke:  # heads split over programs (one launch per step), at a width that needs it
+            split = {"tiling": {"SPLIT": 4}, "size": 96}
+            items += [{"kind": "check", "cell": c, "dtype": d, **split} for c in SPLIT_CHECKS for d in dtypes]
     items += [  # nvcc builds first: they take longest
         {"kind": "warm", "case": case.to_json(), "impl": impl, "dtype": dtype_name}
         for family in chosen.values()
@@ -264,6 +268,7 @@ def run_workers(items: list, args, until: float) -> list:
 
 def _describe(result: dict) -> str:
     what = f"{result['cell']} {result['dtype']}" if result["kind"] == "check" else result["impl"]
+    what += f" {result['tiling']}" if result.get("tiling") else ""
     where = "" if result["kind"] == "check" else f" on {Case(**result['case']).label}"
     return f"{result['kind']} {what}{where}: {result['status']} ({result.get('seconds', '?')} s)"
 
@@ -280,7 +285,8 @@ def worker(spec: dict) -> int:
 
             from rnnc.demo import check_cell
 
-            row = asdict(check_cell(ROOT / "examples" / f"{spec['cell']}.rnn", device, spec["dtype"]))
+            path = ROOT / "examples" / f"{spec['cell']}.rnn"
+            row = asdict(check_cell(path, device, spec["dtype"], tiling=spec.get("tiling"), size=spec.get("size", 16)))
             result.update(row, status="ok" if row["status"] in ("ok", "no kernel") else row["status"])
         else:
             run_once(Case(**spec["case"]), spec["impl"], getattr(torch, spec["dtype"]), device)

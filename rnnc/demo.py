@@ -74,8 +74,13 @@ def _random_tensors(cell, device, dtype, generator, B=2, T=8, NH=1, size=16, dim
     return tensors, states
 
 
-def check_cell(path: Path, device: str, dtype_name: str = "float32", seed: int = 0) -> DemoRow:
-    """Run one cell on Triton and on the float64 reference; compare outputs, states and gradients."""
+def check_cell(
+    path: Path, device: str, dtype_name: str = "float32", seed: int = 0, tiling: dict | None = None, size: int = 16
+) -> DemoRow:
+    """Run one cell on Triton and on the float64 reference; compare outputs, states and gradients.
+
+    ``tiling`` pins launch parameters (``{"SPLIT": 4}`` splits each sequential head over four
+    programs); ``size`` is every dim's size."""
     import torch
 
     import rnnc
@@ -87,9 +92,11 @@ def check_cell(path: Path, device: str, dtype_name: str = "float32", seed: int =
         kernels = rnnc.compile(str(path), backend="triton")
     except rnnc.BackendError as exc:
         return DemoRow(name, strategy, "reference", None, None, time.perf_counter() - start, "no kernel", str(exc))
+    if tiling:
+        kernels.use_tiling(tiling)
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(seed)
-    tensors, states = _random_tensors(kernels, device, dtype, generator)
+    tensors, states = _random_tensors(kernels, device, dtype, generator, size=size)
     ours = kernels(state=states, **tensors)
     wide = {k: v.detach().double().cpu().requires_grad_() for k, v in {**tensors, **states}.items()}
     theirs = reference(state={k: wide[k] for k in states}, **{k: wide[k] for k in tensors})
