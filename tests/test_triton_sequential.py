@@ -16,18 +16,22 @@ import rnnc
 pytest.importorskip("triton")
 
 ZOO = ["elman", "gru", "lstm", "lti", "slstm"]
+# sLSTM's normaliser n is positive (it starts at 0 and grows by positive gates); an initial n drawn
+# around 0 divides h by almost nothing, and float32 then measured the conditioning (errors up to
+# 2e-4 on m in one run of fifty), not the kernel
+POSITIVE = {"slstm": ("n",)}
 # (B, T, NH, head dim): odd sizes and powers of two; B = 20 spans two batch blocks of 16, whose
 # weight gradients meet in an atomic add
 SIZES = [(3, 1, 2, 24), (3, 37, 1, 24), (1, 5, 2, 48), (2, 16, 1, 16), (20, 3, 1, 16)]
 CASES = [(size, torch.float64, 1e-9) for size in SIZES] + [((3, 37, 1, 24), torch.float32, 1e-4)]
 
 
-def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0, split=1):
+def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0, split=1, positive=()):
     triton_cell = rnnc.compile(text_or_path, backend="triton")
     if split > 1:
         triton_cell.use_tiling({"SPLIT": split})
     reference = rnnc.compile(text_or_path, backend="reference")
-    tensors, states = random_call(triton_cell.plan.ir, B=B, T=T, NH=NH, dims=dims, dtype=dtype)
+    tensors, states = random_call(triton_cell.plan.ir, B=B, T=T, NH=NH, dims=dims, dtype=dtype, positive=positive)
     for decl in triton_cell.plan.ir.weights:  # matrices at torch.nn's scale, 1/sqrt(fan-in): gradients that
         if len(decl.shape) >= 2:  # explode over T = 37 would test the conditioning, not the kernel
             fan_in = tensors[decl.name].shape[-1]
@@ -64,7 +68,7 @@ def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0, split=1):
 def test_triton_sequential_matches_reference(name, size, dtype, tol):
     B, T, NH, D = size
     dims = {"H": D} if name != "lti" else {"N": D, "M": D // 2 + 1}  # lti: two dims of different sizes
-    _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T)
+    _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T, positive=POSITIVE.get(name, ()))
 
 
 # Heads split over programs that exchange the states every step (one launch per step here):
@@ -89,7 +93,7 @@ def test_split_heads_match_reference(name, size, dtype, tol):
     dims = {"H": D} if name != "lti" else {"N": D, "M": D // 2 + 1}
     cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
     assert cell._triton.module.split.supported
-    _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T, split=split)
+    _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T, split=split, positive=POSITIVE.get(name, ()))
 
 
 def test_generated_module_is_deterministic_and_reads_like_the_cell():
