@@ -174,6 +174,15 @@ def test_split_head_whose_matmul_contracts_a_computed_vector_is_refused_with_the
     assert not torch.isnan(cell(state=states, **tensors).y).any()
 
 
+def test_a_model_split_of_a_cell_the_split_kernels_do_not_cover_falls_back_to_the_whole_head(monkeypatch):
+    cell = rnnc.compile(_random_cell(random.Random(0)), backend="triton")
+    monkeypatch.setattr(cell._triton, "model_params", lambda call: {"SPLIT": 2})  # as the GPU's model might say
+    tensors, _ = random_call(cell.plan.ir, B=2, T=2, NH=1, dims={"H": 40}, dtype=torch.float64)
+    from rnnc.runtime.arguments import bind
+
+    assert cell._triton.tiles(bind(cell.plan.ir, tensors, None))["SPLIT"] == 1
+
+
 def test_a_split_that_one_slice_covers_runs_the_whole_head_kernel():
     cell = rnnc.compile("examples/lstm.rnn", backend="triton")
     cell.use_tiling({"SPLIT": 4})

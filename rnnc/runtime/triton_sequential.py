@@ -39,7 +39,8 @@ class SequentialKernels(GeneratedKernels):
         On a GPU, BLOCK_B, num_warps and SPLIT come from the tiling model, with pinned
         parameters (``Cell.use_tiling``) on top; in the interpreter only pinned ones apply.
         SPLIT > 1 splits each head over that many programs: each owns a power-of-two slice of
-        every dim (at least 16 wide), and the split is cut down to the slices the dims need.
+        every dim (at least 16 wide), and the split is cut down to the slices the dims need. A
+        cell the split kernels do not cover runs whole-head unless the split was pinned.
 
         Example:
             >>> import torch
@@ -62,6 +63,8 @@ class SequentialKernels(GeneratedKernels):
         split = max(-(-call.dims[d] // slices[d]) for d in self.module.dims)
         if split <= 1:
             return tiles  # the head fits one slice: the whole-head kernels
+        if not self.module.split.supported and "SPLIT" not in self.pinned:
+            return tiles  # the model's split, for a cell the split kernels do not cover: try the whole head
         if not self.module.split.supported:
             raise BackendError(
                 f"cell {self.plan.ir.cell} at {call.dims} needs its heads split over {split} programs, "
