@@ -155,3 +155,19 @@ def output_cotangents(call: Call, ir: IR, grads) -> list[torch.Tensor]:
 def state_cotangents(grads, initial) -> list[torch.Tensor]:
     """The final states' incoming gradients, shaped and typed like the initial states."""
     return [(g if g is not None else torch.zeros_like(s)).to(s.dtype).contiguous() for g, s in zip(grads, initial)]
+
+
+def unpack_saved(ir: IR, saved_tensors) -> tuple[tuple, tuple, tuple, tuple]:
+    """(inputs, weights, initial states, the rest) of tensors saved as ``*inputs, *weights, *initial, *rest``."""
+    n_in, n_w, n_s = len(ir.inputs), len(ir.weights), len(ir.states)
+    return (
+        tuple(saved_tensors[:n_in]),
+        tuple(saved_tensors[n_in : n_in + n_w]),
+        tuple(saved_tensors[n_in + n_w : n_in + n_w + n_s]),
+        tuple(saved_tensors[n_in + n_w + n_s :]),
+    )
+
+
+def leaf_gradient_buffers(tensors, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Zeroed gradient buffers in ``dtype``, one per tensor (kernels add into them)."""
+    return [torch.zeros(t.shape, dtype=dtype, device=t.device) for t in tensors]

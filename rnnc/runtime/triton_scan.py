@@ -18,12 +18,14 @@ from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.launch import (
     GeneratedKernels,
     flat_arguments,
+    leaf_gradient_buffers,
     on_gpu,
     output_cotangents,
     output_shape,
     pow2_at_least,
     state_cotangents,
     triton_dtype,
+    unpack_saved,
 )
 from rnnc.templates.scan_codegen import render_scan
 
@@ -123,16 +125,11 @@ class _ScanFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         kernels, call, tiles, blocks, grid = ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid
         ir = kernels.plan.ir
-        n_in, n_w, n_s, n_out = len(ir.inputs), len(ir.weights), len(ir.states), len(ir.outputs)
-        saved_tensors = ctx.saved_tensors
-        inputs = saved_tensors[:n_in]
-        weights = saved_tensors[n_in : n_in + n_w]
-        initial = saved_tensors[n_in + n_w : n_in + n_w + n_s]
-        saved = saved_tensors[n_in + n_w + n_s :]
+        n_out = len(ir.outputs)
+        inputs, weights, initial, saved = unpack_saved(ir, ctx.saved_tensors)
         compute = call.compute_dtype
         d_out, d_fin = output_cotangents(call, ir, grads[:n_out]), state_cotangents(grads[n_out:], initial)
-        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
-        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
+        d_in, d_w = leaf_gradient_buffers(inputs, compute), leaf_gradient_buffers(weights, compute)
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
         kernels.kernels.backward_kernel[grid](
             *inputs,

@@ -18,11 +18,13 @@ from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
     flat_arguments,
+    leaf_gradient_buffers,
     output_cotangents,
     output_shape,
     pow2_at_least,
     state_cotangents,
     triton_dtype,
+    unpack_saved,
 )
 from rnnc.templates.sequential_codegen import render_sequential
 
@@ -134,17 +136,12 @@ class _SequentialFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         kernels, call, tiles = ctx.kernels, ctx.call, ctx.tiles
         ir = kernels.plan.ir
-        n_in, n_w, n_s, n_out = len(ir.inputs), len(ir.weights), len(ir.states), len(ir.outputs)
-        saved_tensors = ctx.saved_tensors
-        inputs = saved_tensors[:n_in]
-        weights = saved_tensors[n_in : n_in + n_w]
-        initial = saved_tensors[n_in + n_w : n_in + n_w + n_s]
-        saved = saved_tensors[n_in + n_w + n_s :]
+        n_out = len(ir.outputs)
+        inputs, weights, initial, saved = unpack_saved(ir, ctx.saved_tensors)
         compute = call.compute_dtype
         d_out = output_cotangents(call, ir, grads[:n_out])
         d_fin = state_cotangents(grads[n_out:], initial)
-        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
-        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
+        d_in, d_w = leaf_gradient_buffers(inputs, compute), leaf_gradient_buffers(weights, compute)
         grid, sizes, meta = _launch_sizes(call, kernels, tiles)
         if tiles["SPLIT"] > 1:
             pointers = (*inputs, *weights, *initial, *saved, *d_out)
