@@ -76,18 +76,29 @@ class RankOne:
 
 
 @dataclass(frozen=True)
+class Write:
+    """``scale * outer(key, value)`` added to a linear state (``value`` None for a vector state)."""
+
+    scale: sympy.Expr
+    key: sympy.Expr
+    value: sympy.Expr | None
+
+
+@dataclass(frozen=True)
 class Factor:
-    """One factor ``D + sum_j c_j u_j w_j^T`` of a linear state's transition.
+    """One step ``S_i = (D + sum_j c_j u_j w_j^T) S_{i-1} + sum writes`` of a linear state's update.
 
     ``decay`` is ``identity`` (D = I), ``scalar`` (D = exp(log_decay) I, log_decay in the scalar
     space) or ``diagonal`` (D = diag(exp(log_decay)), log_decay in the key space). ``positive``
-    says whether the analysis proved the decay positive (else its log is taken on trust).
+    says whether the analysis proved the decay positive (else its log is taken on trust). Most
+    cells have one factor; DeltaProduct has one per Householder step, each with its own writes.
     """
 
     decay: str
     log_decay: sympy.Expr | None
     positive: bool
     corrections: tuple[RankOne, ...] = ()
+    writes: tuple[Write, ...] = ()
 
     def describe(self) -> str:
         """The factor in the language's notation.
@@ -109,17 +120,8 @@ class Factor:
 
 
 @dataclass(frozen=True)
-class Write:
-    """``scale * outer(key, value)`` added to a linear state (``value`` None for a vector state)."""
-
-    scale: sympy.Expr
-    key: sympy.Expr
-    value: sympy.Expr | None
-
-
-@dataclass(frozen=True)
 class LinearState:
-    """A matrix (or vector, V = 1) state ``S' = A_n ... A_1 S + sum writes``, key axis first.
+    """A matrix (or vector, V = 1) state updated by its factors in order, key axis first.
 
     ``key_axis`` is the state axis the transition and the reads contract (0 for ``[K, V]`` read
     as ``q @ S``; 1 for a state declared ``[V, K]`` and read as ``S @ q``). ``value_dim`` is None
@@ -131,7 +133,6 @@ class LinearState:
     key_dim: sympy.Expr
     value_dim: sympy.Expr | None
     factors: tuple[Factor, ...]
-    writes: tuple[Write, ...]
 
 
 @dataclass(frozen=True)
