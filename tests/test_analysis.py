@@ -63,12 +63,18 @@ def test_affine_coefficients_are_the_cells_own():
 CELLS = {
     "state-dependent gate": ("cell c(H) { input x: [H]; state h: [H]; h = sigmoid(h) * h + x }", "sequential"),
     "quadratic": ("cell c(H) { input x: [H]; state h: [H]; h = h * h + x }", "sequential"),
-    "coupled linear": ("cell c(H) { input x: [H]; state a: [H]; state b: [H]; a = 0.5 * a + b; b = x }", "sequential"),
+    # a reads b but b does not read a: two components, each elementwise
+    "chained linear": ("cell c(H) { input x: [H]; state a: [H]; state b: [H]; a = 0.5 * a + b; b = x }", "scan"),
+    # a and b read each other: one component, a 2 x 2 map per channel
+    "coupled linear": (
+        "cell c(H) { input x: [H]; state a: [H]; state b: [H]; a = 0.5 * a + b; b = 0.5 * b - a + x; emit a }",
+        "scan",
+    ),
     "constant decay": ("cell c(H) { input x: [H]; state h: [H]; h = 0.9 * h + x; emit h }", "scan"),
     "two independent scans": (
         "cell c(H) { input x: [H]; input f: [H]; state h: [H]; state s: [H]\n"
         "h = exp(f) * h + x; s = s + h\nemit y = h * s }",
-        "sequential",
+        "scan",
     ),
     "column decay": (
         "cell c(K, V) { input k: [K]; input v: [V]; input g: [V]; state S: [K, V]\n"
@@ -88,7 +94,7 @@ CELLS = {
     "rank-one with diagonal decay": (
         "cell c(K, V) { input k: [K]; input v: [V]; input g: [K]; input q: [K]; state S: [K, V]\n"
         "S = exp(g)[:, None] * (S - outer(k, k @ S)) + outer(k, v); emit o = q @ S }",
-        "sequential",
+        "chunked",
     ),
     "normalised read": (
         "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; input f: []; state S: [K, V]; state n: [K]\n"
@@ -104,10 +110,14 @@ def test_strategy_of_hand_made_cells(name):
     assert analyse_source(text).strategy == expected
 
 
-def test_coupled_states_are_reported_as_coupled():
-    plan = analyse_source(CELLS["coupled linear"][0])
-    a = plan.transitions[0]
-    assert a.affine and a.structure == "coupled" and "reads state b" in a.reason
+def test_coupled_states_are_one_component_and_a_chain_is_two():
+    coupled = analyse_source(CELLS["coupled linear"][0])
+    assert [(c.states, c.kind) for c in coupled.components] == [(("a", "b"), "coupled")]
+    # a' = 0.5 a + b; b reads a after its update: b' = 0.5 b - a' + x = -0.5 a - 0.5 b + x
+    m = coupled.components[0].coupled.m
+    assert [[float(x) for x in row] for row in m] == [[0.5, 1.0], [-0.5, -0.5]]
+    chained = analyse_source(CELLS["chained linear"][0])
+    assert [(c.states, c.kind) for c in chained.components] == [(("b",), "elementwise"), (("a",), "elementwise")]
 
 
 def test_nonlinear_term_is_named():

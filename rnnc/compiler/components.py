@@ -187,5 +187,7 @@ class Stage:
     strategy: str
     components: tuple[int, ...]
     outputs: tuple[str, ...]
-    output_pieces: tuple[OutputPiece, ...] = ()
+    output_exprs: tuple[tuple[str, sympy.Expr], ...] = ()  # scan, sequential: nested, s' for new values
+    output_pieces: tuple[OutputPiece, ...] = ()  # chunked: pointwise over step values and reads
+    carries: tuple[str, ...] = ()  # states whose per-step values the later stages read
     blockers: tuple[Blocker, ...] = ()

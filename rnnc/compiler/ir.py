@@ -93,6 +93,9 @@ class IR:
     outputs: tuple[Result, ...]
     filename: str = field(default="<string>", compare=False)
     span: Span | None = field(default=None, compare=False, repr=False)
+    # the same cell lowered with every read of a state after its update kept as the symbol s'
+    # (an atom of op "new"): what the analysis decomposes into components; never code-generated
+    marked: IR | None = field(default=None, compare=False, repr=False)
 
     def _declared(self, kind: str) -> tuple[Declared, ...]:
         return tuple(d for d in self.decls if d.kind == kind)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 import sympy
@@ -72,7 +73,8 @@ def lower(cell: ast.Cell) -> IR:
         >>> lower(prog.cells[0]).update("h").expr
         2*h
     """
-    return _Lowering(cell).run()
+    ir = _Lowering(cell).run()
+    return dataclasses.replace(ir, marked=_MarkedLowering(cell).run())
 
 
 class _Lowering(ExpressionLowering):
@@ -349,3 +351,25 @@ def _find_path(start: str, goal: str, deps: dict[str, set[str]], states: set[str
                 parent[nxt] = node
                 frontier.append(nxt)
     return []
+
+
+class _MarkedLowering(_Lowering):
+    """Lowering for the analysis: a state read after its update is the leaf ``s'`` (op ``new``).
+
+    The ordinary IR inlines the update wherever the new value is read, which is what the kernels
+    compute; the analysis needs to see which state's new value an expression reads.
+    """
+
+    def _bind(self, target: str, value: Value, target_span: Span, stmt_span: Span) -> None:
+        super()._bind(target, value, target_span, stmt_span)
+        decl = self.decls.get(target)
+        if decl is not None and decl.kind == "state":
+            self.atoms[target + "'"] = Atom(target + "'", "new", decl.shape)
+
+    def _name(self, node: ast.Name) -> Value:
+        if node.name in self.updated:
+            return self._leaf_value(node.name + "'")
+        return super()._name(node)
+
+    def _reachable(self, updates, outputs, decls) -> set[str]:
+        return super()._reachable(updates, outputs, decls) | {d.name + "'" for d in decls if d.kind == "state"}

@@ -53,7 +53,7 @@ def nest(ir: IR, expr: sympy.Expr, scale_states: sympy.Expr | None = None) -> sy
         if name in memo:
             return memo[name]
         atom = ir.atom(name)
-        if atom.is_leaf:
+        if atom.is_leaf or atom.op == "new":  # "new": a state's value after its update (marked IR)
             form = tensor_symbol(name)
             if atom.op == "state" and scale_states is not None:
                 form = scale_states * form
@@ -95,7 +95,8 @@ def scale_terms(expr: sympy.Expr, scale: sympy.Symbol) -> dict[int, sympy.Expr] 
     if scale not in expr.free_symbols:
         return {0: expr}
     terms: dict[int, sympy.Expr] = {}
-    for term in sympy.Add.make_args(sympy.expand(expr)):
+    # exponents and logs stay whole: exp(a + b) split into exp(a) exp(b) would overflow where it does not
+    for term in sympy.Add.make_args(sympy.expand(expr, power_exp=False, power_base=False, log=False)):
         coeff, power = term.as_coeff_exponent(scale)
         if scale in coeff.free_symbols or not power.is_Integer or power < 0:
             return None

@@ -66,6 +66,9 @@ def render_scan(plan: Plan) -> ScanModule:
     ir = plan.ir
     if plan.strategy != "scan":
         raise unsupported(plan, f"its strategy is {plan.strategy}")
+    if len(plan.components) > 1 or any(c.kind != "elementwise" for c in plan.components):
+        kinds = ", ".join(f"{'/'.join(c.states)} ({c.kind})" for c in plan.components)
+        raise unsupported(plan, f"it has the components {kinds}; this template runs one elementwise component")
     tiles = Tiles(plan)
     full, last = tiles.full, tiles.full[-1:]
     transitions = {t.state: t for t in plan.transitions}
