@@ -171,3 +171,13 @@ class BackendError(RnncError):
         >>> issubclass(BackendError, RnncError)
         True
     """
+
+
+class LocatedBackendError(LocatedError, BackendError):
+    """No kernel covers a part of the cell: located at the expression that blocks it.
+
+    Example:
+        >>> e = LocatedBackendError("no kernel", Source("S = f(S)", "c.rnn").span(4, 8))
+        >>> isinstance(e, BackendError), str(e).splitlines()[0]
+        (True, 'c.rnn:1:5: error: no kernel')
+    """

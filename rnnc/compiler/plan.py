@@ -29,6 +29,7 @@ from rnnc.compiler.nested import show
 from rnnc.compiler.proof import Proof
 from rnnc.compiler.shapes import show as show_shape
 from rnnc.compiler.stages import plan_stages
+from rnnc.errors import LocatedBackendError
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,25 @@ class Plan:
             'nonlinear'
         """
         return next(c for c in self.components if state in c.states)
+
+    def blocking_error(self) -> LocatedBackendError | None:
+        """Why no Triton kernel runs this cell (the first blocker, located), or None.
+
+        Example:
+            >>> plan = analyse_source("cell c(K, V) { input k: [K]; input v: [V]; input a: []; state M: [K, V]; "
+            ...     "state P: [K, V]; P = a * P + M; M = M - outer(k, k @ P) + outer(k, v) }")
+            >>> print(str(plan.blocking_error()).splitlines()[0])  # doctest: +ELLIPSIS
+            <string>:1:...: error: cell c, component 1 (M, P), transition: M, P: the chunked block form of ...
+        """
+        for stage in self.stages:
+            for b in stage.blockers:
+                states = ", ".join(self.components[b.component].states)
+                message = (
+                    f"cell {self.ir.cell}, component {b.component + 1} ({states}), {b.piece}: {b.reason}; "
+                    "backend='reference' runs it"
+                )
+                return LocatedBackendError(message, b.span)
+        return None
 
     def canonical(self) -> str:
         """The text the key hashes: declarations, canonical pieces, outputs and strategy.

@@ -142,6 +142,9 @@ class Cell:
 
 def _triton_runner(plan: Plan):
     """The Triton kernels of a cell, or a BackendError saying why there are none yet."""
+    blocked = plan.blocking_error()
+    if blocked is not None:
+        raise blocked
     if plan.strategy == "scan":
         from rnnc.runtime.triton_scan import ScanKernels
 
