@@ -253,3 +253,28 @@ def test_explain_lists_components_kinds_and_stages():
     text = analyse_source(MLSTM).explain()
     for fragment in ("1. m: maxplus", "2. C: matrix", "3. n: matrix", "scan: m", "chunked: C, n", "max-plus"):
         assert fragment in text, fragment
+
+
+def test_reads_and_contractions_spelled_with_sums_and_transposes():
+    # sum(k[:, None] * S, 0) is k @ S; S.T @ q is q @ S; sum(q * n) is q @ n
+    delta = analyse_source(
+        "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; input beta: []; state S: [K, V]\n"
+        "S = S + beta * outer(k, v - sum(k[:, None] * S, 0))\nemit o = sum(q[:, None] * S, 0) }"
+    )
+    (factor,) = linear(delta, "S").factors
+    assert [(c.scale, c.u, c.w) for c in factor.corrections] == [(-X["beta"], X["k"], X["k"])]
+    normalised = analyse_source(
+        "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; state S: [K, V]; state n: [K]\n"
+        "S = S + outer(k, v); n = n + k\nemit o = (S.T @ q) / max(sum(q * n), 1) }"
+    )
+    (piece,) = normalised.stages[-1].output_pieces
+    assert sorted((r.state, r.new, r.query) for r in piece.reads) == [("S", True, X["q"]), ("n", True, X["q"])]
+
+
+def test_a_running_max_spelled_with_where():
+    plan = analyse_source(
+        "cell c(D) { input i: []; input f: []; input v: [D]; state m: []; state a: [D]\n"
+        "mn = where(f + m > i, f + m, i)\na = exp(f + m - mn) * a + exp(i - mn) * v\nm = mn\nemit o = a }"
+    )
+    assert kinds(plan) == [(("m",), "maxplus"), (("a",), "elementwise")]
+    assert (plan.components[0].maxplus.a, plan.components[0].maxplus.b) == (X["f"], X["i"])

@@ -6,7 +6,11 @@ Rewrites, applied bottom up:
 * factors that are scalars per step (rank 0) leave them: ``k @ (exp(g) * S)`` is ``exp(g) * (k @ S)``;
 * a factor of a matrix that varies along the contracted axis only moves into the vector that
   contracts it: ``k @ (a[:, None] * S)`` is ``(k * a) @ S``, ``(S * a) @ q`` is ``S @ (a * q)``;
-* ``r @ outer(a, b)`` is ``(r @ a) * b`` and ``outer(a, b) @ w`` is ``a * (b @ w)``.
+* ``r @ outer(a, b)`` is ``(r @ a) * b`` and ``outer(a, b) @ w`` is ``a * (b @ w)``;
+* a transposed matrix moves to the other side: ``S.T @ q`` is ``q @ S``;
+* a sum over one axis of a matrix times a vector along that axis is a contraction:
+  ``sum(q[:, None] * S, 0)`` is ``q @ S``, ``sum(S * w[None, :], 1)`` is ``S @ w``; a sum over all
+  of a vector product that holds one of ``states`` is a dot: ``sum(q * n)`` is ``q @ n``.
 
 Example:
     >>> k, S, g = (tensor_symbol(n) for n in ("k", "S", "g"))
@@ -75,7 +79,7 @@ def in_axis_space(expr: sympy.Expr, axis: int, ranks: dict[str, int]) -> sympy.E
     return out if varying <= {-1} else None
 
 
-def canonical(expr: sympy.Expr, ranks: dict[str, int]) -> sympy.Expr:
+def canonical(expr: sympy.Expr, ranks: dict[str, int], states: tuple[str, ...] = ()) -> sympy.Expr:
     """``expr`` with the rewrites of this module applied everywhere.
 
     Example:
@@ -96,7 +100,7 @@ def canonical(expr: sympy.Expr, ranks: dict[str, int]) -> sympy.Expr:
         elif isinstance(e, Outer):
             out = _bilinear(Outer, args[0], args[1], ranks)
         elif isinstance(e, ReduceSum):
-            out = _linear_sum(args[0], args[1], ranks)
+            out = _linear_sum(args[0], args[1], ranks, states)
         else:
             out = e.func(*args)
         memo[e] = out
@@ -143,9 +147,20 @@ def _matmul(a: sympy.Expr, b: sympy.Expr, ranks) -> sympy.Expr:
     return sympy.Add(*(ca * cb * _matmul_term(ra, rb, ranks) for ca, ra in terms_a for cb, rb in terms_b))
 
 
+def _transposed(x: sympy.Expr, ranks) -> sympy.Expr | None:
+    """``X`` when ``x`` is ``X.T`` of a matrix ``X``."""
+    if isinstance(x, Placed) and tuple(int(a) for a in x.args[1]) == (-1, -2) and rank_of(x.args[0], ranks) == 2:
+        return x.args[0]
+    return None
+
+
 def _matmul_term(a: sympy.Expr, b: sympy.Expr, ranks) -> sympy.Expr:
     """One product of terms (no sums, no rank-0 factors) in canonical form."""
     rank_a, rank_b = rank_of(a, ranks), rank_of(b, ranks)
+    if rank_b == 1 and _transposed(a, ranks) is not None:  # S.T @ q = q @ S
+        return _matmul_term(b, _transposed(a, ranks), ranks)
+    if rank_a == 1 and _transposed(b, ranks) is not None:  # q @ S.T = S @ q
+        return _matmul_term(_transposed(b, ranks), a, ranks)
     if rank_a == 1 and isinstance(b, Outer):  # r @ outer(x, y) = (r @ x) * y
         return _matmul(a, b.args[0], ranks) * b.args[1]
     if rank_b == 1 and isinstance(a, Outer):  # outer(x, y) @ w = x * (y @ w)
@@ -173,9 +188,34 @@ def _along(matrix: sympy.Expr, axis: int, ranks) -> tuple[sympy.Expr | None, sym
     return sympy.Mul(*moved), sympy.Mul(*kept)
 
 
-def _linear_sum(x: sympy.Expr, axis: sympy.Expr, ranks) -> sympy.Expr:
-    """``sum(c * y)`` is ``c * sum(y)`` for a rank-0 ``c`` (a sum of terms stays whole: some may broadcast)."""
+def _linear_sum(x: sympy.Expr, axis: sympy.Expr, ranks, states=()) -> sympy.Expr:
+    """``sum(c * y)`` is ``c * sum(y)`` for a rank-0 ``c``; sums that are contractions become ``@``.
+
+    A sum of terms stays whole: some terms may broadcast.
+    """
     c, rest = _scalar_split(x, ranks)
-    if c == 1 or rest == 1:
+    if rest == 1:
         return ReduceSum(x, axis)
-    return c * ReduceSum(rest, axis)
+    contraction = _as_contraction(rest, int(axis), ranks, states)
+    if contraction is not None:
+        return c * contraction
+    return c * ReduceSum(rest, axis) if c != 1 else ReduceSum(rest, axis)
+
+
+def _as_contraction(x: sympy.Expr, axis: int, ranks, states) -> sympy.Expr | None:
+    """``x`` summed over ``axis`` (-1: every axis) as a matmul, when it is one."""
+    rank = rank_of(x, ranks)
+    factors = list(sympy.Mul.make_args(x))
+    if rank == 2 and axis in (0, 1):
+        along = -2 if axis == 0 else -1
+        moved, kept = _along(x, along, ranks)
+        if moved is None:
+            return None
+        return _matmul_term(moved, kept, ranks) if axis == 0 else _matmul_term(kept, moved, ranks)
+    if rank == 1 and axis == -1 and len(factors) >= 2:
+        held = [f for f in factors if any(s.name in states or s.name.rstrip("'") in states for s in f.free_symbols)]
+        if len(held) != 1 or rank_of(held[0], ranks) != 1:
+            return None
+        others = sympy.Mul(*(f for f in factors if f is not held[0]))
+        return Matmul(others, held[0]) if rank_of(others, ranks) == 1 else None
+    return None

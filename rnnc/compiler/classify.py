@@ -84,6 +84,7 @@ def max_plus(update: sympy.Expr, state: str) -> tuple[sympy.Expr, sympy.Expr] | 
         (f, i)
     """
     s = tensor_symbol(state)
+    update = _where_as_max(update)
     if not isinstance(update, maximum):
         return None
     x, y = update.args
@@ -97,6 +98,24 @@ def max_plus(update: sympy.Expr, state: str) -> tuple[sympy.Expr, sympy.Expr] | 
         if inner is not None:
             return inner[0], maximum(inner[1], q)
     return None
+
+
+def _where_as_max(expr: sympy.Expr) -> sympy.Expr:
+    """``where(a > b, a, b)`` (or ``>=``, or ``b < a``) as ``max(a, b)``; anything else unchanged.
+
+    Example:
+        >>> a, b = sympy.symbols("a b")
+        >>> _where_as_max(sympy.Piecewise((a, a > b), (b, True)))
+        maximum(a, b)
+    """
+    if not isinstance(expr, sympy.Piecewise) or len(expr.args) != 2 or expr.args[1][1] != sympy.true:
+        return expr
+    (a, cond), (b, _) = expr.args
+    if isinstance(cond, (sympy.StrictGreaterThan, sympy.GreaterThan)) and (cond.lhs, cond.rhs) == (a, b):
+        return maximum(a, b)
+    if isinstance(cond, (sympy.StrictLessThan, sympy.LessThan)) and (cond.lhs, cond.rhs) == (b, a):
+        return maximum(a, b)
+    return expr
 
 
 def _several(index, states, updates, shapes, ranks, span) -> Component:

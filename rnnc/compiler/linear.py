@@ -169,7 +169,7 @@ def _direct_step(update: sympy.Expr, state: str, rank: int, ranks) -> Step | Lin
     """The single step ``a * s + corrections + writes`` read off the canonical form."""
     s = tensor_symbol(state)
     b, linear = affine_split(update, [state])
-    linear = canonical(linear, ranks)
+    linear = canonical(linear, ranks, (state,))
     a_terms, corrections = [], []
     for term in expand_terms(linear):
         coeff, core = _split_core(term, s)

@@ -191,7 +191,7 @@ def _output_pieces(ir: IR, outputs: dict, group: list[str], shapes, ranks):
     names = {tensor_symbol(s): (s, False) for s in group} | {tensor_symbol(s + "'"): (s, True) for s in group}
     for name, expr in outputs.items():
         reads, table = [], {}
-        expr = canonical(expr, ranks)
+        expr = canonical(expr, ranks, tuple(group))
         for node in sympy.preorder_traversal(expr):
             if not isinstance(node, Matmul) or node in table:
                 continue
