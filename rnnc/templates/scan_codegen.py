@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import sympy
 
 from rnnc.compiler import Plan
+from rnnc.compiler.decompose import reads_of
 from rnnc.compiler.nested import nest, show
 from rnnc.templates.loading import template
 from rnnc.templates.scan_layout import Tiles, unsupported
@@ -66,9 +67,13 @@ def render_scan(plan: Plan) -> ScanModule:
     ir = plan.ir
     if plan.strategy != "scan":
         raise unsupported(plan, f"its strategy is {plan.strategy}")
-    if len(plan.components) > 1 or any(c.kind != "elementwise" for c in plan.components):
-        kinds = ", ".join(f"{'/'.join(c.states)} ({c.kind})" for c in plan.components)
-        raise unsupported(plan, f"it has the components {kinds}; this template runs one elementwise component")
+    states = [d.name for d in ir.states]
+    for c in plan.components:  # independent elementwise states only: no state reads another
+        pieces = [x for p in c.affine for x in (p.a, p.b)]
+        others = sorted(reads_of(sympy.Add(*pieces), [s for s in states if s not in c.states])) if pieces else []
+        if c.kind != "elementwise" or others:
+            why = f"{c.kind}" if c.kind != "elementwise" else f"reads {', '.join(others)}"
+            raise unsupported(plan, f"component {'/'.join(c.states)} is {why}; this template runs independent states")
     tiles = Tiles(plan)
     full, last = tiles.full, tiles.full[-1:]
     transitions = {t.state: t for t in plan.transitions}
