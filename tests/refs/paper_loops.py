@@ -58,6 +58,21 @@ def mlstm(q, k, v, i, f, o, C0=None, n0=None, m0=None):
     return {"h": stack(hs)}, {"C": C, "n": n, "m": m}
 
 
+def mlstm_unstabilised(q, k, v, i, f, o, C0=None, n0=None):
+    """mLSTM as eqs. 19-27 write it, without the stabiliser: i = exp(i~), f = sigma(f~),
+    C_t = f C_{t-1} + i v k^T, n_t = f n_{t-1} + i k, h = sigma(o~) C_t q / max(|n_t^T q|, 1)."""
+    K, V = q.shape[-1], v.shape[-1]
+    C, n = zeros_if_none(C0, q, V, K), zeros_if_none(n0, q, K)
+    hs = []
+    for t in range(q.shape[1]):
+        f_gate, i_gate, k_t = torch.sigmoid(f[:, t]), torch.exp(i[:, t]), k[:, t] / K**0.5
+        C = per_head(f_gate) * C + per_head(i_gate) * torch.einsum("bhv,bhk->bhvk", v[:, t], k_t)
+        n = f_gate[..., None] * n + i_gate[..., None] * k_t
+        den = torch.einsum("bhk,bhk->bh", n, q[:, t]).abs().clamp_min(1.0)
+        hs.append(torch.sigmoid(o[:, t]) * torch.einsum("bhvk,bhk->bhv", C, q[:, t]) / den[..., None])
+    return {"h": stack(hs)}, {"C": C, "n": n}
+
+
 def rwkv6(r, k, v, d, u, S0=None):
     """RWKV-6 (Peng et al. 2024, eqs. 17-20): o_t = r_t (S_{t-1} + diag(u) k_t^T v_t),
     S_t = diag(w_t) S_{t-1} + k_t^T v_t, w_t = exp(-exp(d_t)); S [K, V]."""
