@@ -115,3 +115,33 @@ def test_ambiguous_or_malformed_uses_are_located_errors(text, where, says):
     assert message.startswith("c.rnn:2:") and says in message, message
     column = message.splitlines()[-1].index("^") - 4  # the source line is shown indented by four spaces
     assert text[column:].startswith(where), message
+
+
+def test_a_reduction_of_inputs_is_a_known_coefficient():
+    """max(x, 1) of a [K, V] input is a [K] vector: as a decay of S [K, V] it is diagonal along the keys."""
+    plan = analyse_source(
+        "cell c(K, V) { input x: [K, V]; input k: [K]; input v: [V]; input q: [K]; state S: [K, V]\n"
+        "S = exp(-abs(max(x, 1)))[:, None] * S + outer(k, v); emit o = q @ S }"
+    )
+    assert (plan.transitions[0].structure, plan.transitions[0].axis) == ("diagonal", -2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cell c(H) { input x: [H]; weight R: [H, H]; state h: [H]; h = tanh(R @ h + cos(x) * sin(h)); emit h }",
+        "cell c(H) { input x: [H]; state h: [H]; h = cos(x) * h + sin(x); emit h }",
+    ],
+    ids=["sequential", "scan"],
+)
+def test_cos_and_sin_run_in_triton_kernels(text):
+    from cells import all_gradients, random_call
+
+    kernels, reference = rnnc.compile(text, backend="triton"), rnnc.compile(text, backend="reference")
+    tensors, states = random_call(reference.plan.ir, T=6, dims={"H": 24})
+    leaves = [*tensors.values(), *states.values()]
+    ours, truth = kernels(state=states, **tensors), reference(state=states, **tensors)
+    assert kernels.last_backend == "triton"
+    assert rel_err(ours.h, truth.h) < 1e-12
+    mine, theirs = all_gradients(ours.outputs, ours.state, leaves), all_gradients(truth.outputs, truth.state, leaves)
+    assert all(rel_err(a, b) < 1e-12 for a, b in zip(mine, theirs))
