@@ -16,6 +16,8 @@ analysis lands they pass, strict xfail turns that into a failure, and the marks 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from conftest import PAPER_CELLS, ZOO
 
@@ -84,6 +86,11 @@ WRONG_TODAY = {
 }
 
 
+@functools.cache
+def _plan(cell: str):
+    return rnnc.compile(f"examples/{cell}.rnn", backend="reference").plan
+
+
 def _strategy_cases():
     for cell in sorted(EXPECTED):
         marks = [pytest.mark.xfail(strict=True, reason=COMPONENTS_PENDING)] if cell in WRONG_TODAY else []
@@ -102,7 +109,7 @@ def test_the_table_covers_every_cell():
 
 @pytest.mark.parametrize("cell", list(_strategy_cases()))
 def test_strategy(cell):
-    assert rnnc.compile(f"examples/{cell}.rnn", backend="reference").strategy == EXPECTED[cell][0]
+    assert _plan(cell).strategy == EXPECTED[cell][0]
 
 
 # Plan.components does not exist before issue 10 (AttributeError, the only failure tolerated here):
@@ -110,6 +117,5 @@ def test_strategy(cell):
 @pytest.mark.xfail(strict=True, raises=AttributeError, reason=COMPONENTS_PENDING)
 @pytest.mark.parametrize("cell", sorted(EXPECTED))
 def test_components(cell):
-    plan = rnnc.compile(f"examples/{cell}.rnn", backend="reference").plan
-    found = {tuple(sorted(c.states)): c.kind for c in plan.components}
+    found = {tuple(sorted(c.states)): c.kind for c in _plan(cell).components}
     assert found == EXPECTED[cell][1]
