@@ -3,15 +3,17 @@ components table (docs/components.md, section 1): the ground truth the component
 10 is checked against.
 
 Components are the strongly connected components of the state dependency graph; their kinds are
-``elementwise``, ``coupled``, ``maxplus``, ``matrix``, ``coupled-linear`` and ``nonlinear`` (anything
-else). A vector state read through a contraction beside a matrix state on the same key dim (linear
-attention's ``z``, mLSTM's ``n``) joins the chunked group with one value column: it is listed as
-``matrix`` (components.md: "joins that chunked group as a state with one value column (V = 1)").
-A cell with a ``nonlinear`` component is ``sequential``; else one with a ``matrix`` or
+``elementwise``, ``coupled``, ``maxplus``, ``matrix``, ``coupled-linear``, ``dense`` (affine with a
+dense transition, e.g. ``A @ m``: no scan exists for it yet) and ``nonlinear``. A vector state read
+through a contraction beside a matrix state on the same key dim (linear attention's ``z``, mLSTM's
+``n``) joins the chunked group with one value column: it is listed as ``matrix`` (components.md:
+"joins that chunked group as a state with one value column (V = 1)").
+A cell with a ``nonlinear`` or ``dense`` component is ``sequential``; else one with a ``matrix`` or
 ``coupled-linear`` component is ``chunked``; else ``scan``.
 
-Cases the analysis of today gets wrong are marked ``xfail(strict=True)``: once the components
-analysis lands they pass, strict xfail turns that into a failure, and the marks must go.
+Before the components analysis (issue 10) eleven of these cells got a worse strategy (sequential):
+mlstm, rwkv4, rwkv7, aaren, titans, gated_deltaproduct, kda, lru, gated_deltanet_decay_first,
+expgate and ema_gla.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from conftest import PAPER_CELLS, ZOO
 
 import rnnc
 
-COMPONENTS_PENDING = "components analysis (issue 10)"
-
 # cell: (strategy, {states of a component: kind})
 EXPECTED = {
     # --- the classic zoo ---
@@ -32,7 +32,7 @@ EXPECTED = {
     "elman": ("sequential", {("h",): "nonlinear"}),
     "gru": ("sequential", {("h",): "nonlinear"}),
     "slstm": ("sequential", {("c", "h", "m", "n"): "nonlinear"}),
-    "lti": ("sequential", {("m",): "nonlinear"}),  # a dense A @ m: none of the linear kinds
+    "lti": ("sequential", {("m",): "dense"}),  # affine, but a dense A @ m
     "hgrn": ("scan", {("h",): "elementwise"}),
     "mingru": ("scan", {("h",): "elementwise"}),
     "mamba": ("scan", {("S",): "elementwise"}),  # exp(dt[:, None] * A) varies along both axes
@@ -70,51 +70,26 @@ EXPECTED = {
     "ntm_memory": ("scan", {("Mem",): "elementwise"}),  # NTM's erase is a Hadamard product
 }
 
-# the cells whose strategy today's analysis (one joint affine test over all states) gets wrong
-WRONG_TODAY = {
-    "mlstm",  # m makes the joint update look nonlinear: sequential
-    "rwkv4",  # p = max(p - w, k): sequential
-    "rwkv7",  # diagonal minus rank one with a diagonal decay: sequential
-    "aaren",  # running max: sequential
-    "titans",  # two coupled matrix states: sequential
-    "gated_deltaproduct",  # a product of two rank-one factors: sequential
-    "kda",  # rank one after a diagonal decay: sequential
-    "lru",  # a coupled (re, im) pair: sequential
-    "gated_deltanet_decay_first",  # the same map as gated_deltanet, spelled decay first: sequential
-    "expgate",  # stabiliser: sequential
-    "ema_gla",  # a matrix state written with another state's new value: sequential
-}
-
 
 @functools.cache
 def _plan(cell: str):
     return rnnc.compile(f"examples/{cell}.rnn", backend="reference").plan
 
 
-def _strategy_cases():
-    for cell in sorted(EXPECTED):
-        marks = [pytest.mark.xfail(strict=True, reason=COMPONENTS_PENDING)] if cell in WRONG_TODAY else []
-        yield pytest.param(cell, marks=marks, id=cell)
-
-
 def test_the_table_covers_every_cell():
     assert sorted(EXPECTED) == sorted(ZOO + PAPER_CELLS)
-    assert WRONG_TODAY <= set(EXPECTED)
     for strategy, components in EXPECTED.values():
         kinds = set(components.values())
         chunked = "chunked" if kinds & {"matrix", "coupled-linear"} else "scan"
-        implied = "sequential" if "nonlinear" in kinds else chunked
+        implied = "sequential" if kinds & {"nonlinear", "dense"} else chunked
         assert strategy == implied, (strategy, components)
 
 
-@pytest.mark.parametrize("cell", list(_strategy_cases()))
+@pytest.mark.parametrize("cell", sorted(EXPECTED))
 def test_strategy(cell):
     assert _plan(cell).strategy == EXPECTED[cell][0]
 
 
-# Plan.components does not exist before issue 10 (AttributeError, the only failure tolerated here):
-# a wrong decomposition after it lands fails as an AssertionError, a right one as an XPASS
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=COMPONENTS_PENDING)
 @pytest.mark.parametrize("cell", sorted(EXPECTED))
 def test_components(cell):
     found = {tuple(sorted(c.states)): c.kind for c in _plan(cell).components}
