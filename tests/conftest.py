@@ -11,7 +11,52 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exist
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-ZOO = sorted(p.stem for p in EXAMPLES.glob("*.rnn"))
+# the classic zoo: every template covers these, so the Triton, demo and build tests run over them
+ZOO = [
+    "deltanet",
+    "elman",
+    "gated_deltanet",
+    "gla",
+    "gru",
+    "hgrn",
+    "linear_attention",
+    "lstm",
+    "lti",
+    "mamba",
+    "mingru",
+    "retnet",
+    "simple_gla",
+    "slstm",
+]
+# cells from recent papers (and a few of rnnc's own), written as the papers write them; their
+# oracles are tests/refs/paper_loops*.py, the strategy each should get is tests/test_components_expected.py
+PAPER_CELLS = [
+    "aaren",
+    "delta_monitor",
+    "deltanet_square",
+    "ema_gla",
+    "energy_norm",
+    "expgate",
+    "gated_accumulator",
+    "gated_deltanet_decay_first",
+    "gated_deltaproduct",
+    "hgrn2",
+    "indrnn",
+    "kda",
+    "linear_attention_normalised",
+    "lmu",
+    "longhorn",
+    "lru",
+    "m2rnn",
+    "mamba2",
+    "mlstm",
+    "ntm_memory",
+    "rwkv4",
+    "rwkv6",
+    "rwkv7",
+    "tanh_accumulator",
+    "titans",
+]
 
 # one file, two cells: used by the API and CLI tests
 TWO_CELLS = """\

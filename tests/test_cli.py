@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TWO_CELLS
+from conftest import ZOO as CLASSIC
 
 ROOT = Path(__file__).resolve().parent.parent
-ZOO = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.rnn"))
+ZOO = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.rnn"))  # every example checks ok
 
 
 SEMANTIC = "cell c(H) {\n    input x: [H]\n    state h: [H]\n    h = h + y\n}\n"  # y is undefined
@@ -286,10 +287,31 @@ def test_demo_runs_cells_on_triton_and_checks_them(tmp_path, capsys, monkeypatch
     assert set(rows) == {"hgrn", "elman", "odd"}
     assert rows["hgrn"].split()[1:3] == ["scan", "triton"] and rows["hgrn"].endswith("ok")
     assert rows["elman"].split()[1:3] == ["sequential", "triton"] and rows["elman"].endswith("ok")
-    assert "no kernel" in rows["odd"]
+    assert rows["odd"].split()[1:3] == ["sequential", "reference"]
+    assert "reference only: the Triton sequential template does not cover cell odd" in rows["odd"]
+    assert "1 cell(s) run on the reference only" in table.splitlines()[-1]
     monkeypatch.setitem(demo.TOLERANCE, "float32", 0.0)  # every real error now exceeds it: the check can fail
     assert main(["demo", "examples/hgrn.rnn"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_demo_reports_a_template_crash_as_an_error(capsys, monkeypatch):
+    """A generated module that does not import is rnnc's bug: the row says so and the demo fails."""
+    import rnnc
+    from rnnc.cli import main
+
+    compile_for_real = rnnc.compile
+
+    def broken_templates(src, **kwargs):
+        if kwargs.get("backend") == "triton":
+            raise SyntaxError("invalid syntax (hgrn_scan.py, line 3)")
+        return compile_for_real(src, **kwargs)
+
+    monkeypatch.setattr(rnnc, "compile", broken_templates)
+    assert main(["demo", "examples/hgrn.rnn"]) == 1
+    row = capsys.readouterr().out.splitlines()[3]
+    assert row.split()[0] == "hgrn" and "ERROR" in row
+    assert "internal error generating the Triton kernels: SyntaxError" in row
 
 
 def test_demo_bundles_the_zoo():
@@ -300,7 +322,7 @@ def test_demo_bundles_the_zoo():
 
 def test_build_is_byte_identical_across_processes_with_different_hash_seeds(tmp_path):
     """Sets iterate in hash order, and str hashes change with PYTHONHASHSEED: output must not depend on it."""
-    zoo = sorted(str(p) for p in Path("examples").glob("*.rnn"))
+    zoo = [f"examples/{cell}.rnn" for cell in CLASSIC]  # the cells every template covers
     texts = []
     for seed in ("1", "2"):
         out = tmp_path / f"seed{seed}"

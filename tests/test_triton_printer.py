@@ -34,6 +34,7 @@ EXPRESSIONS = {
     "where": sympy.Piecewise((x, x > y), (y * 2, True)),
     "heaviside": sympy.Heaviside(x) + sympy.Heaviside(y, 0) * x,
     "sign": sympy.sign(x) * y,
+    "cos and sin": sympy.cos(3 * x) * sympy.sin(y) - sympy.sin(x - y) ** 2,
 }
 
 # the language's functions by their textbook definitions, for sympy to evaluate independently

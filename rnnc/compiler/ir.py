@@ -45,7 +45,8 @@ class Atom:
 
     ``op`` is ``input``/``weight``/``state`` (a leaf; a state leaf is the value
     from the previous step), ``matmul`` (args a, b), ``outer`` (args a, b),
-    ``sum`` (arg x; ``params`` = (axis,) or () for all axes) or ``part``
+    ``sum``, ``max`` or ``min`` (a reduction of arg x; ``params`` = (axis,) or () for all
+    axes) or ``part``
     (arg: the parent atom's plain view; ``params`` = (axis, index, count, drop)).
     ``arg_shapes`` are the index spaces of the argument expressions.
     """

@@ -170,10 +170,14 @@ class ExpressionLowering:
             raise AnalysisError(f"unknown function {fn!r}; {hint}known: {', '.join(ALL_FUNCTIONS)}", node.name_span)
         if fn == "sum":
             return self._sum(node)
+        first = self._numeric(node.args[0], f"{fn}()") if fn in ("max", "min") and node.args else None
+        if first is not None and _is_reduction(node, first):
+            return self._reduce_extreme(node, first)
         arity = 1 if fn in UNARY_FUNCTIONS else 3 if fn == "where" else 2
         if len(node.args) != arity:
+            forms = " (a, b), (x, axis) or (x)" if fn in ("max", "min") else ""
             raise AnalysisError(
-                f"{fn}() needs {arity} argument{'s' if arity > 1 else ''}, has {len(node.args)}", node.span
+                f"{fn}() needs {arity} argument{'s' if arity > 1 else ''}{forms}, has {len(node.args)}", node.span
             )
         if fn == "where":
             cond = self._expr(node.args[0])
@@ -183,7 +187,7 @@ class ExpressionLowering:
             b = self._numeric(node.args[2], "where()")
             shape = self._broadcast(node, cond, a, b)
             return Value(sympy.Piecewise((a.expr, cond.expr), (b.expr, True)), shape)
-        args = [self._numeric(a, f"{fn}()") for a in node.args]
+        args = [self._numeric(a, f"{fn}()") if first is None or k else first for k, a in enumerate(node.args)]
         if fn == "outer":
             for arg, src in zip(args, node.args):
                 if len(arg.shape) != 1:
@@ -197,18 +201,35 @@ class ExpressionLowering:
     def _sum(self, node: ast.Call) -> Value:
         if len(node.args) not in (1, 2):
             raise AnalysisError(f"sum() needs 1 or 2 arguments (x, axis), has {len(node.args)}", node.span)
-        x = self._numeric(node.args[0], "sum()")
+        if len(node.args) == 2 and _integer_literal(node.args[1]) is None:
+            raise AnalysisError("sum() needs an integer literal as its axis", node.args[1].span)
+        return self._reduction("sum", node, self._numeric(node.args[0], "sum()"))
+
+    def _reduce_extreme(self, node: ast.Call, x: Value) -> Value:
+        """``max(x)`` / ``max(x, axis)`` (and ``min``): a reduction, told apart by :func:`_is_reduction`."""
+        fn = node.function
+        if len(node.args) == 2:
+            axis, rank = _integer_literal(node.args[1]), len(x.shape)
+            if not -rank <= axis < rank:
+                raise AnalysisError(
+                    f"{fn}() reads an integer literal after a {show(x.shape)} value as an axis, and axis {axis} "
+                    f"is out of range for {show(x.shape)}; for the elementwise {fn}imum with the number {axis}, "
+                    f"write {fn}({_text(node.args[0])}, {axis}.0)",
+                    node.args[1].span,
+                )
+        return self._reduction(fn, node, x)
+
+    def _reduction(self, op: str, node: ast.Call, x: Value) -> Value:
+        """``sum``/``max``/``min`` of ``x`` over all axes, or over the literal axis ``node.args[1]``."""
         if len(node.args) == 1:
-            return self._structural("sum", _text(node), [x], (), ())
+            return self._structural(op, _text(node), [x], (), ())
         axis = _integer_literal(node.args[1])
         rank = len(x.shape)
-        if axis is None:
-            raise AnalysisError("sum() needs an integer literal as its axis", node.args[1].span)
         if not -rank <= axis < rank:
-            raise AnalysisError(f"sum() axis {axis} is out of range for {show(x.shape)}", node.args[1].span)
+            raise AnalysisError(f"{op}() axis {axis} is out of range for {show(x.shape)}", node.args[1].span)
         axis %= rank
         shape = x.shape[:axis] + x.shape[axis + 1 :]
-        return self._structural("sum", _text(node), [x], shape, (axis,))
+        return self._structural(op, _text(node), [x], shape, (axis,))
 
     def _index(self, node: ast.Index) -> Value:
         operand = self._expr(node.operand)
@@ -255,6 +276,19 @@ def _names_in(node: ast.Expr) -> set[str]:
     for child in children:
         out |= _names_in(child)
     return out
+
+
+def _is_reduction(node: ast.Call, first) -> bool:
+    """Whether ``max(...)`` / ``min(...)`` is a reduction rather than the elementwise two-argument form.
+
+    One argument: a reduction over all axes. Two: a reduction when the second is an integer
+    literal (``0``, ``-1``; not ``0.0``) and the first is not a scalar; otherwise elementwise.
+    """
+    if len(node.args) == 1:
+        return True
+    if len(node.args) != 2 or first is None or not first.shape:
+        return False
+    return _integer_literal(node.args[1]) is not None
 
 
 def _integer_literal(node: ast.Expr) -> int | None:

@@ -26,12 +26,16 @@ from sympy.printing.str import StrPrinter
 
 from rnnc.compiler.ir import IR
 from rnnc.compiler.symbols import (
+    LINEAR_STRUCTURAL,
+    REDUCTIONS,
     STRUCTURAL,
     TENSOR_ARGS,
     Matmul,
     Outer,
     Part,
     Placed,
+    ReduceMax,
+    ReduceMin,
     ReduceSum,
     View,
     tensor_symbol,
@@ -63,8 +67,8 @@ def nest(ir: IR, expr: sympy.Expr, scale_states: sympy.Expr | None = None) -> sy
                 form = Matmul(*args)
             elif atom.op == "outer":
                 form = Outer(*args)
-            elif atom.op == "sum":
-                form = ReduceSum(args[0], sympy.Integer(atom.params[0] if atom.params else -1))
+            elif atom.op in REDUCTIONS:
+                form = REDUCTIONS[atom.op](args[0], sympy.Integer(atom.params[0] if atom.params else -1))
             else:
                 form = Part(args[0], *(sympy.Integer(p) for p in atom.params))
         memo[name] = form
@@ -115,7 +119,7 @@ def pull_scale(expr: sympy.Expr, scale: sympy.Symbol) -> sympy.Expr:
     if not expr.args or scale not in expr.free_symbols:
         return expr
     args = [pull_scale(a, scale) for a in expr.args]
-    if not isinstance(expr, STRUCTURAL):
+    if not isinstance(expr, LINEAR_STRUCTURAL):  # max(x, axis) is not linear: the scale stays inside
         return expr.func(*args)
     positions = TENSOR_ARGS[type(expr)]
     expansions = []
@@ -147,7 +151,7 @@ def nonpolynomial_part(expr: sympy.Expr, scale: sympy.Symbol) -> sympy.Expr | No
     """
     if scale not in expr.free_symbols:
         return None
-    if isinstance(expr, (sympy.Add, sympy.Mul)) or isinstance(expr, STRUCTURAL):
+    if isinstance(expr, (sympy.Add, sympy.Mul)) or isinstance(expr, LINEAR_STRUCTURAL):
         for arg in expr.args:
             found = nonpolynomial_part(arg, scale)
             if found is not None:
@@ -194,7 +198,7 @@ def _structural_rank(expr, ranks) -> int:
         return max(ra, rb, 2) - (ra == 1) - (rb == 1) if ra >= 1 and rb >= 1 else 0
     if isinstance(expr, Outer):
         return 2
-    if isinstance(expr, ReduceSum):
+    if isinstance(expr, (ReduceSum, ReduceMax, ReduceMin)):
         return 0 if int(expr.args[1]) < 0 else arg_ranks[0] - 1
     return arg_ranks[0] - int(expr.args[4])  # Part
 
@@ -217,6 +221,14 @@ class NestedPrinter(StrPrinter):
         axis = int(expr.args[1])
         return f"sum({self._print(expr.args[0])}{'' if axis < 0 else f', {axis}'})"
 
+    def _print_ReduceMax(self, expr) -> str:
+        axis = int(expr.args[1])
+        return f"max({self._print(expr.args[0])}{'' if axis < 0 else f', {axis}'})"
+
+    def _print_ReduceMin(self, expr) -> str:
+        axis = int(expr.args[1])
+        return f"min({self._print(expr.args[0])}{'' if axis < 0 else f', {axis}'})"
+
     def _print_Part(self, expr) -> str:
         axis, index, count, drop = (int(a) for a in expr.args[1:])
         slot = str(index) if drop else f"{index}/{count}"
@@ -231,10 +243,14 @@ class NestedPrinter(StrPrinter):
         return f"where({self._print(cond)}, {self._print(a)}, {self._print(b)})"
 
     def _print_maximum(self, expr) -> str:
-        return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+        return "max(" + ", ".join(self._elementwise_operand(a) for a in expr.args) + ")"
 
     def _print_minimum(self, expr) -> str:
-        return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
+        return "min(" + ", ".join(self._elementwise_operand(a) for a in expr.args) + ")"
+
+    def _elementwise_operand(self, expr) -> str:
+        # an integer would read back as an axis (max(x, 0) reduces x): print it as a float
+        return f"{int(expr)}.0" if isinstance(expr, sympy.Integer) else self._print(expr)
 
     def _print_Relational(self, expr) -> str:
         return f"{self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)}"

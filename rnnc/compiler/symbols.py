@@ -257,6 +257,35 @@ class ReduceSum(sympy.Function):
     is_commutative = True
 
 
+class ReduceMax(sympy.Function):
+    """``max(x, axis)``: the largest entry along ``axis`` (``-1``: over all axes); not linear.
+
+    Its subgradient goes to the largest entries, split evenly between ties (as ``max(a, b)``
+    and PyTorch's ``amax`` do).
+
+    Example:
+        >>> ReduceMax(sympy.Symbol("x"), sympy.Integer(0))
+        ReduceMax(x, 0)
+    """
+
+    nargs = 2
+    is_commutative = True
+    is_real = True
+
+
+class ReduceMin(sympy.Function):
+    """``min(x, axis)``: the smallest entry along ``axis`` (``-1``: over all axes); not linear.
+
+    Example:
+        >>> ReduceMin(sympy.Symbol("x"), sympy.Integer(-1))
+        ReduceMin(x, -1)
+    """
+
+    nargs = 2
+    is_commutative = True
+    is_real = True
+
+
 class Part(sympy.Function):
     """Part ``index`` of ``count`` of ``x`` along ``axis`` (``drop``: the axis goes).
 
@@ -281,10 +310,14 @@ class Placed(sympy.Function):
     is_commutative = True
 
 
-STRUCTURAL = (Matmul, Outer, ReduceSum, Part, Placed)
+# the structural operators that are (multi)linear in their tensor arguments, and all of them
+LINEAR_STRUCTURAL = (Matmul, Outer, ReduceSum, Part, Placed)
+REDUCTIONS = {"sum": ReduceSum, "max": ReduceMax, "min": ReduceMin}
+STRUCTURAL = (*LINEAR_STRUCTURAL, ReduceMax, ReduceMin)
 
 # arguments of each structural operator that are tensors (the rest are integers)
-TENSOR_ARGS = {Matmul: (0, 1), Outer: (0, 1), ReduceSum: (0,), Part: (0,), Placed: (0,)}
+TENSOR_ARGS = {Matmul: (0, 1), Outer: (0, 1), Part: (0,), Placed: (0,)}
+TENSOR_ARGS.update({reduction: (0,) for reduction in REDUCTIONS.values()})
 
 UNARY_FUNCTIONS = {
     "sigmoid": sigmoid,
@@ -296,6 +329,8 @@ UNARY_FUNCTIONS = {
     "logsigmoid": logsigmoid,
     "sqrt": sympy.sqrt,
     "abs": sympy.Abs,
+    "cos": sympy.cos,
+    "sin": sympy.sin,
 }
 BINARY_FUNCTIONS = {"max": maximum, "min": minimum}
 COMPARISONS = {

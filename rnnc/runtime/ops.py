@@ -159,6 +159,48 @@ def reduce_sum_backward(g: torch.Tensor, x: torch.Tensor, rank: int, axis: int |
     return g.expand(*x.shape[:2], *x.shape[2:]) if g.shape[:2] == x.shape[:2] else g.expand_as(x)
 
 
+def reduce_max(x: torch.Tensor, rank: int, axis: int | None) -> torch.Tensor:
+    """``max(x)`` over all of the cell's axes, or ``max(x, axis)``; autograd splits ties evenly.
+
+    Example:
+        >>> reduce_max(torch.tensor([[[[1.0, 3.0], [4.0, 2.0]]]]), 2, 1).tolist()
+        [[[3.0, 4.0]]]
+    """
+    if axis is None:
+        return x.amax(dim=tuple(range(2, 2 + rank))) if rank else x
+    return x.amax(dim=2 + axis)
+
+
+def reduce_min(x: torch.Tensor, rank: int, axis: int | None) -> torch.Tensor:
+    """``min(x)`` over all of the cell's axes, or ``min(x, axis)``; autograd splits ties evenly.
+
+    Example:
+        >>> reduce_min(torch.tensor([[[[1.0, 3.0], [4.0, 2.0]]]]), 2, 0).tolist()
+        [[[1.0, 2.0]]]
+    """
+    if axis is None:
+        return x.amin(dim=tuple(range(2, 2 + rank))) if rank else x
+    return x.amin(dim=2 + axis)
+
+
+def reduce_extreme_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, rank: int, axis: int | None):
+    """The cotangent of ``x`` given that of ``y = max(x[, axis])`` (or ``min``): it goes to the
+    entries equal to ``y``, split evenly between ties.
+
+    Example:
+        >>> x = torch.tensor([[[1.0, 3.0, 3.0]]])
+        >>> reduce_extreme_backward(torch.ones(1, 1), x, reduce_max(x, 1, None), 1, None).tolist()
+        [[[0.0, 0.5, 0.5]]]
+    """
+    if axis is None:
+        shape = (*y.shape[:2], *([1] * rank))
+        hit = (x == y.reshape(shape)).to(x.dtype)
+        count = hit.sum(dim=tuple(range(2, 2 + rank)), keepdim=True) if rank else hit
+        return g.reshape(shape) * hit / count
+    hit = (x == y.unsqueeze(2 + axis)).to(x.dtype)
+    return g.unsqueeze(2 + axis) * hit / hit.sum(dim=2 + axis, keepdim=True)
+
+
 def part(t: torch.Tensor, axis: int, index: int, count: int, drop: int) -> torch.Tensor:
     """Part ``index`` of ``count`` equal parts along the cell's axis ``axis``.
 

@@ -71,9 +71,9 @@ def _atom_code(ir: IR, names: _Names, lines: list[str]) -> dict[str, list[str]]:
             call = f"ops.matmul({args[0]}, {args[1]}, {ranks[0]}, {ranks[1]})"
         elif atom.op == "outer":
             call = f"ops.outer({args[0]}, {args[1]})"
-        elif atom.op == "sum":
+        elif atom.op in ("sum", "max", "min"):
             axis = atom.params[0] if atom.params else None
-            call = f"ops.reduce_sum({args[0]}, {ranks[0]}, {axis})"
+            call = f"ops.reduce_{atom.op}({args[0]}, {ranks[0]}, {axis})"
         else:
             call = f"ops.part({args[0]}, {', '.join(map(str, atom.params))})"
         lines.append(f"    {var} = {call}  # {atom.name}")
@@ -163,6 +163,9 @@ def backward_source(plan: Plan) -> str:
         elif atom.op == "sum":
             axis = atom.params[0] if atom.params else None
             body.append(f"    g_args = (ops.reduce_sum_backward(g_atom, {args[0]}, {ranks[0]}, {axis}),)")
+        elif atom.op in ("max", "min"):
+            axis = atom.params[0] if atom.params else None
+            body.append(f"    g_args = (ops.reduce_extreme_backward(g_atom, {args[0]}, {var}, {ranks[0]}, {axis}),)")
         else:
             body.append(f"    g_args = (ops.part_backward(g_atom, {args[0]}, {', '.join(map(str, atom.params))}),)")
         for j, shape in enumerate(atom.arg_shapes):

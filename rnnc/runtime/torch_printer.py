@@ -17,6 +17,8 @@ _UNARY = {
     sympy.exp: "torch.exp",
     sympy.log: "torch.log",
     sympy.tanh: "torch.tanh",
+    sympy.cos: "torch.cos",
+    sympy.sin: "torch.sin",
     sympy.Abs: "torch.abs",
     sympy.sign: "torch.sign",
     sigmoid: "torch.sigmoid",

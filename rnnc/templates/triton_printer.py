@@ -112,6 +112,12 @@ class TritonPrinter(CodePrinter):
     def _print_log(self, expr):
         return f"tl.log({self._print(expr.args[0])})"
 
+    def _print_cos(self, expr):
+        return f"tl.cos({self._print(expr.args[0])})"
+
+    def _print_sin(self, expr):
+        return f"tl.sin({self._print(expr.args[0])})"
+
     def _print_tanh(self, expr):
         x = self.parenthesize(expr.args[0], 50)
         return f"(2.0 * tl.sigmoid(2.0 * {x}) - 1.0)"

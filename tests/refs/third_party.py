@@ -167,13 +167,14 @@ def flashrnn_elman(x, R, b, h0=None):
 
 
 @functools.lru_cache(maxsize=None)
-def fla_naive(family: str):
-    """``fla/ops/<family>/naive.py`` as a stand-alone module, without importing ``fla``."""
+def fla_naive(family: str, file: str = "naive"):
+    """``fla/ops/<family>/<file>.py`` as a stand-alone module, without importing ``fla``."""
     spec = importlib.util.find_spec("fla")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("fla (fla-core) is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "ops", family, "naive.py")
-    mspec = importlib.util.spec_from_file_location(f"_rnnc_refs_fla_{family}_naive", path)
+    path = os.path.join(list(spec.submodule_search_locations)[0], "ops", family, f"{file}.py")
+    module = f"_rnnc_refs_fla_{family.replace('/', '_')}_{file}"
+    mspec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(mod)
     return mod

@@ -1,0 +1,218 @@
+"""Float64 reference loops for the nonlinear and the elementwise cells of recent papers.
+
+Same conventions as ``paper_loops.py`` (written from the papers' equations, layout
+``[B, T, NH, *shape]``, ``<state>0=`` initial states, ``(outputs, final_states)``). Where a paper
+gives a second, independent form of the same map (RWKV-4's and Aaren's sums over the prefix,
+LRU's complex numbers) the loop uses it, or the test compares both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from refs.paper_loops import stack, zeros_if_none
+
+
+def rwkv4(r, k, v, w, u, a0=None, b0=None, p0=None):
+    """RWKV-4's WKV (Peng et al. 2023, eqs. 14-16) in the stable recurrent form of the official
+    kernel: a, b are the numerator and denominator of wkv scaled by e^{-p}, p the largest exponent
+    so far. Output o_t = sigma(r_t) wkv_t reads the state before the update."""
+    D = k.shape[-1]
+    a, b, p = (zeros_if_none(s, k, D) for s in (a0, b0, p0))
+    os = []
+    for t in range(k.shape[1]):
+        kt, vt = k[:, t], v[:, t]
+        top = torch.maximum(p, u + kt)
+        e_old, e_new = torch.exp(p - top), torch.exp(u + kt - top)
+        os.append(torch.sigmoid(r[:, t]) * (e_old * a + e_new * vt) / (e_old * b + e_new))
+        top = torch.maximum(p - w, kt)
+        e_old, e_new = torch.exp(p - w - top), torch.exp(kt - top)
+        a, b, p = e_old * a + e_new * vt, e_old * b + e_new, top
+    return {"o": stack(os)}, {"a": a, "b": b, "p": p}
+
+
+def rwkv4_sum(r, k, v, w, u):
+    """RWKV-4's eq. 14 as written, from a zero state: the weighted average over the prefix,
+    wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) / (same weights summed)."""
+    T = k.shape[1]
+    os = []
+    for t in range(T):
+        past = torch.arange(t, dtype=k.dtype)  # i = 0 .. t-1
+        logits = -(t - 1 - past)[None, :, None, None] * w + k[:, :t]  # [B, t, NH, D]
+        logits = torch.cat([logits, (u + k[:, t])[:, None]], dim=1)
+        weights = torch.softmax(logits, dim=1)  # the common factor cancels in the ratio
+        os.append(torch.sigmoid(r[:, t]) * (weights * v[:, : t + 1]).sum(1))
+    return {"o": stack(os)}
+
+
+def aaren(k, v, q, m0=None, c0=None, a0=None):
+    """Aaren (Feng et al. 2024, Sec. 3.1): s_k = q . k_k, m_k = max(m_{k-1}, s_k),
+    c_k = c_{k-1} e^{m_{k-1} - m_k} + e^{s_k - m_k}, a_k = a_{k-1} e^{m_{k-1} - m_k} + v_k e^{s_k - m_k},
+    o_k = a_k / c_k."""
+    m, c, a = zeros_if_none(m0, k), zeros_if_none(c0, k), zeros_if_none(a0, v, v.shape[-1])
+    os = []
+    for t in range(k.shape[1]):
+        s = torch.einsum("hk,bhk->bh", q, k[:, t])
+        m_new = torch.maximum(m, s)
+        c = c * torch.exp(m - m_new) + torch.exp(s - m_new)
+        a = a * torch.exp(m - m_new)[..., None] + v[:, t] * torch.exp(s - m_new)[..., None]
+        m = m_new
+        os.append(a / c[..., None])
+    return {"o": stack(os)}, {"m": m, "c": c, "a": a}
+
+
+def aaren_attention(k, v, q):
+    """Aaren's output as attention itself (from an empty state): o_k = softmax_i(q . k_i) v_i, i <= k."""
+    scores = torch.einsum("hk,bthk->bth", q, k)
+    os = [(torch.softmax(scores[:, : t + 1], dim=1)[..., None] * v[:, : t + 1]).sum(1) for t in range(k.shape[1])]
+    return {"o": stack(os)}
+
+
+def _matvec(W, x):
+    """W x per head: W [NH, I, J], x [B, NH, J] -> [B, NH, I]."""
+    return torch.einsum("hij,bhj->bhi", W, x)
+
+
+def lmu(x, ex, eh, em, A, Bm, Wx, Wh, Wm, h0=None, m0=None):
+    """Legendre Memory Unit (Voelker et al. 2019, eqs. 17-20): u_t = e_x.x_t + e_h.h_{t-1} + e_m.m_{t-1},
+    m_t = A m_{t-1} + B u_t, h_t = tanh(W_x x_t + W_h h_{t-1} + W_m m_t)."""
+    h, m = zeros_if_none(h0, x, Wh.shape[-1]), zeros_if_none(m0, x, A.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        u = (ex * xt).sum(-1) + (eh * h).sum(-1) + (em * m).sum(-1)  # [B, NH]
+        m = _matvec(A, m) + Bm * u[..., None]
+        h = torch.tanh(_matvec(Wx, xt) + _matvec(Wh, h) + _matvec(Wm, m))
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h, "m": m}
+
+
+def m2rnn(q, k, v, f, W, H0=None):
+    """M²RNN (Mishra et al. 2026): Z_t = tanh(H_{t-1} W + k_t v_t^T), H_t = f_t H_{t-1} + (1 - f_t) Z_t,
+    y_t = q_t^T H_t; H [K, V], W [V, V]."""
+    H = zeros_if_none(H0, q, q.shape[-1], v.shape[-1])
+    ys = []
+    for t in range(q.shape[1]):
+        Z = torch.tanh(torch.einsum("bhkv,hvw->bhkw", H, W) + torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t]))
+        ft = f[:, t][..., None, None]
+        H = ft * H + (1 - ft) * Z
+        ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], H))
+    return {"y": stack(ys)}, {"H": H}
+
+
+def lru(u, nu, theta, gamma_log, B_re, B_im, C_re, C_im, D, x_re0=None, x_im0=None):
+    """LRU (Orvieto et al. 2023, eqs. 3-7) in complex arithmetic: lambda = exp(-e^nu + i e^theta),
+    x_k = lambda x_{k-1} + e^gamma_log (B u_k), y_k = Re(C x_k) + D u_k."""
+    N = nu.shape[-1]
+    x = torch.complex(zeros_if_none(x_re0, u, N), zeros_if_none(x_im0, u, N))
+    lam = torch.exp(torch.complex(-torch.exp(nu), torch.exp(theta)))  # [NH, N]
+    Bc, Cc = torch.complex(B_re, B_im), torch.complex(C_re, C_im)  # [NH, N, H], [NH, H, N]
+    ys = []
+    for t in range(u.shape[1]):
+        bu = torch.einsum("hnj,bhj->bhn", Bc, u[:, t].to(Bc.dtype))
+        x = lam * x + torch.exp(gamma_log) * bu
+        ys.append(torch.einsum("hin,bhn->bhi", Cc, x).real + D * u[:, t])
+    return {"y": stack(ys)}, {"x_re": x.real, "x_im": x.imag}
+
+
+def indrnn(x, u, b, h0=None):
+    """IndRNN (Li et al. 2018, eq. 2): h_t = relu(W x_t + u * h_{t-1} + b), x = W x_t given."""
+    h = zeros_if_none(h0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        h = torch.relu(x[:, t] + u * h + b)
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def tanh_accumulator(x, h0=None):
+    """h_t = tanh(h_{t-1} + x_t)."""
+    h = zeros_if_none(h0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        h = torch.tanh(h + x[:, t])
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def longhorn(x, dt, k, q, Dskip, S0=None):
+    """Longhorn (Liu et al. 2024): beta = sigma(dt), eps = beta / (1 + beta ||k||^2),
+    S_t = S_{t-1} * (1 - eps k^2^T) + (eps x_t) k_t^T, y_t = S_t q_t + D x_t; S [D, N]."""
+    S = zeros_if_none(S0, x, x.shape[-1], k.shape[-1])
+    ys = []
+    for t in range(x.shape[1]):
+        beta, kt = torch.sigmoid(dt[:, t]), k[:, t]
+        eps = beta / (1 + beta * (kt**2).sum(-1, keepdim=True))
+        S = S * (1 - eps[..., :, None] * (kt**2)[..., None, :]) + (eps * x[:, t])[..., :, None] * kt[..., None, :]
+        ys.append(torch.einsum("bhdn,bhn->bhd", S, q[:, t]) + Dskip * x[:, t])
+    return {"y": stack(ys)}, {"S": S}
+
+
+def expgate(i, f, z, o, c0=None, n0=None, m0=None):
+    """Stabilised exponential gating without recurrent matrices (sLSTM's gates, Beck et al. 2024):
+    m_t = max(log sigma(f_t) + m_{t-1}, i_t); c_t, n_t decayed by exp(log sigma(f_t) + m_{t-1} - m_t) and
+    fed by exp(i_t - m_t) z_t, exp(i_t - m_t); h_t = sigma(o_t) c_t / n_t."""
+    H = i.shape[-1]
+    c, n, m = (zeros_if_none(s, i, H) for s in (c0, n0, m0))
+    hs = []
+    for t in range(i.shape[1]):
+        log_f = F.logsigmoid(f[:, t])
+        m_new = torch.maximum(log_f + m, i[:, t])
+        decay, gate = torch.exp(log_f + m - m_new), torch.exp(i[:, t] - m_new)
+        c, n, m = decay * c + gate * z[:, t], decay * n + gate, m_new
+        hs.append(torch.sigmoid(o[:, t]) * c / n)
+    return {"h": stack(hs)}, {"c": c, "n": n, "m": m}
+
+
+def gated_accumulator(x, u, R, h0=None, c0=None):
+    """h_t = tanh(R h_{t-1} + x_t), c_t = sigma(h_t) c_{t-1} + u_t, y_t = h_t c_t."""
+    h, c = zeros_if_none(h0, x, x.shape[-1]), zeros_if_none(c0, x, x.shape[-1])
+    hs, ys = [], []
+    for t in range(x.shape[1]):
+        h = torch.tanh(_matvec(R, h) + x[:, t])
+        c = torch.sigmoid(h) * c + u[:, t]
+        hs.append(h)
+        ys.append(h * c)
+    return {"h": stack(hs), "y": stack(ys)}, {"h": h, "c": c}
+
+
+def energy_norm(x, g, e0=None, s0=None):
+    """e_t = exp(g_t) e_{t-1} + ||x_t||^2 / H, s_t = exp(g_t) s_{t-1} + x_t, y_t = s_t / sqrt(e_t + 1e-6)."""
+    e, s = zeros_if_none(e0, x), zeros_if_none(s0, x, x.shape[-1])
+    ys = []
+    for t in range(x.shape[1]):
+        decay = torch.exp(g[:, t])
+        e = decay * e + (x[:, t] ** 2).mean(-1)
+        s = decay[..., None] * s + x[:, t]
+        ys.append(s / torch.sqrt(e + 1e-6)[..., None])
+    return {"y": stack(ys)}, {"e": e, "s": s}
+
+
+def ntm_memory(wl, rl, e, a, Mem0=None):
+    """A Neural Turing Machine's memory (Graves et al. 2014, eqs. 2-4) with softmax addresses:
+    M_t(i) = M_{t-1}(i) (1 - w_t(i) e_t) + w_t(i) a_t, e_t = sigma(e~_t), read_t = sum_i r_t(i) M_t(i)."""
+    Mem = zeros_if_none(Mem0, wl, wl.shape[-1], a.shape[-1])
+    reads = []
+    for t in range(wl.shape[1]):
+        w, r = torch.softmax(wl[:, t], dim=-1), torch.softmax(rl[:, t], dim=-1)
+        erase = w[..., :, None] * torch.sigmoid(e[:, t])[..., None, :]
+        Mem = Mem * (1 - erase) + w[..., :, None] * a[:, t][..., None, :]
+        reads.append(torch.einsum("bhm,bhmv->bhv", r, Mem))
+    return {"read": stack(reads)}, {"Mem": Mem}
+
+
+LOOPS = {
+    "rwkv4": rwkv4,
+    "aaren": aaren,
+    "lmu": lmu,
+    "m2rnn": m2rnn,
+    "lru": lru,
+    "indrnn": indrnn,
+    "tanh_accumulator": tanh_accumulator,
+    "longhorn": longhorn,
+    "expgate": expgate,
+    "gated_accumulator": gated_accumulator,
+    "energy_norm": energy_norm,
+    "ntm_memory": ntm_memory,
+}

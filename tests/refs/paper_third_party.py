@@ -1,0 +1,157 @@
+"""Adapters that run third-party references for the paper cells, in the rnnc layout.
+
+Same contract as ``third_party.py`` (arguments as the loop of the same cell, ``(outputs,
+final_states)`` keyed by the ``.rnn`` names, gradients through the third party's own graph). The
+fla ``naive.py`` recurrences are loaded by path and compute in float32; where fla orients a state
+``[K, V]`` and the paper ``[V, K]`` (RWKV-7) or ``[P, N]`` (Mamba-2), the adapter transposes.
+
+* ``fla_rwkv6``: ``rwkv6/recurrent_naive.py`` (head-first, ``w`` the log decay, ``scale=1``).
+* ``fla_rwkv7``: ``generalized_delta_rule/dplr/naive.py``: ``S' = S diag(exp(gk)) + k v^T +
+  beta (alpha^T S)`` in fla's ``[K, V]``; RWKV-7 is ``alpha = kh``, ``beta = -a * kh``,
+  ``gk = log w``, ``k = kt``; its ``q`` scale is fixed to ``K^-1/2``, so ``r`` is pre-multiplied.
+* ``fla_mamba2``: simple GLA with ``q = C``, ``k = B``, ``v = Delta x``, ``g = Delta A``, plus ``D x``.
+* ``fla_hgrn2``: GLA with ``g = log f``, ``k = 1 - f``, ``v = i`` (as fla's HGRN2 layer calls it).
+* ``fla_gated_deltaproduct``: ``naive_recurrent_gated_delta_product`` with two Householder steps
+  (keys, values and betas interleaved along time).
+* ``fla_kda``: ``naive_recurrent_kda`` with ``g = log alpha``, ``scale=1``.
+* ``fla_linear_attention_normalised``: ``naive_recurrent_linear_attn(normalize=True)`` on
+  ``phi(q)``, ``phi(k)`` (its denominator adds 1e-10).
+* ``torch_tanh_accumulator``, ``flashrnn_tanh_accumulator``: Elman with ``R = I``, ``b = 0``;
+  ``torch_indrnn``: ``nn.RNN(nonlinearity="relu")`` with ``weight_hh = diag(u)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from refs import third_party
+from refs.third_party import fla_naive
+
+
+def _hf(t: torch.Tensor) -> torch.Tensor:  # [B, T, NH, ...] <-> [B, NH, T, ...]
+    return t.transpose(1, 2)
+
+
+def _state(s0, shape, like):
+    return (like.new_zeros(shape) if s0 is None else s0).float()
+
+
+def fla_rwkv6(r, k, v, d, u, S0=None):
+    B, T, NH, K = r.shape
+    o, S = fla_naive("rwkv6", "recurrent_naive").naive_recurrent_rwkv6(
+        _hf(r), _hf(k), _hf(v), _hf(-torch.exp(d)), u, scale=1.0,
+        initial_state=_state(S0, (B, NH, K, v.shape[-1]), r), output_final_state=True,
+    )  # fmt: skip
+    return {"o": _hf(o).to(r.dtype)}, {"S": S.to(r.dtype)}
+
+
+def fla_rwkv7(r, k, v, d, a, xi, alpha, S0=None):
+    B, T, NH, K = r.shape
+    V = v.shape[-1]
+    log_w = -math.exp(-0.5) * torch.sigmoid(d)
+    kap = k * xi
+    kh = kap / kap.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    kt = k * (1 + (a - 1) * alpha)
+    S0 = _state(None if S0 is None else S0.transpose(-1, -2), (B, NH, K, V), r)
+    o, S = fla_naive("generalized_delta_rule/dplr").dplr_recurrence(
+        _hf(r * math.sqrt(K)), _hf(kt), _hf(v), _hf(kh).float(), _hf(-a * kh), _hf(log_w), initial_state=S0
+    )  # (it casts every operand to float32 but alpha)
+    return {"y": _hf(o).to(r.dtype)}, {"S": S.transpose(-1, -2).to(r.dtype)}
+
+
+def fla_mamba2(x, dt, B, C, A, Dskip, h0=None):
+    delta = F.softplus(dt)  # [Bt, T, NH]
+    h0 = None if h0 is None else h0.transpose(-1, -2)  # ours [P, N], fla's [K=N, V=P]
+    out, fin = third_party.fla_simple_gla(C, B, delta[..., None] * x, delta * A, h0)
+    return {"y": out["o"] + Dskip[:, None] * x}, {"h": fin["S"].transpose(-1, -2)}
+
+
+def fla_hgrn2(q, fx, i, lb, S0=None):
+    f = lb + (1 - lb) * torch.sigmoid(fx)
+    out, fin = third_party.fla_gla(q, 1 - f, i, torch.log(f), S0)
+    return out, fin
+
+
+def fla_gated_deltaproduct(q, k1, k2, v1, v2, b1, b2, g, S0=None):
+    B, T, NH, K = q.shape
+    V = v1.shape[-1]
+
+    def interleave(x1, x2):  # step t's two Householder steps at 2t, 2t + 1
+        return torch.stack([x1, x2], dim=2).reshape(B, 2 * T, NH, *x1.shape[3:])
+
+    o, S = fla_naive("gated_delta_product").naive_recurrent_gated_delta_product(
+        q, interleave(k1, k2), interleave(v1, v2), g, interleave(b1, b2), scale=1.0,
+        initial_state=_state(S0, (B, NH, K, V), q), output_final_state=True, num_householder=2,
+    )  # fmt: skip
+    return {"o": o.to(q.dtype)}, {"S": S.to(q.dtype)}
+
+
+def fla_kda(q, k, v, alpha, beta, S0=None):
+    B, T, NH, K = q.shape
+    o, S = fla_naive("kda").naive_recurrent_kda(
+        q, k, v, torch.log(alpha), beta, scale=1.0,
+        initial_state=_state(S0, (B, NH, K, v.shape[-1]), q), output_final_state=True,
+    )  # fmt: skip
+    return {"o": o.to(q.dtype)}, {"S": S.to(q.dtype)}
+
+
+def fla_linear_attention_normalised(q, k, v, S0=None, z0=None):
+    B, T, NH, K = q.shape
+    S0 = _state(S0, (B, NH, K, v.shape[-1]), q)
+    z0 = _state(z0, (B, NH, K), q)[:, None]  # fla adds it to the running sum of keys, [B, 1, NH, K]
+    o, (S, z) = fla_naive("linear_attn").naive_recurrent_linear_attn(
+        F.elu(q) + 1, F.elu(k) + 1, v, scale=1.0, initial_state=(S0, z0), output_final_state=True, normalize=True
+    )
+    return {"o": o.to(q.dtype)}, {"S": S.to(q.dtype), "z": z[:, 0].to(q.dtype)}
+
+
+def _identity_elman(x):
+    NH, H = x.shape[2], x.shape[3]
+    return torch.eye(H, dtype=x.dtype).expand(NH, H, H), x.new_zeros(NH, H)
+
+
+def torch_tanh_accumulator(x, h0=None):
+    """h = tanh(h + x) is torch.nn.RNN(tanh) with an identity recurrent weight and no bias."""
+    return third_party.torch_elman(x, *_identity_elman(x), h0)
+
+
+def flashrnn_tanh_accumulator(x, h0=None):
+    return third_party.flashrnn_elman(x, *_identity_elman(x), h0)
+
+
+def torch_indrnn(x, u, b, h0=None):
+    """IndRNN is torch.nn.RNN(nonlinearity="relu") with a diagonal recurrent weight, one module per head."""
+    B, T, NH, H = x.shape
+    mod = torch.nn.RNN(H, H, nonlinearity="relu", batch_first=True, dtype=x.dtype)
+    h0 = x.new_zeros(B, NH, H) if h0 is None else h0
+    hs, finals = [], []
+    for n in range(NH):
+        params = {
+            "weight_ih_l0": torch.eye(H, dtype=x.dtype),
+            "weight_hh_l0": torch.diag(u[n]),
+            "bias_ih_l0": b[n],
+            "bias_hh_l0": x.new_zeros(H),
+        }
+        y, h_n = functional_call(mod, params, (x[:, :, n], h0[:, n].unsqueeze(0)))
+        hs.append(y)
+        finals.append(h_n[0])
+    return {"h": torch.stack(hs, 2)}, {"h": torch.stack(finals, 1)}
+
+
+FLA = {
+    "rwkv6": fla_rwkv6,
+    "rwkv7": fla_rwkv7,
+    "mamba2": fla_mamba2,
+    "hgrn2": fla_hgrn2,
+    "gated_deltaproduct": fla_gated_deltaproduct,
+    "kda": fla_kda,
+    "linear_attention_normalised": fla_linear_attention_normalised,
+    "gated_deltanet_decay_first": third_party.fla_gated_deltanet,
+    "deltanet_square": third_party.fla_deltanet,
+}
+FLOAT64 = {"tanh_accumulator": torch_tanh_accumulator, "indrnn": torch_indrnn}
+FLASHRNN = {"tanh_accumulator": flashrnn_tanh_accumulator}
