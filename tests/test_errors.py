@@ -23,7 +23,14 @@ CASES = [
     ("typo gets a hint", HEADER + "    h = h + xx\n}", AnalysisError, 4, 13, "did you mean 'x'"),
     ("unknown function", HEADER + "    h = sigmod(x)\n}", AnalysisError, 4, 9, "did you mean 'sigmoid'"),
     ("wrong arity", HEADER + "    h = tanh(x, h)\n}", AnalysisError, 4, 9, "tanh() needs 1 argument, has 2"),
-    ("max with three", HEADER + "    h = max(x, h, 1)\n}", AnalysisError, 4, 9, "needs 2 arguments (a, b), (x, axis)"),
+    (
+        "max with three",
+        HEADER + "    h = max(x, h, 1)\n}",
+        AnalysisError,
+        4,
+        9,
+        "needs 2 arguments (a, b), (x, axis=k)",
+    ),
     (
         "state never updated",
         HEADER + "    state c: [H]\n    h = x\n}",

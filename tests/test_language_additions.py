@@ -1,5 +1,6 @@
-"""cos, sin and the reductions max(x, axis) / min(x, axis): values and gradients against torch, in both
-reference modes, and the located errors that tell the reduction from the elementwise form."""
+"""cos, sin and the reductions max(x, axis=k) / min(x, axis=k) / max(x): values and gradients against torch,
+in both reference modes, and the located errors for malformed uses. Two positional arguments are always the
+elementwise max(a, b) of the language's first version, integer or not."""
 
 import pytest
 import torch
@@ -17,9 +18,9 @@ cell extras(H, K) {
     weight W: [H, H]
     state h: [H]
     state s: []
-    m = max(x, 0)                # [H]: the largest of K entries per channel
-    n = min(x, -1)               # [K]
-    u = cos(y) * h + sin(m) - min(n) + max(W @ h, 0)
+    m = max(x, axis=0)           # [H]: the largest of K entries per channel
+    n = min(x, axis=-1)          # [K]
+    u = cos(y) * h + sin(m) - min(n) + max(W @ h)
     h = tanh(u + max(y, 0.0) + min(h, 1.0))
     s = 0.5 * s + max(x) * sin(s)
     emit h
@@ -79,7 +80,9 @@ def test_new_functions_match_torch_in_value_and_gradient(backend, ties):
 
 def test_ties_split_the_gradient_evenly():
     """max over an axis with a two-way tie gives each entry half, as max(a, b) does."""
-    cell = rnnc.compile("cell c(K) { input x: [K]; state h: []; h = h + max(x, 0); emit h }", backend="reference-bptt")
+    cell = rnnc.compile(
+        "cell c(K) { input x: [K]; state h: []; h = h + max(x, axis=0); emit h }", backend="reference-bptt"
+    )
     x = torch.tensor([[[[1.0, 3.0, 3.0, -2.0]]]], dtype=torch.float64, requires_grad=True)  # [B, T, NH, K]
     out = cell(x=x)
     (grad,) = torch.autograd.grad(out.h.sum(), [x])
@@ -88,22 +91,30 @@ def test_ties_split_the_gradient_evenly():
 
 def test_reduction_and_elementwise_are_told_apart():
     plan = analyse_source(
-        "cell c(H) { input x: [H]; input a: []; state h: [H]\nh = max(x, 0) * h + max(x, 0.0) + max(a, 1) }"
+        "cell c(H) { input x: [H]; input a: []; state h: [H]\nh = max(x, axis=0) * h + max(x, 0) + max(a, 1) }"
     )
     shown = plan.explain()
-    assert "max(x, 0)*h" in shown.replace(" ", "") or "h*max(x, 0)" in shown  # the reduction, a scalar
-    assert "max(x, 0.0)" in shown  # elementwise with the number zero
-    assert "max(a, 1.0)" in shown  # a scalar first argument: elementwise, printed so it reads back the same
+    assert "max(x, axis=0)*h" in shown.replace(" ", "") or "h*max(x, axis=0)" in shown  # the reduction
+    assert "max(x, 0.0)" in shown  # two positional arguments: elementwise with the number zero, as in version 0
+    assert "max(a, 1.0)" in shown
     assert plan.transitions[0].structure == "scalar"  # the reduction is one number per step
+
+
+def test_max_with_zero_stays_the_elementwise_relu_of_version_0():
+    cell = rnnc.compile("cell c(H) { input x: [H]; state h: [H]; h = max(h + x, 0); emit h }", backend="reference")
+    x = torch.tensor([[[[-1.0, 2.0, -3.0]]]], dtype=torch.float64)
+    assert cell(x=x).h.flatten().tolist() == [0.0, 2.0, 0.0]
 
 
 @pytest.mark.parametrize(
     "text,where,says",
     [
-        ("h = min(h, 1) + x", "1)", "write min(h, 1.0)"),
-        ("h = max(x, 2) * h", "2)", "axis 2 is out of range for [H]"),
-        ("h = max(x, -2) * h", "-2", "write max(x, -2.0)"),
-        ("h = max(x, 0, 1) * h", "max(x, 0, 1)", "(a, b), (x, axis) or (x)"),
+        ("h = max(x, axis=2) * h", "2)", "axis 2 is out of range for [H]"),
+        ("h = max(x, axis=0.5) * h", "0.5", "needs an integer literal as its axis"),
+        ("h = max(x, 0, 1) * h", "max(x, 0, 1)", "(a, b), (x, axis=k) or (x)"),
+        ("h = max(x, 0, axis=0) * h", "max(x, 0, axis=0)", "needs exactly one positional argument"),
+        ("h = max(x, ax=0) * h", "ax=0", "takes only the keyword axis="),
+        ("h = tanh(x, axis=0) * h", "axis=0", "takes no keyword arguments"),
         ("h = max() * h", "max()", "needs 2 arguments"),
     ],
 )
@@ -118,10 +129,10 @@ def test_ambiguous_or_malformed_uses_are_located_errors(text, where, says):
 
 
 def test_a_reduction_of_inputs_is_a_known_coefficient():
-    """max(x, 1) of a [K, V] input is a [K] vector: as a decay of S [K, V] it is diagonal along the keys."""
+    """max(x, axis=1) of a [K, V] input is a [K] vector: as a decay of S [K, V] it is diagonal along the keys."""
     plan = analyse_source(
         "cell c(K, V) { input x: [K, V]; input k: [K]; input v: [V]; input q: [K]; state S: [K, V]\n"
-        "S = exp(-abs(max(x, 1)))[:, None] * S + outer(k, v); emit o = q @ S }"
+        "S = exp(-abs(max(x, axis=1)))[:, None] * S + outer(k, v); emit o = q @ S }"
     )
     assert (plan.transitions[0].structure, plan.transitions[0].axis) == ("diagonal", -2)
 

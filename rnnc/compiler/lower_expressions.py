@@ -168,14 +168,15 @@ class ExpressionLowering:
             close = difflib.get_close_matches(fn, ALL_FUNCTIONS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise AnalysisError(f"unknown function {fn!r}; {hint}known: {', '.join(ALL_FUNCTIONS)}", node.name_span)
+        node = self._axis_keyword(node)
         if fn == "sum":
             return self._sum(node)
         first = self._numeric(node.args[0], f"{fn}()") if fn in ("max", "min") and node.args else None
-        if first is not None and _is_reduction(node, first):
-            return self._reduce_extreme(node, first)
+        if first is not None and (len(node.args) == 1 or node.keywords):
+            return self._reduction(fn, node, first)
         arity = 1 if fn in UNARY_FUNCTIONS else 3 if fn == "where" else 2
         if len(node.args) != arity:
-            forms = " (a, b), (x, axis) or (x)" if fn in ("max", "min") else ""
+            forms = " (a, b), (x, axis=k) or (x)" if fn in ("max", "min") else ""
             raise AnalysisError(
                 f"{fn}() needs {arity} argument{'s' if arity > 1 else ''}{forms}, has {len(node.args)}", node.span
             )
@@ -198,35 +199,40 @@ class ExpressionLowering:
             return Value(BINARY_FUNCTIONS[fn](args[0].expr, args[1].expr), shape)
         return Value(UNARY_FUNCTIONS[fn](args[0].expr), args[0].shape)
 
+    def _axis_keyword(self, node: ast.Call) -> ast.Call:
+        """``f(x, axis=k)``: the one keyword argument, accepted by ``sum``, ``max`` and ``min`` only."""
+        for kw in node.keywords:
+            if kw.name != "axis" or node.function not in ("sum", "max", "min"):
+                takes = "only the keyword axis=" if node.function in ("sum", "max", "min") else "no keyword arguments"
+                raise AnalysisError(f"{node.function}() takes {takes}, has {kw.name}=", kw.span)
+        if len(node.keywords) > 1:
+            raise AnalysisError(f"{node.function}() has axis= twice", node.keywords[1].span)
+        if node.keywords and len(node.args) != 1:
+            raise AnalysisError(
+                f"{node.function}(x, axis=k) needs exactly one positional argument, has {len(node.args)}", node.span
+            )
+        if node.keywords and _integer_literal(node.keywords[0].value) is None:
+            raise AnalysisError(f"{node.function}() needs an integer literal as its axis", node.keywords[0].value.span)
+        return node
+
     def _sum(self, node: ast.Call) -> Value:
+        if node.keywords:
+            return self._reduction("sum", node, self._numeric(node.args[0], "sum()"))
         if len(node.args) not in (1, 2):
             raise AnalysisError(f"sum() needs 1 or 2 arguments (x, axis), has {len(node.args)}", node.span)
         if len(node.args) == 2 and _integer_literal(node.args[1]) is None:
             raise AnalysisError("sum() needs an integer literal as its axis", node.args[1].span)
         return self._reduction("sum", node, self._numeric(node.args[0], "sum()"))
 
-    def _reduce_extreme(self, node: ast.Call, x: Value) -> Value:
-        """``max(x)`` / ``max(x, axis)`` (and ``min``): a reduction, told apart by :func:`_is_reduction`."""
-        fn = node.function
-        if len(node.args) == 2:
-            axis, rank = _integer_literal(node.args[1]), len(x.shape)
-            if not -rank <= axis < rank:
-                raise AnalysisError(
-                    f"{fn}() reads an integer literal after a {show(x.shape)} value as an axis, and axis {axis} "
-                    f"is out of range for {show(x.shape)}; for the elementwise {fn}imum with the number {axis}, "
-                    f"write {fn}({_text(node.args[0])}, {axis}.0)",
-                    node.args[1].span,
-                )
-        return self._reduction(fn, node, x)
-
     def _reduction(self, op: str, node: ast.Call, x: Value) -> Value:
-        """``sum``/``max``/``min`` of ``x`` over all axes, or over the literal axis ``node.args[1]``."""
-        if len(node.args) == 1:
+        """``sum``/``max``/``min`` of ``x`` over all axes, or over the literal axis (``axis=`` or, for sum, second)."""
+        axis_node = node.keywords[0].value if node.keywords else node.args[1] if len(node.args) == 2 else None
+        if axis_node is None:
             return self._structural(op, _text(node), [x], (), ())
-        axis = _integer_literal(node.args[1])
+        axis = _integer_literal(axis_node)
         rank = len(x.shape)
         if not -rank <= axis < rank:
-            raise AnalysisError(f"{op}() axis {axis} is out of range for {show(x.shape)}", node.args[1].span)
+            raise AnalysisError(f"{op}() axis {axis} is out of range for {show(x.shape)}", axis_node.span)
         axis %= rank
         shape = x.shape[:axis] + x.shape[axis + 1 :]
         return self._structural(op, _text(node), [x], shape, (axis,))
@@ -269,26 +275,13 @@ def _names_in(node: ast.Expr) -> set[str]:
     elif isinstance(node, ast.Binary):
         children = [node.left, node.right]
     elif isinstance(node, ast.Call):
-        children = list(node.args)
+        children = list(node.args) + [kw.value for kw in node.keywords]
     elif isinstance(node, (ast.Index, ast.Transpose)):
         children = [node.operand]
     out: set[str] = set()
     for child in children:
         out |= _names_in(child)
     return out
-
-
-def _is_reduction(node: ast.Call, first) -> bool:
-    """Whether ``max(...)`` / ``min(...)`` is a reduction rather than the elementwise two-argument form.
-
-    One argument: a reduction over all axes. Two: a reduction when the second is an integer
-    literal (``0``, ``-1``; not ``0.0``) and the first is not a scalar; otherwise elementwise.
-    """
-    if len(node.args) == 1:
-        return True
-    if len(node.args) != 2 or first is None or not first.shape:
-        return False
-    return _integer_literal(node.args[1]) is not None
 
 
 def _integer_literal(node: ast.Expr) -> int | None:

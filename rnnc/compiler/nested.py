@@ -223,11 +223,11 @@ class NestedPrinter(StrPrinter):
 
     def _print_ReduceMax(self, expr) -> str:
         axis = int(expr.args[1])
-        return f"max({self._print(expr.args[0])}{'' if axis < 0 else f', {axis}'})"
+        return f"max({self._print(expr.args[0])}{'' if axis < 0 else f', axis={axis}'})"
 
     def _print_ReduceMin(self, expr) -> str:
         axis = int(expr.args[1])
-        return f"min({self._print(expr.args[0])}{'' if axis < 0 else f', {axis}'})"
+        return f"min({self._print(expr.args[0])}{'' if axis < 0 else f', axis={axis}'})"
 
     def _print_Part(self, expr) -> str:
         axis, index, count, drop = (int(a) for a in expr.args[1:])
@@ -249,7 +249,7 @@ class NestedPrinter(StrPrinter):
         return "min(" + ", ".join(self._elementwise_operand(a) for a in expr.args) + ")"
 
     def _elementwise_operand(self, expr) -> str:
-        # an integer would read back as an axis (max(x, 0) reduces x): print it as a float
+        # printed as a float, so that a reader never mistakes it for an axis
         return f"{int(expr)}.0" if isinstance(expr, sympy.Integer) else self._print(expr)
 
     def _print_Relational(self, expr) -> str:

@@ -52,12 +52,22 @@ class Binary:
 
 @dataclass(frozen=True)
 class Call:
-    """``function(arg, ...)``."""
+    """``function(arg, ..., name=value, ...)``: positional arguments, then keyword arguments."""
 
     function: str
     args: tuple["Expr", ...]
     span: Span
     name_span: Span
+    keywords: tuple["Keyword", ...] = ()
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """``name=value`` inside a call (``max(x, axis=0)``)."""
+
+    name: str
+    value: "Expr"
+    span: Span
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,19 @@ class _AstBuilder(Transformer):
     @v_args(meta=True)
     def call(self, meta, children):
         fn, *args = children
-        return ast.Call(str(fn), tuple(a for a in args if a is not None), self._span(meta), self._span(fn))
+        args = [a for a in args if a is not None]
+        positional = [a for a in args if not isinstance(a, ast.Keyword)]
+        keywords = [a for a in args if isinstance(a, ast.Keyword)]
+        if keywords and args.index(keywords[0]) < len(positional):
+            late = args[args.index(keywords[0]) + 1 :]
+            stray = next(a for a in late if not isinstance(a, ast.Keyword))
+            raise ParseError("a positional argument cannot follow a keyword argument", stray.span)
+        return ast.Call(str(fn), tuple(positional), self._span(meta), self._span(fn), tuple(keywords))
+
+    @v_args(meta=True)
+    def keyword(self, meta, children):
+        name, value = children
+        return ast.Keyword(str(name), value, self._span(meta))
 
     @v_args(meta=True)
     def index(self, meta, children):
