@@ -138,7 +138,8 @@ def test_mutated_zoo_cells(name, seed, edits):
     [
         "cell c(H) { input x: [H]; state h: [H]; h = relu(x) * abs(h) + sqrt(exp(x)) - log(1 + exp(h)) }",
         "cell c(H) { input x: [H]; state h: [H]; h = softplus(x) + logsigmoid(h) ** 2 + min(h, 1.0) / 3 }",
-        "cell c(H) { input x: [2, H]; state h: [H]; a, b = x; h = cos(a) * h + sin(max(x, axis=0)) - min(x, axis=0) * max(b) }",
+        "cell c(H) { input x: [2, H]; state h: [H]; a, b = x\n"
+        "h = cos(a) * h + sin(max(x, axis=0)) - min(x, axis=0) * max(b) }",
         "cell c(H) { input x: [2*H]; state h: [H]; a, b = x; h = where(a > 0, b, h) }",
         "cell c(H) { input x: [H]; state h: [H]; h = x; emit s = sum(h) }",
     ],

@@ -1,5 +1,5 @@
 """The paper oracles agree with independent references: fla-core's naive recurrences (float32 inside,
-so 1e-6), torch.nn.RNN and FlashRNN's vanilla backend (float64, 1e-10), and second forms of the same
+so 1e-5), torch.nn.RNN and FlashRNN's vanilla backend (float64, 1e-10), and second forms of the same
 map that the papers give (RWKV-4's and Aaren's weighted sums over the prefix, mLSTM without its
 stabiliser), all in float64.
 
@@ -20,7 +20,9 @@ from refs import paper_data, paper_loops, paper_loops_vector, paper_third_party
 from refs.check import compare, rel_err
 
 LOOPS = {**paper_loops.LOOPS, **paper_loops_vector.LOOPS}
-FLA_TOL = 1e-6
+# fla computes in float32: 1e-6 failed 1 draw in 400 (mamba2's grad of the scalar weight A, a sum over
+# every entry with cancellation, at 1.6e-6); 1e-5 is still 100x below an error in the oracle's math
+FLA_TOL = 1e-5
 TIGHT = 1e-10
 
 pytest.importorskip("fla", reason="fla-core is a test extra")
