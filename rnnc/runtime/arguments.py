@@ -18,6 +18,7 @@ import sympy
 import torch
 
 from rnnc.compiler.ir import IR, Declared
+from rnnc.runtime.binding import ShapeBinder, concrete_shape
 
 
 @dataclass
@@ -34,11 +35,18 @@ class Call:
     dtype: torch.dtype
     compute_dtype: torch.dtype
     device: torch.device
+    # variable-length batches: inputs are packed [1, total T, NH, ...], states [N, NH, ...]
+    cu_seqlens: torch.Tensor | None = None
+    N: int = 0  # the number of sequences when cu_seqlens is given
 
     def shape_of(self, shape) -> tuple[int, ...]:
         """Concrete sizes of a symbolic shape."""
-        subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in self.dims.items()}
-        return tuple(int(sympy.sympify(d).subs(subs)) for d in shape)
+        return concrete_shape(tuple(shape), self.dims)
+
+    @property
+    def state_batch(self) -> int:
+        """The batch axis of states: N sequences with cu_seqlens, else B."""
+        return self.N if self.cu_seqlens is not None else self.B
 
 
 def _layout(decl: Declared) -> list[str]:
@@ -50,8 +58,17 @@ def _describe(decl: Declared) -> str:
     return "[" + ", ".join(_layout(decl)) + "]"
 
 
-def bind(ir: IR, tensors: dict[str, object], state: dict[str, object] | None) -> Call:
+def bind(
+    ir: IR,
+    tensors: dict[str, object],
+    state: dict[str, object] | None,
+    cu_seqlens: object = None,
+    binder: ShapeBinder | None = None,
+) -> Call:
     """Check names, dtypes, devices and shapes, and bind B, T, NH and the dims.
+
+    ``binder`` (built once per cell) binds without sympy; ``cu_seqlens`` marks packed
+    variable-length inputs (see :func:`rnnc.runtime.varlen.check_cu_seqlens`).
 
     Example:
         >>> import torch
@@ -88,9 +105,24 @@ def bind(ir: IR, tensors: dict[str, object], state: dict[str, object] | None) ->
             raise ValueError(f"{decl.name}: needs a floating-point tensor, has {value.dtype}")
         given.append((decl, value))
     dtype, device = _common_dtype_device(ir, given)
-    sizes = _bind_sizes(ir, given)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    call = Call({}, {}, {}, sizes.pop("B", 1), sizes.pop("T", 0), sizes.pop("NH", 1), sizes, dtype, compute, device)
+    n_seq = 0
+    if cu_seqlens is not None:
+        from rnnc.runtime.varlen import packed_arguments
+
+        n_seq, given = packed_arguments(ir, given, cu_seqlens, device)
+    fast = None
+    if binder is not None:
+        shapes = {d.name: tuple(v.shape) for d, v in given if d.kind != "state"}
+        fast = binder.sizes(shapes, {d.name: tuple(v.shape) for d, v in given if d.kind == "state"})
+    if fast is not None:
+        call = Call({}, {}, {}, fast["B"], fast["T"], fast["NH"], fast["dims"], dtype, compute, device)
+    else:
+        sizes = _bind_sizes(ir, given)
+        call = Call({}, {}, {}, sizes.pop("B", 1), sizes.pop("T", 0), sizes.pop("NH", 1), sizes, dtype, compute, device)
+    if cu_seqlens is not None:
+        call.cu_seqlens, call.N = cu_seqlens, n_seq
+        given = [(d, state[d.name] if d.kind == "state" else v) for d, v in given]
     for decl, value in given:
         {"input": call.inputs, "weight": call.weights, "state": call.states}[decl.kind][decl.name] = value
     return call

@@ -1,11 +1,16 @@
-"""The reference executor: runs a Plan as a PyTorch loop over time.
+"""The reference executor: runs a Plan as a tight PyTorch loop over time, on any device.
 
-Two modes share the generated step:
+The loop module (:mod:`rnnc.runtime.loop_codegen`) computes weight-only values once, every
+state-free value for all steps at once, and per step only what reads a state: one GEMM per
+``weight @ state`` over the batch, then the pointwise updates. Time is ``unbind``-ed (no
+per-step slicing whose backward fills full-size zeros). Two modes:
 
-* ``autograd``: the loop is ordinary PyTorch, so gradients come from autograd;
-* ``bptt``: a ``torch.autograd.Function`` whose backward runs time in reverse
-  with the step's sympy partial derivatives (no autograd inside), which checks
-  those derivatives before any kernel relies on them.
+* ``autograd``: gradients come from autograd through the loop;
+* ``bptt``: a ``torch.autograd.Function`` whose backward runs time in reverse with the step's
+  sympy partial derivatives (:mod:`rnnc.runtime.reference_bptt`).
+
+A strategy may register a faster whole-sequence form (:func:`register_fast_path`): the runner
+tries it first and falls back to the loop when it declines.
 
 Example:
     >>> import torch
@@ -19,162 +24,241 @@ Example:
 
 from __future__ import annotations
 
-import linecache
+import hashlib
+from typing import Callable
 
 import torch
 
 from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
-from rnnc.runtime.reference_codegen import backward_source, forward_source
+from rnnc.runtime.binding import ShapeBinder
+from rnnc.runtime.loop_codegen import loop_source
+from rnnc.runtime.modules import load_module
+from rnnc.runtime.varlen import each_sequence, sequence_bounds
+
+# strategy -> run(runner, call) -> (outputs, finals), or None to decline (the loop runs instead)
+FAST_PATHS: dict[str, Callable] = {}
 
 
-def load_source(text: str, name: str) -> dict:
-    """Execute generated module text and return its namespace (kept in linecache for tracebacks).
+def register_fast_path(strategy: str, run: Callable) -> None:
+    """Make the reference run ``strategy`` cells with ``run(runner, call)`` (e.g. a chunked form).
+
+    ``run`` returns ``(outputs, finals)`` like the loop, or None when it does not cover the call
+    (then the plain loop runs). Gradients come from autograd through whatever it computes.
 
     Example:
-        >>> load_source("x = 1\\n", "demo")["x"]
-        1
+        >>> register_fast_path("scan", lambda runner, call: None)  # declines every call
+        >>> _ = FAST_PATHS.pop("scan")
     """
-    filename = f"<rnnc {name}>"
-    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
-    namespace: dict = {"__name__": f"rnnc_generated_{name}"}
-    exec(compile(text, filename, "exec"), namespace)  # noqa: S102 - our own generated code
-    return namespace
+    FAST_PATHS[strategy] = run
 
 
 class ReferenceRunner:
     """Callable running a Plan on tensors; ``mode`` is ``autograd`` or ``bptt``."""
+
+    kind = "reference"
 
     def __init__(self, plan: Plan, mode: str = "autograd"):
         if mode not in ("autograd", "bptt"):
             raise ValueError(f"mode needs 'autograd' or 'bptt', has {mode!r}")
         self.plan = plan
         self.mode = mode
-        self.forward_text = forward_source(plan)
-        self.step = load_source(self.forward_text, f"{plan.ir.cell}_forward")["step"]
+        self.binder = ShapeBinder(plan.ir)
+        self.loop_text = loop_source(plan)
+        self.loop = load_module(self.loop_text, f"{plan.ir.cell}_reference")
+        self.token = f"reference/{plan.ir.cell}/{hashlib.sha256(self.loop_text.encode()).hexdigest()[:16]}"
+        self._forward = None
         self._backward = None
+
+    @property
+    def forward_text(self) -> str:
+        """The generated loop module's text."""
+        return self.loop_text
+
+    @property
+    def step_forward(self):
+        """The dict-based forward step that BPTT replays (built on first use)."""
+        if self._forward is None:
+            from rnnc.runtime.reference_codegen import forward_source
+
+            self._forward = load_module(forward_source(self.plan), f"{self.plan.ir.cell}_forward").step
+        return self._forward
 
     @property
     def step_backward(self):
         """The generated backward step (built on first use)."""
         if self._backward is None:
+            from rnnc.runtime.reference_codegen import backward_source
+
             text = backward_source(self.plan)
             self.backward_text = text
-            self._backward = load_source(text, f"{self.plan.ir.cell}_backward")["step_backward"]
+            self._backward = load_module(text, f"{self.plan.ir.cell}_backward").step_backward
         return self._backward
 
-    def __call__(self, tensors: dict, state: dict | None):
-        call = bind(self.plan.ir, tensors, state)
-        if self.mode == "autograd":
-            return _run_autograd(self, call)
-        return _run_bptt(self, call)
+    def bind(self, tensors: dict, state: dict | None, cu_seqlens=None) -> Call:
+        """Check and bind a call's tensors (sizes without sympy once the cell is compiled)."""
+        return bind(self.plan.ir, tensors, state, cu_seqlens, self.binder)
+
+    def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
+        return self.run(self.bind(tensors, state, cu_seqlens))
+
+    def run(self, call: Call):
+        """(outputs, finals) of a bound call, differentiable."""
+        if self.mode == "bptt":
+            from rnnc.runtime.reference_bptt import run_bptt
+
+            return run_bptt(self, call)
+        if call.cu_seqlens is not None:
+            return run_packed(self, call)
+        fast = FAST_PATHS.get(self.plan.strategy)
+        if fast is not None:
+            result = fast(self, call)
+            if result is not None:
+                return result
+        return run_dense(self, call)
+
+    def step(self, tensors: dict, state: dict | None):
+        """One step: inputs ``[B, NH, *shape]``; returns outputs ``[B, NH, *shape]`` and the new states."""
+        names = {d.name for d in self.plan.ir.inputs}
+        timed = {n: t.unsqueeze(1) if n in names and isinstance(t, torch.Tensor) else t for n, t in tensors.items()}
+        call = self.bind(timed, state)
+        return run_one_step(self, call)
+
+    # ------------------------------------------------------------ the custom-op interface
+
+    def forward(self, call: Call, flat: list[torch.Tensor], needs_grad: bool):
+        """Outputs, final states and what backward needs (nothing: it replays the forward)."""
+        with torch.no_grad():
+            outputs, finals = run_packed(self, call) if call.cu_seqlens is not None else run_dense(self, call)
+        ir = self.plan.ir
+        return [outputs[o.name] for o in ir.outputs], [finals[d.name] for d in ir.states], []
+
+    def backward(self, call: Call, flat, saved, d_outputs, d_finals) -> list[torch.Tensor | None]:
+        """Cotangents of the flat arguments, by BPTT from the sympy partials (no autograd)."""
+        from rnnc.runtime.reference_bptt import bptt_gradients
+
+        return bptt_gradients(self, call, flat, d_outputs, d_finals)
+
+    def saved_like(self, call: Call, flat, needs_grad: bool) -> list[torch.Tensor]:
+        """Empty stand-ins of what :meth:`forward` saves (for torch.compile's fake tensors)."""
+        return []
 
 
-def _shapes(plan: Plan, call: Call) -> dict[str, tuple[int, ...]]:
-    ir = plan.ir
-    shapes = {r.name: (call.B, call.NH, *call.shape_of(r.shape)) for r in ir.updates}
-    shapes.update({r.name: (call.B, call.NH, *call.shape_of(r.shape)) for r in ir.outputs})
-    return shapes
-
-
-def _initial_states(plan: Plan, call: Call, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = {}
+def _initial_states(plan: Plan, call: Call) -> list[torch.Tensor]:
+    out = []
     for decl in plan.ir.states:
         given = call.states.get(decl.name)
-        shape = (call.B, call.NH, *call.shape_of(decl.shape))
-        out[decl.name] = given.to(call.compute_dtype) if given is not None else like.new_zeros(shape)
+        shape = (call.state_batch, call.NH, *call.shape_of(decl.shape))
+        if given is not None:
+            out.append(given.to(call.compute_dtype))
+        else:
+            out.append(torch.zeros(shape, dtype=call.compute_dtype, device=call.device))
     return out
 
 
-def _run_autograd(runner: ReferenceRunner, call: Call):
-    plan = runner.plan
-    like = torch.empty((), dtype=call.compute_dtype, device=call.device)
-    shapes = _shapes(plan, call)
-    weights = {n: w.to(call.compute_dtype).unsqueeze(0) for n, w in call.weights.items()}
-    states = _initial_states(plan, call, like)
-    outputs: dict[str, list[torch.Tensor]] = {r.name: [] for r in plan.ir.outputs}
-    for t in range(call.T):
-        inputs = {n: x[:, t].to(call.compute_dtype) for n, x in call.inputs.items()}
-        states, out = runner.step(inputs, weights, states, shapes, like, call.dims)
-        for name, value in out.items():
-            outputs[name].append(value)
-    stacked = {n: _stack(v, call, shapes[n]).to(call.dtype) for n, v in outputs.items()}
-    return stacked, states
+def _sizes(plan: Plan, call: Call) -> dict:
+    ir = plan.ir
+    sizes = {**call.dims, "NH": call.NH}
+    for r in (*ir.updates, *ir.outputs):
+        sizes["tail " + r.name] = (call.NH, *call.shape_of(r.shape))
+    return sizes
 
 
-def _stack(values: list[torch.Tensor], call: Call, shape) -> torch.Tensor:
+def _prepared(runner: ReferenceRunner, call: Call):
+    cdt = call.compute_dtype
+    like = torch.empty((), dtype=cdt, device=call.device)
+    weights = {n: w.to(cdt).unsqueeze(0) for n, w in call.weights.items()}
+    return like, runner.loop.prepare(weights, _sizes(runner.plan, call), like)
+
+
+def _stack(values: list[torch.Tensor], call: Call, shape: tuple) -> torch.Tensor:
     if not values:
-        return torch.empty((shape[0], 0, *shape[1:]), dtype=call.compute_dtype, device=call.device)
-    return torch.stack(values, dim=1)
+        return torch.empty((shape[0], 0, *shape[1:]), dtype=call.dtype, device=call.device)
+    return torch.stack(values, dim=1).to(call.dtype)
 
 
-def _run_bptt(runner: ReferenceRunner, call: Call):
-    ir = runner.plan.ir
-    names = [d.name for d in ir.inputs] + [d.name for d in ir.weights] + [d.name for d in ir.states]
-    like = torch.empty((), dtype=call.compute_dtype, device=call.device)
-    given_states = _initial_states(runner.plan, call, like)
-    flat = [call.inputs[d.name] for d in ir.inputs] + [call.weights[d.name] for d in ir.weights]
-    flat += [call.states.get(d.name, given_states[d.name]) for d in ir.states]
-    results = _ManualBackprop.apply(runner, call, names, *flat)
-    outputs = {r.name: results[i] for i, r in enumerate(ir.outputs)}
-    finals = {d.name: results[len(ir.outputs) + i] for i, d in enumerate(ir.states)}
-    return outputs, finals
+def run_dense(runner: ReferenceRunner, call: Call):
+    """The loop over ``[B, T, ...]`` inputs: prologue on all steps at once, then one step per t."""
+    ir, loop = runner.plan.ir, runner.loop
+    like, consts = _prepared(runner, call)
+    B, T = call.B, call.T
+    inputs = {n: x.to(call.compute_dtype).flatten(0, 1) for n, x in call.inputs.items()}
+    seqs = [s.unflatten(0, (B, T)).unbind(1) for s in loop.prologue(inputs, consts, like)]
+    states = tuple(_initial_states(runner.plan, call))
+    outputs: list[list[torch.Tensor]] = [[] for _ in ir.outputs]
+    step = loop.step
+    for t in range(T):
+        states, out = step(consts, [s[t] for s in seqs], states, B, like)
+        for acc, value in zip(outputs, out):
+            acc.append(value)
+    stacked = {o.name: _stack(acc, call, (B, call.NH, *call.shape_of(o.shape))) for o, acc in zip(ir.outputs, outputs)}
+    return stacked, {d.name: s for d, s in zip(ir.states, states)}
 
 
-class _ManualBackprop(torch.autograd.Function):
-    """Forward: the reference loop without autograd. Backward: BPTT from the sympy partials."""
+def run_one_step(runner: ReferenceRunner, call: Call):
+    """One step of a call whose inputs have T = 1; outputs without the time axis."""
+    ir, loop = runner.plan.ir, runner.loop
+    like, consts = _prepared(runner, call)
+    inputs = {n: x.to(call.compute_dtype).squeeze(1) for n, x in call.inputs.items()}
+    seqs = loop.prologue(inputs, consts, like)
+    states, out = loop.step(consts, seqs, tuple(_initial_states(runner.plan, call)), call.B, like)
+    outputs = {o.name: value.to(call.dtype) for o, value in zip(ir.outputs, out)}
+    return outputs, {d.name: s for d, s in zip(ir.states, states)}
 
-    @staticmethod
-    def forward(ctx, runner, call, names, *flat):
-        ir = runner.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        cdt = call.compute_dtype
-        like = torch.empty((), dtype=cdt, device=call.device)
-        shapes = _shapes(runner.plan, call)
-        inputs = {d.name: flat[i] for i, d in enumerate(ir.inputs)}
-        weights = {d.name: flat[n_in + i].to(cdt).unsqueeze(0) for i, d in enumerate(ir.weights)}
-        states = {d.name: flat[n_in + n_w + i].to(cdt) for i, d in enumerate(ir.states)}
-        history = [states]
-        outputs: dict[str, list] = {r.name: [] for r in ir.outputs}
-        for t in range(call.T):
-            step_inputs = {n: x[:, t].to(cdt) for n, x in inputs.items()}
-            states, out = runner.step(step_inputs, weights, states, shapes, like, call.dims)
-            history.append(states)
-            for name, value in out.items():
-                outputs[name].append(value)
-        ctx.runner, ctx.call, ctx.history, ctx.shapes = runner, call, history, shapes
-        ctx.save_for_backward(*flat)
-        stacked = [_stack(outputs[r.name], call, shapes[r.name]).to(call.dtype) for r in ir.outputs]
-        return (*stacked, *(states[d.name] for d in ir.states))
 
-    @staticmethod
-    def backward(ctx, *grads):
-        runner, call, history, shapes = ctx.runner, ctx.call, ctx.history, ctx.shapes
-        ir = runner.plan.ir
-        flat = ctx.saved_tensors
-        n_in, n_w, n_out = len(ir.inputs), len(ir.weights), len(ir.outputs)
-        cdt = call.compute_dtype
-        like = torch.empty((), dtype=cdt, device=call.device)
-        inputs = {d.name: flat[i] for i, d in enumerate(ir.inputs)}
-        weights = {d.name: flat[n_in + i].to(cdt).unsqueeze(0) for i, d in enumerate(ir.weights)}
-        d_out_all = {r.name: grads[i] for i, r in enumerate(ir.outputs) if grads[i] is not None}
-        d_new = {d.name: grads[n_out + i].to(cdt) for i, d in enumerate(ir.states) if grads[n_out + i] is not None}
-        d_inputs = {d.name: torch.zeros_like(inputs[d.name], dtype=cdt) for d in ir.inputs}
-        d_weights = {d.name: torch.zeros_like(weights[d.name]) for d in ir.weights}
-        for t in reversed(range(call.T)):
-            step_inputs = {n: x[:, t].to(cdt) for n, x in inputs.items()}
-            d_out = {n: g[:, t].to(cdt) for n, g in d_out_all.items()}
-            gi, gw, gs = runner.step_backward(step_inputs, weights, history[t], shapes, like, call.dims, d_new, d_out)
-            for name, value in gi.items():
-                d_inputs[name][:, t] += value.expand_as(d_inputs[name][:, t])
-            for name, value in gw.items():
-                d_weights[name] += value
-            d_new = gs
-        result = [None, None, None]
-        result += [d_inputs[d.name].to(flat[i].dtype) for i, d in enumerate(ir.inputs)]
-        result += [d_weights[d.name].squeeze(0).to(flat[n_in + i].dtype) for i, d in enumerate(ir.weights)]
-        for i, d in enumerate(ir.states):
-            g = d_new.get(d.name)
-            src = flat[n_in + n_w + i]
-            result.append(g.expand(src.shape).to(src.dtype) if g is not None else torch.zeros_like(src))
-        return tuple(result)
+def run_packed(runner: ReferenceRunner, call: Call):
+    """The loop over packed variable-length sequences (``cu_seqlens``), as ``PackedSequence`` runs.
+
+    Sequences are sorted longest first and the inputs put in time-major order once, so step t
+    runs the first ``n_t`` sequences (those longer than t) as one batch, and a sequence that
+    ends leaves the batch with its final state. Batch rows never mix, so no value of one
+    sequence reaches another, and every sequence sees exactly its own steps.
+    """
+    ir, loop = runner.plan.ir, runner.loop
+    bounds = sequence_bounds(call.cu_seqlens, call.T)
+    n_seq, device = call.N, call.device
+    lengths = [bounds[b + 1] - bounds[b] for b in range(n_seq)]
+    order = sorted(range(n_seq), key=lambda b: (-lengths[b], b))
+    longest = lengths[order[0]]
+    batch_sizes, rows = [], []
+    active = n_seq
+    for t in range(longest):
+        while lengths[order[active - 1]] <= t:
+            active -= 1
+        batch_sizes.append(active)
+        rows += [bounds[b] + t for b in order[:active]]
+    like, consts = _prepared(runner, call)
+    perm = torch.tensor(rows, dtype=torch.long, device=device)
+    inputs = {n: x[0].to(call.compute_dtype).index_select(0, perm) for n, x in call.inputs.items()}
+    seqs = [s.split(batch_sizes, 0) for s in loop.prologue(inputs, consts, like)]
+    sort = torch.tensor(order, dtype=torch.long, device=device)
+    states = tuple(s.index_select(0, sort) for s in _initial_states(runner.plan, call))
+    finished: list[list[torch.Tensor]] = [[] for _ in states]
+    outputs: list[list[torch.Tensor]] = [[] for _ in ir.outputs]
+    current = n_seq
+    for t, n_t in enumerate(batch_sizes):
+        if n_t < current:
+            for acc, s in zip(finished, states):
+                acc.append(s[n_t:current])
+            states, current = tuple(s[:n_t] for s in states), n_t
+        states, out = loop.step(consts, [s[t] for s in seqs], states, n_t, like)
+        for acc, value in zip(outputs, out):
+            acc.append(value)
+    for acc, s in zip(finished, states):
+        acc.append(s[:current])
+    unsort = torch.empty_like(sort)
+    unsort[sort] = torch.arange(n_seq, device=device)
+    finals = {d.name: torch.cat(acc[::-1], 0).index_select(0, unsort) for d, acc in zip(ir.states, finished)}
+    packed = {}
+    unperm = torch.empty_like(perm)
+    unperm[perm] = torch.arange(perm.shape[0], device=device)
+    for o, acc in zip(ir.outputs, outputs):
+        shape = (call.NH, *call.shape_of(o.shape))
+        flat = torch.cat(acc, 0).index_select(0, unperm) if acc else like.new_empty((0, *shape))
+        packed[o.name] = flat.to(call.dtype).unsqueeze(0)
+    return packed, finals
+
+
+def run_each_sequence(runner, call: Call):
+    """A packed call run one sequence at a time through ``runner`` (any backend)."""
+    return each_sequence(call, runner.plan.ir, lambda tensors, state: runner.run(runner.bind(tensors, state)))
