@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import torch
 import triton
@@ -22,6 +23,7 @@ from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.compiler.ir import IR
 from rnnc.runtime.arguments import Call
+from rnnc.runtime.custom_ops import flat_arguments  # noqa: F401 - the launchers' flat layout
 from rnnc.runtime.modules import load_module
 
 DOT_MINIMUM = 16  # tl.dot needs every side of a tile to be at least 16
@@ -45,6 +47,8 @@ class GeneratedKernels:
         self.plan = plan
         self.module = self.render(plan)
         self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
+        # what these kernels compute, for the custom ops (rnnc.runtime.custom_ops)
+        self.token = f"{self.strategy}/{plan.ir.cell}/{hashlib.sha256(self.module.text.encode()).hexdigest()[:16]}"
         # launch parameters fixed by the caller (rnnc tune, tests): they win over the tiling model
         self.pinned: dict = {}
         self._model_tilings: dict = {}  # (shape, dtype) -> the tiling model's parameters
@@ -114,21 +118,6 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device)
 
 
-def flat_arguments(call: Call, ir: IR) -> list[torch.Tensor]:
-    """Inputs, weights (contiguous) and initial states (in the compute dtype; zeros where not given)."""
-    flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
-    flat += [call.weights[d.name].contiguous() for d in ir.weights]
-    for d in ir.states:
-        given = call.states.get(d.name)
-        shape = (call.B, call.NH, *call.shape_of(d.shape))
-        flat.append(
-            given.to(call.compute_dtype).contiguous()
-            if given is not None
-            else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
-        )
-    return flat
-
-
 def output_shape(call: Call, output) -> tuple[int, ...]:
     """[B, T, NH, *shape] of an emitted output."""
     return (call.B, call.T, call.NH, *call.shape_of(output.shape))
@@ -155,17 +144,6 @@ def output_cotangents(call: Call, ir: IR, grads) -> list[torch.Tensor]:
 def state_cotangents(grads, initial) -> list[torch.Tensor]:
     """The final states' incoming gradients, shaped and typed like the initial states."""
     return [(g if g is not None else torch.zeros_like(s)).to(s.dtype).contiguous() for g, s in zip(grads, initial)]
-
-
-def unpack_saved(ir: IR, saved_tensors) -> tuple[tuple, tuple, tuple, tuple]:
-    """(inputs, weights, initial states, the rest) of tensors saved as ``*inputs, *weights, *initial, *rest``."""
-    n_in, n_w, n_s = len(ir.inputs), len(ir.weights), len(ir.states)
-    return (
-        tuple(saved_tensors[:n_in]),
-        tuple(saved_tensors[n_in : n_in + n_w]),
-        tuple(saved_tensors[n_in + n_w : n_in + n_w + n_s]),
-        tuple(saved_tensors[n_in + n_w + n_s :]),
-    )
 
 
 def leaf_gradient_buffers(tensors, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 import triton
 
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
@@ -75,21 +76,64 @@ class ChunkedKernels(GeneratedKernels):
         key, value = call.shape_of(self.plan.ir.states[0].shape)
         return key, value
 
-    def __call__(self, tensors: dict, state: dict | None):
-        call = bind(self.plan.ir, tensors, state)
+    def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens))
+
+    def forward(self, call: Call, flat: list, needs_grad: bool):
+        """The output, the final state and (when ``needs_grad``) each chunk's starting state."""
         ir = self.plan.ir
-        flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
-        flat += [call.weights[d.name].contiguous() for d in ir.weights]
-        decl = ir.states[0]
-        given = call.states.get(decl.name)
-        shape = (call.B, call.NH, *self._dims(call))
-        initial = (
-            given.to(call.compute_dtype).contiguous()
-            if given is not None
-            else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[-1]
+        K, V = self._dims(call)
+        tiles = self.tiles(call)
+        compute = call.compute_dtype
+        n_chunks = triton.cdiv(call.T, tiles["CHUNK"])
+        store = needs_grad
+        device = call.device
+        output = torch.full((call.B, call.T, call.NH, V), float("nan"), dtype=call.dtype, device=device)
+        final = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
+        saved_shape = (call.B * call.NH, n_chunks, K, V) if store else (1,)
+        saved = torch.empty(saved_shape, dtype=compute, device=device)
+        grid, sizes, meta = _launch(call, tiles, K, V)
+        self.kernels.forward_kernel[grid](
+            *inputs, *weights, initial, output, final, saved, *sizes, STORE_STATES=store, **meta
         )
-        output, final = _ChunkedFunction.apply(self, call, *flat, initial)
-        return {ir.outputs[0].name: output}, {decl.name: final}
+        return [output], [final], [saved] if store else []
+
+    def saved_like(self, call: Call, flat: list, needs_grad: bool) -> list:
+        """A stand-in shaped like the chunk states :meth:`forward` saves; the number of chunks is
+        data-dependent when the chunk length comes from a GPU tiling of symbolic sizes."""
+        if not needs_grad:
+            return []
+        K, V = self._dims(call)
+        sizes = (call.B, call.T, call.NH, K, V)
+        if all(isinstance(n, int) for n in sizes):
+            n_chunks = triton.cdiv(call.T, self.tiles(call)["CHUNK"])
+        else:
+            n_chunks = torch.library.get_ctx().new_dynamic_size()
+        return [flat[-1].new_empty((call.B * call.NH, n_chunks, K, V), dtype=call.compute_dtype)]
+
+    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list) -> list:
+        """Cotangents of inputs, weights and the initial state (a None cotangent counts as zero)."""
+        ir = self.plan.ir
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[-1]
+        (saved,) = saved
+        K, V = self._dims(call)
+        tiles = self.tiles(call)
+        compute, device = call.compute_dtype, call.device
+        (d_output,), (d_final,) = output_cotangents(call, ir, d_outputs), state_cotangents(d_finals, [initial])
+        # gradients shared by the value blocks are added atomically: they start at zero
+        d_in = [torch.zeros(x.shape, dtype=compute, device=device) for x in inputs]
+        d_w = [torch.zeros(w.shape, dtype=compute, device=device) for w in weights]
+        d_initial = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
+        grid, sizes, meta = _launch(call, tiles, K, V)
+        self.kernels.backward_kernel[grid](
+            *inputs, *weights, saved, d_output, d_final, *d_in, *d_w, d_initial, *sizes, **meta
+        )
+        grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
+        grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
+        return [*grads_in, *grads_w, d_initial]
 
 
 def _launch(call: Call, tiles: dict, K: int, V: int) -> tuple[tuple, list, dict]:
@@ -100,51 +144,3 @@ def _launch(call: Call, tiles: dict, K: int, V: int) -> tuple[tuple, list, dict]
         **{k: tiles[k] for k in ("CHUNK", "BK", "BV", "num_warps", "num_stages")},
     }
     return grid, [call.T, call.NH, K, V], meta
-
-
-class _ChunkedFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kernels: ChunkedKernels, call: Call, *flat):
-        ir = kernels.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[-1]
-        K, V = kernels._dims(call)
-        tiles = kernels.tiles(call)
-        compute = call.compute_dtype
-        n_chunks = triton.cdiv(call.T, tiles["CHUNK"])
-        store = any(ctx.needs_input_grad[2:])
-        device = call.device
-        output = torch.full((call.B, call.T, call.NH, V), float("nan"), dtype=call.dtype, device=device)
-        final = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
-        saved_shape = (call.B * call.NH, n_chunks, K, V) if store else (1,)
-        saved = torch.empty(saved_shape, dtype=compute, device=device)
-        grid, sizes, meta = _launch(call, tiles, K, V)
-        kernels.kernels.forward_kernel[grid](
-            *inputs, *weights, initial, output, final, saved, *sizes, STORE_STATES=store, **meta
-        )
-        ctx.kernels, ctx.call, ctx.tiles = kernels, call, tiles
-        ctx.save_for_backward(*inputs, *weights, initial, saved)
-        return output, final
-
-    @staticmethod
-    def backward(ctx, d_output, d_final):
-        kernels, call, tiles = ctx.kernels, ctx.call, ctx.tiles
-        ir = kernels.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        saved_tensors = ctx.saved_tensors
-        inputs, weights = saved_tensors[:n_in], saved_tensors[n_in : n_in + n_w]
-        initial, saved = saved_tensors[-2], saved_tensors[-1]
-        K, V = kernels._dims(call)
-        compute, device = call.compute_dtype, call.device
-        (d_output,), (d_final,) = output_cotangents(call, ir, [d_output]), state_cotangents([d_final], [initial])
-        # gradients shared by the value blocks are added atomically: they start at zero
-        d_in = [torch.zeros(x.shape, dtype=compute, device=device) for x in inputs]
-        d_w = [torch.zeros(w.shape, dtype=compute, device=device) for w in weights]
-        d_initial = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
-        grid, sizes, meta = _launch(call, tiles, K, V)
-        kernels.kernels.backward_kernel[grid](
-            *inputs, *weights, saved, d_output, d_final, *d_in, *d_w, d_initial, *sizes, **meta
-        )
-        grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
-        grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
-        return (None, None, *grads_in, *grads_w, d_initial)

@@ -15,9 +15,9 @@ import torch
 import triton
 
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import (
     GeneratedKernels,
-    flat_arguments,
     leaf_gradient_buffers,
     on_gpu,
     output_cotangents,
@@ -25,7 +25,6 @@ from rnnc.runtime.launch import (
     pow2_at_least,
     state_cotangents,
     triton_dtype,
-    unpack_saved,
 )
 from rnnc.templates.scan_codegen import render_scan
 
@@ -71,37 +70,35 @@ class ScanKernels(GeneratedKernels):
             return self.model_params(call)
         return _interpreter_tiles(call, sizes)
 
-    def __call__(self, tensors: dict, state: dict | None):
-        call = bind(self.plan.ir, tensors, state)
+    def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens))
+
+    def _blocks(self, call: Call):
+        sizes = call.shape_of(self.plan.ir.states[0].shape)
+        tiles = self.tiles(call, sizes)
+        blocks = _axis_blocks(self.module.axes, sizes, tiles["BLOCK_C"])
+        grid = (triton.cdiv(sizes[0], blocks[f"BLOCK_{self.module.axes[0]}"]), call.B * call.NH)
+        return sizes, tiles, blocks, grid
+
+    def forward(self, call: Call, flat: list, needs_grad: bool):
+        """Outputs, final states and (when ``needs_grad``) every step's states, for backward."""
         ir = self.plan.ir
-        results = _ScanFunction.apply(self, call, *flat_arguments(call, ir))
-        outputs = {o.name: results[i] for i, o in enumerate(ir.outputs)}
-        finals = {d.name: results[len(ir.outputs) + i] for i, d in enumerate(ir.states)}
-        return outputs, finals
-
-
-class _ScanFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kernels: ScanKernels, call: Call, *flat):
-        ir = kernels.plan.ir
         n_in, n_w = len(ir.inputs), len(ir.weights)
         inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
-        sizes = call.shape_of(ir.states[0].shape)
-        channels = math.prod(sizes)
-        tiles = kernels.tiles(call, sizes)
-        blocks = _axis_blocks(kernels.module.axes, sizes, tiles["BLOCK_C"])
+        sizes, tiles, blocks, grid = self._blocks(call)
         compute = call.compute_dtype
-        store = any(ctx.needs_input_grad[2:])
+        store = needs_grad
         outputs = [
             torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
         ]
         finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
         saved = [
-            torch.empty((call.B, call.T, call.NH, channels) if store else (1,), dtype=compute, device=call.device)
+            torch.empty(
+                (call.B, call.T, call.NH, math.prod(sizes)) if store else (1,), dtype=compute, device=call.device
+            )
             for _ in initial
         ]
-        grid = (triton.cdiv(sizes[0], blocks[f"BLOCK_{kernels.module.axes[0]}"]), call.B * call.NH)
-        kernels.kernels.forward_kernel[grid](
+        self.kernels.forward_kernel[grid](
             *inputs,
             *weights,
             *initial,
@@ -117,21 +114,27 @@ class _ScanFunction(torch.autograd.Function):
             STORE_STATES=store,
             num_warps=tiles.get("num_warps", 4),
         )
-        ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid = kernels, call, tiles, blocks, grid
-        ctx.save_for_backward(*inputs, *weights, *initial, *saved)
-        return (*outputs, *finals)
+        return outputs, finals, saved if store else []
 
-    @staticmethod
-    def backward(ctx, *grads):
-        kernels, call, tiles, blocks, grid = ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid
-        ir = kernels.plan.ir
-        n_out = len(ir.outputs)
-        inputs, weights, initial, saved = unpack_saved(ir, ctx.saved_tensors)
+    def saved_like(self, call: Call, flat: list, needs_grad: bool) -> list:
+        """Stand-ins shaped like what :meth:`forward` saves."""
+        ir = self.plan.ir
+        if not needs_grad:
+            return []
+        channels = math.prod(call.shape_of(ir.states[0].shape))
+        return [flat[0].new_empty((call.B, call.T, call.NH, channels), dtype=call.compute_dtype) for _ in ir.states]
+
+    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list) -> list:
+        """Cotangents of inputs, weights and initial states (a None cotangent counts as zero)."""
+        ir = self.plan.ir
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
+        sizes, tiles, blocks, grid = self._blocks(call)
         compute = call.compute_dtype
-        d_out, d_fin = output_cotangents(call, ir, grads[:n_out]), state_cotangents(grads[n_out:], initial)
+        d_out, d_fin = output_cotangents(call, ir, d_outputs), state_cotangents(d_finals, initial)
         d_in, d_w = leaf_gradient_buffers(inputs, compute), leaf_gradient_buffers(weights, compute)
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
-        kernels.kernels.backward_kernel[grid](
+        self.kernels.backward_kernel[grid](
             *inputs,
             *weights,
             *initial,
@@ -143,7 +146,7 @@ class _ScanFunction(torch.autograd.Function):
             *d_st,
             call.T,
             call.NH,
-            *call.shape_of(ir.states[0].shape),
+            *sizes,
             COMPUTE=triton_dtype(compute),
             **blocks,
             BLOCK_T=tiles["BLOCK_T"],
@@ -151,4 +154,4 @@ class _ScanFunction(torch.autograd.Function):
         )
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
-        return (None, None, *grads_in, *grads_w, *d_st)
+        return [*grads_in, *grads_w, *d_st]

@@ -14,17 +14,16 @@ import triton
 
 from rnnc.errors import BackendError
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
-    flat_arguments,
     leaf_gradient_buffers,
     output_cotangents,
     output_shape,
     pow2_at_least,
     state_cotangents,
     triton_dtype,
-    unpack_saved,
 )
 from rnnc.templates.sequential_codegen import render_sequential
 
@@ -76,13 +75,67 @@ class SequentialKernels(GeneratedKernels):
         tiles.update({f"FULL_{d}": pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.split.full_dims})
         return tiles
 
-    def __call__(self, tensors: dict, state: dict | None):
-        call = bind(self.plan.ir, tensors, state)
+    def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens))
+
+    def forward(self, call: Call, flat: list, needs_grad: bool):
+        """Outputs, final states and (when ``needs_grad``) every step's states, for backward."""
         ir = self.plan.ir
-        results = _SequentialFunction.apply(self, call, *flat_arguments(call, ir))
-        outputs = {o.name: results[i] for i, o in enumerate(ir.outputs)}
-        finals = {d.name: results[len(ir.outputs) + i] for i, d in enumerate(ir.states)}
-        return outputs, finals
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
+        tiles = self.tiles(call)
+        compute = call.compute_dtype
+        store = needs_grad
+        split = tiles["SPLIT"] > 1
+        outputs = [
+            torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
+        ]
+        finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
+        # training keeps every step's states for backward; a split head at inference exchanges
+        # them through two alternating steps; a whole head at inference keeps them on chip
+        saved_t = call.T if store else (2 if split else 0)
+        saved = [
+            torch.empty((call.B, saved_t, *s.shape[1:]) if saved_t else (1,), dtype=compute, device=call.device)
+            for s in initial
+        ]
+        grid, sizes, meta = _launch_sizes(call, self, tiles)
+        pointers = (*inputs, *weights, *initial, *outputs, *finals, *saved)
+        if split:
+            for t in range(call.T):  # one launch per step: the launch boundary is the exchange's barrier
+                self.kernels.forward_step_kernel[grid](*pointers, t, *sizes[:3], saved_t, *sizes[3:], **meta)
+        else:
+            self.kernels.forward_kernel[grid](*pointers, *sizes, STORE_STATES=store, **meta)
+        return outputs, finals, saved if store else []
+
+    def saved_like(self, call: Call, flat: list, needs_grad: bool) -> list:
+        """Stand-ins shaped like what :meth:`forward` saves."""
+        n_states = len(self.plan.ir.states)
+        if not needs_grad:
+            return []
+        return [s.new_empty((call.B, call.T, *s.shape[1:])) for s in flat[len(flat) - n_states :]]
+
+    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list) -> list:
+        """Cotangents of inputs, weights and initial states (a None cotangent counts as zero)."""
+        ir = self.plan.ir
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
+        tiles = self.tiles(call)
+        compute = call.compute_dtype
+        d_out = output_cotangents(call, ir, d_outputs)
+        d_fin = state_cotangents(d_finals, initial)
+        d_in, d_w = leaf_gradient_buffers(inputs, compute), leaf_gradient_buffers(weights, compute)
+        grid, sizes, meta = _launch_sizes(call, self, tiles)
+        if tiles["SPLIT"] > 1:
+            pointers = (*inputs, *weights, *initial, *saved, *d_out)
+            d_st = _backward_split(self, call, tiles["SPLIT"], pointers, d_fin, (*d_in, *d_w), grid, sizes, meta)
+        else:
+            d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
+            self.kernels.backward_kernel[grid](
+                *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_in, *d_w, *d_st, *sizes, **meta
+            )
+        grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
+        grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
+        return [*grads_in, *grads_w, *d_st]
 
 
 def _launch_sizes(call: Call, kernels: SequentialKernels, tiles: dict) -> tuple[tuple, list, dict]:
@@ -98,62 +151,6 @@ def _launch_sizes(call: Call, kernels: SequentialKernels, tiles: dict) -> tuple[
         **{k: v for k, v in tiles.items() if k.startswith(("BLOCK_", "FULL_"))},
     }
     return grid, sizes, meta
-
-
-class _SequentialFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kernels: SequentialKernels, call: Call, *flat):
-        ir = kernels.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
-        tiles = kernels.tiles(call)
-        compute = call.compute_dtype
-        store = any(ctx.needs_input_grad[2:])
-        split = tiles["SPLIT"] > 1
-        outputs = [
-            torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
-        ]
-        finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
-        # training keeps every step's states for backward; a split head at inference exchanges
-        # them through two alternating steps; a whole head at inference keeps them on chip
-        saved_t = call.T if store else (2 if split else 0)
-        saved = [
-            torch.empty((call.B, saved_t, *s.shape[1:]) if saved_t else (1,), dtype=compute, device=call.device)
-            for s in initial
-        ]
-        grid, sizes, meta = _launch_sizes(call, kernels, tiles)
-        pointers = (*inputs, *weights, *initial, *outputs, *finals, *saved)
-        if split:
-            for t in range(call.T):  # one launch per step: the launch boundary is the exchange's barrier
-                kernels.kernels.forward_step_kernel[grid](*pointers, t, *sizes[:3], saved_t, *sizes[3:], **meta)
-        else:
-            kernels.kernels.forward_kernel[grid](*pointers, *sizes, STORE_STATES=store, **meta)
-        ctx.kernels, ctx.call, ctx.tiles = kernels, call, tiles
-        ctx.save_for_backward(*inputs, *weights, *initial, *saved)
-        return (*outputs, *finals)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        kernels, call, tiles = ctx.kernels, ctx.call, ctx.tiles
-        ir = kernels.plan.ir
-        n_out = len(ir.outputs)
-        inputs, weights, initial, saved = unpack_saved(ir, ctx.saved_tensors)
-        compute = call.compute_dtype
-        d_out = output_cotangents(call, ir, grads[:n_out])
-        d_fin = state_cotangents(grads[n_out:], initial)
-        d_in, d_w = leaf_gradient_buffers(inputs, compute), leaf_gradient_buffers(weights, compute)
-        grid, sizes, meta = _launch_sizes(call, kernels, tiles)
-        if tiles["SPLIT"] > 1:
-            pointers = (*inputs, *weights, *initial, *saved, *d_out)
-            d_st = _backward_split(kernels, call, tiles["SPLIT"], pointers, d_fin, (*d_in, *d_w), grid, sizes, meta)
-        else:
-            d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
-            kernels.kernels.backward_kernel[grid](
-                *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_in, *d_w, *d_st, *sizes, **meta
-            )
-        grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
-        grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
-        return (None, None, *grads_in, *grads_w, *d_st)
 
 
 def _backward_split(kernels, call, split, pointers, d_fin, leaf_grads, grid, sizes, meta) -> list[torch.Tensor]:
