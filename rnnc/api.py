@@ -8,9 +8,10 @@ Example:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
-from rnnc.compiler import analyse, lower_source
+from rnnc.compiler import Plan, analyse, lower_source
 from rnnc.errors import RnncError
 from rnnc.runtime.cell import Cell
 
@@ -56,6 +57,21 @@ def compile(  # noqa: A001 - the public name the interface promises
         'scan'
     """
     text, filename = read_source(src)
+    return compile_text(text, filename, name, backend)
+
+
+def compile_text(text: str | bytes, filename: str, name: str | None, backend: str) -> Cell:
+    """The pipeline on source text; the analysis is remembered per text, file name and cell.
+
+    Example:
+        >>> compile_text("cell c(H) { input x: [H]; state h: [H]; h = h + x; emit h }", "<string>", None, "auto").name
+        'c'
+    """
+    plan = _analysed(text, filename, name)
+    return Cell(plan, backend, origin=(text, filename, name))  # Plan -> a callable (PyTorch loop or Triton kernels)
+
+
+@lru_cache(maxsize=256)
+def _analysed(text: str | bytes, filename: str, name: str | None) -> Plan:
     ir = lower_source(text, filename, name)  # text -> AST -> IR (names resolved, shapes inferred)
-    plan = analyse(ir)  # IR -> Plan (affine form, structure, proof, strategy, derivatives)
-    return Cell(plan, backend)  # Plan -> a callable (reference: PyTorch loop; triton: later)
+    return analyse(ir)  # IR -> Plan (affine form, structure, proof, strategy, derivatives)

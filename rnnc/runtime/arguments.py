@@ -38,6 +38,13 @@ class Call:
     # variable-length batches: inputs are packed [1, total T, NH, ...], states [N, NH, ...]
     cu_seqlens: torch.Tensor | None = None
     N: int = 0  # the number of sequences when cu_seqlens is given
+    binder: ShapeBinder | None = None  # the cell's compiled binder, when the call was bound with one
+
+    def own_shape(self, decl: Declared) -> tuple[int, ...]:
+        """Concrete own axes of a declared tensor (no sympy when bound with a binder)."""
+        if self.binder is not None:
+            return self.binder.own_shape(decl.name, self.dims)
+        return self.shape_of(decl.shape)
 
     def shape_of(self, shape) -> tuple[int, ...]:
         """Concrete sizes of a symbolic shape."""
@@ -120,6 +127,7 @@ def bind(
     else:
         sizes = _bind_sizes(ir, given)
         call = Call({}, {}, {}, sizes.pop("B", 1), sizes.pop("T", 0), sizes.pop("NH", 1), sizes, dtype, compute, device)
+    call.binder = binder
     if cu_seqlens is not None:
         call.cu_seqlens, call.N = cu_seqlens, n_seq
         given = [(d, state[d.name] if d.kind == "state" else v) for d, v in given]

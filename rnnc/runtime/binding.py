@@ -110,8 +110,10 @@ class ShapeBinder:
     def __init__(self, ir: IR):
         self.ir = ir
         self.layouts = {}
+        self.own = {}  # each declared tensor's own axes (after B, T, NH) as polynomials
         for decl in ir.decls:
             own = shape_polynomials(tuple(decl.shape))
+            self.own[decl.name] = own
             prefix = tuple(((1, ((_LAYOUT_SLOT[a], 1),)),) for a in LAYOUT[decl.kind])
             self.layouts[decl.name] = None if own is None else prefix + own
         self.compiled = all(v is not None for v in self.layouts.values()) and bool(ir.inputs)
@@ -140,6 +142,13 @@ class ShapeBinder:
                     known.add(name)
                     progress = True
         return tuple(steps) if known == wanted else None
+
+    def own_shape(self, name: str, dims: dict) -> tuple:
+        """The own axes of declared tensor ``name`` under bound dims (safe to trace: no sympy)."""
+        own = self.own[name]
+        if own is None:
+            return concrete_shape(tuple(next(d for d in self.ir.decls if d.name == name).shape), dims)
+        return tuple(evaluate(p, dims) for p in own)
 
     def sizes(self, shapes: dict[str, tuple], states: dict[str, tuple]) -> dict | None:
         """``{"B", "T", "NH", "dims"}`` from the shapes of the given arguments, or None.

@@ -10,11 +10,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.errors import BackendError
+from rnnc.runtime.custom_ops import flat_arguments, run_as_op
 from rnnc.runtime.reference import ReferenceRunner
 
 BACKENDS = ("auto", "reference", "reference-bptt", "triton")
@@ -47,23 +50,38 @@ class Output:
 
 
 class Cell:
-    """A compiled cell. Call it with one keyword per input and weight, and ``state={...}``."""
+    """A compiled cell. Call it with one keyword per input and weight, and ``state={...}``.
 
-    def __init__(self, plan: Plan, backend: str = "auto"):
+    Cells pickle and deep-copy (a pickled cell is rebuilt from its source text).
+    """
+
+    def __init__(self, plan: Plan, backend: str = "auto", origin: tuple | None = None):
         if backend not in BACKENDS:
             raise BackendError(f"backend needs one of {', '.join(BACKENDS)}, has {backend!r}")
         self.plan = plan
         self.backend = backend
+        self._origin = origin  # (source text, file name, cell name) when compiled from text
         mode = "bptt" if backend == "reference-bptt" else "autograd"
         self._runner = ReferenceRunner(plan, mode)
-        self._triton = None
+        self._kernels = None  # the Triton kernels, built on first use: import triton only then
+        self._no_kernels = backend in ("reference", "reference-bptt")
+        self._pinned: dict = {}
         self.last_backend = ""  # what ran the latest call: "reference" or "triton"
-        if backend in ("triton", "auto"):
+        if backend == "triton":
+            self._kernels = _triton_runner(plan)
+        elif backend == "auto" and _kernels_can_run():
+            self._triton  # built now, so that torch.compile never traces code generation
+
+    @property
+    def _triton(self):
+        """The Triton kernels (built on first use), or None when no template covers the cell."""
+        if self._kernels is None and not self._no_kernels:
             try:
-                self._triton = _triton_runner(plan)
+                self._kernels = _triton_runner(self.plan)
+                self._kernels.pinned = dict(self._pinned)
             except BackendError:
-                if backend == "triton":
-                    raise
+                self._no_kernels = True
+        return self._kernels
 
     @property
     def name(self) -> str:
@@ -77,8 +95,8 @@ class Cell:
 
     @property
     def source(self) -> str:
-        """The generated module text: the Triton module when there is one, else the PyTorch step."""
-        if self._triton is not None and self.backend != "reference":
+        """The generated module text: the Triton module when there is one, else the PyTorch loop."""
+        if self.backend != "reference" and self._triton is not None:
             return self._triton.source
         return self._runner.forward_text
 
@@ -119,25 +137,122 @@ class Cell:
             raise BackendError(f"cell {self.name} has no Triton kernels to pin a tiling on (backend {self.backend})")
         if params is not None and not isinstance(params, dict):
             raise TypeError(f"use_tiling needs a dict of launch parameters or None, has {type(params).__name__}")
-        self._triton.pinned = dict(params or {})
+        self._pinned = dict(params or {})
+        self._triton.pinned = dict(self._pinned)
 
     @property
     def pinned_tiling(self) -> dict:
         """The launch parameters pinned with :meth:`use_tiling` (empty when none)."""
-        return dict(self._triton.pinned) if self._triton is not None else {}
+        return dict(self._pinned)
 
-    def __call__(self, *positional, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
+    def __call__(
+        self, *positional, state: dict[str, torch.Tensor] | None = None, cu_seqlens=None, **tensors: torch.Tensor
+    ) -> Output:
+        """Run the cell over time: inputs ``[B, T, NH, *shape]`` (or packed ``[1, total_T, NH, *shape]``
+        with ``cu_seqlens`` ``[N + 1]``, states then ``[N, NH, *shape]``)."""
         if positional:
-            takes = ", ".join(f"{d.name}=..." for d in self.plan.ir.decls if d.kind != "state")
-            raise TypeError(f"cell {self.name} takes keyword arguments only: {self.name}({takes}, state={{...}})")
-        runner, self.last_backend = self._runner, "reference"
-        if self._triton is not None and (self.backend == "triton" or _wants_triton(tensors)):
-            runner, self.last_backend = self._triton, "triton"
-        outputs, finals = runner(tensors, state)
+            raise TypeError(
+                f"cell {self.name} takes keyword arguments only: {self.name}({self._takes()}, state={{...}})"
+            )
+        tensors, device_type = _autocast_inputs(self.plan, tensors)
+        with _no_autocast(device_type):
+            runner = self._pick(tensors)
+            if runner is self._runner:
+                call = runner.bind(tensors, state, cu_seqlens)
+                if torch.compiler.is_compiling():
+                    outputs, finals = run_as_op(runner, call, flat_arguments(call, self.plan.ir))
+                else:
+                    outputs, finals = runner.run(call)
+            else:
+                outputs, finals = runner(tensors, state, cu_seqlens)
         return Output(outputs, finals)
+
+    def step(self, *positional, state: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor) -> Output:
+        """One step, for decoding: inputs ``[B, NH, *shape]``; outputs ``[B, NH, *shape]`` and the new states.
+
+        Equal to the same step of a full call. The Triton backend runs its kernels with T = 1
+        (one fused launch per step for sequential cells).
+
+        Example:
+            >>> import torch, rnnc
+            >>> cell = rnnc.compile("examples/hgrn.rnn", backend="reference")
+            >>> out = cell.step(x=torch.ones(2, 1, 3), g=torch.zeros(2, 1, 3), state={"h": torch.ones(2, 1, 3)})
+            >>> out.h[0, 0].tolist(), out.state["h"].shape
+            ([2.0, 2.0, 2.0], torch.Size([2, 1, 3]))
+        """
+        if positional:
+            raise TypeError(
+                f"cell {self.name} takes keyword arguments only: {self.name}.step({self._takes()}, state=...)"
+            )
+        tensors, device_type = _autocast_inputs(self.plan, tensors)
+        with _no_autocast(device_type):
+            runner = self._pick(tensors)
+            if runner is self._runner and not torch.compiler.is_compiling():
+                outputs, finals = runner.step(tensors, state)
+                return Output(outputs, finals)
+            names = {d.name for d in self.plan.ir.inputs}
+            timed = {n: t.unsqueeze(1) if n in names and isinstance(t, torch.Tensor) else t for n, t in tensors.items()}
+            out = self(state=state, **timed)
+        return Output({n: v.squeeze(1) for n, v in out.outputs.items()}, out.state)
+
+    def _pick(self, tensors: dict):
+        if self.backend == "triton" or (self.backend == "auto" and _wants_triton(tensors) and self._triton is not None):
+            self.last_backend = "triton"
+            return self._triton
+        self.last_backend = "reference"
+        return self._runner
+
+    def _takes(self) -> str:
+        return ", ".join(f"{d.name}=..." for d in self.plan.ir.decls if d.kind != "state")
 
     def __repr__(self) -> str:
         return f"<rnnc.Cell {self.name} strategy={self.strategy} backend={self.backend}>"
+
+    def __reduce__(self):
+        return (_rebuild, (self._origin or self.plan, self.backend, self._pinned))
+
+    def __deepcopy__(self, memo):
+        copy = Cell(self.plan, self.backend, self._origin)  # the Plan is immutable: shared
+        if self._pinned:
+            copy.use_tiling(self._pinned)
+        return copy
+
+
+def _rebuild(origin, backend: str, pinned: dict) -> Cell:
+    """Unpickle a cell: compile its source again (or wrap its pickled Plan)."""
+    if isinstance(origin, tuple):
+        from rnnc.api import compile_text
+
+        text, filename, name = origin
+        cell = compile_text(text, filename, name, backend)
+    else:
+        cell = Cell(origin, backend)
+    if pinned:
+        cell.use_tiling(pinned)
+    return cell
+
+
+def _autocast_inputs(plan: Plan, tensors: dict) -> tuple[dict, str | None]:
+    """Under ``torch.autocast``, inputs and weights cast to its dtype (states stay as given)."""
+    first = next((t for t in tensors.values() if isinstance(t, torch.Tensor)), None)
+    if first is None:
+        return tensors, None
+    device_type = first.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors, None
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = {
+        n: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
+        for n, t in tensors.items()
+    }
+    return cast, device_type
+
+
+def _no_autocast(device_type: str | None):
+    """Inside the cell nothing is autocast: it computes in float32 (float64) itself."""
+    if device_type is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 def _triton_runner(plan: Plan):
@@ -160,6 +275,11 @@ def _triton_runner(plan: Plan):
     raise BackendError(
         f"the Triton {plan.strategy} template is not built yet (cell {plan.ir.cell}); use backend='reference'"
     )
+
+
+def _kernels_can_run() -> bool:
+    """Whether Triton kernels could run here (a GPU, or the interpreter): only then is triton imported."""
+    return config.triton_interpret() or torch.cuda.is_available()
 
 
 def _wants_triton(tensors: dict) -> bool:

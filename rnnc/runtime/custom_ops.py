@@ -49,7 +49,7 @@ def flat_arguments(call: Call, ir: IR) -> list[torch.Tensor]:
     flat += [call.weights[d.name].contiguous() for d in ir.weights]
     for d in ir.states:
         given = call.states.get(d.name)
-        shape = (call.state_batch, call.NH, *call.shape_of(d.shape))
+        shape = (call.state_batch, call.NH, *call.own_shape(d))
         flat.append(
             given.to(call.compute_dtype).contiguous()
             if given is not None
@@ -59,11 +59,22 @@ def flat_arguments(call: Call, ir: IR) -> list[torch.Tensor]:
 
 
 def register(kernels) -> str:
-    """File ``kernels`` under its token (what the ops look up); returns the token."""
+    """File ``kernels`` (and its one-sequence-at-a-time adapter) under its token, which the ops
+    look up; returns the token. Called when kernels are built, never while Dynamo traces.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.reference import ReferenceRunner
+        >>> register(ReferenceRunner(analyse_source(open("examples/hgrn.rnn").read())))[:15]
+        'reference/hgrn/'
+    """
     token = kernels.token
     _KERNELS[token] = kernels
     if token not in _BINDERS:
         _BINDERS[token] = getattr(kernels, "binder", None) or ShapeBinder(kernels.plan.ir)
+    if not getattr(kernels, "varlen", False):
+        adapter = kernels._per_sequence = PerSequence(kernels)
+        _KERNELS[adapter.token], _BINDERS[adapter.token] = adapter, _BINDERS[token]
     return token
 
 
@@ -176,7 +187,7 @@ def run_as_op(kernels, call: Call, flat: list[torch.Tensor]) -> tuple[dict, dict
     ir = kernels.plan.ir
     if torch.compiler.is_compiling():
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
-        results = torch.ops.rnnc.run(register(kernels), flat, call.cu_seqlens, needs_grad)
+        results = torch.ops.rnnc.run(kernels.token, flat, call.cu_seqlens, needs_grad)
     else:
         results = _Eager.apply(kernels, call, *flat)
     outputs = {o.name: results[i] for i, o in enumerate(ir.outputs)}
@@ -187,15 +198,8 @@ def run_as_op(kernels, call: Call, flat: list[torch.Tensor]) -> tuple[dict, dict
 def run_kernels(kernels, call: Call) -> tuple[dict, dict]:
     """A launcher's call: one op; packed inputs that its kernels do not read run one sequence at a time."""
     if call.cu_seqlens is not None and not getattr(kernels, "varlen", False):
-        kernels = _per_sequence(kernels)
+        kernels = kernels._per_sequence  # made by register()
     return run_as_op(kernels, call, flat_arguments(call, kernels.plan.ir))
-
-
-def _per_sequence(kernels):
-    adapter = getattr(kernels, "_per_sequence", None)
-    if adapter is None:
-        adapter = kernels._per_sequence = PerSequence(kernels)
-    return adapter
 
 
 class PerSequence:

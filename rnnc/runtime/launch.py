@@ -23,7 +23,8 @@ from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.compiler.ir import IR
 from rnnc.runtime.arguments import Call
-from rnnc.runtime.custom_ops import flat_arguments  # noqa: F401 - the launchers' flat layout
+from rnnc.runtime.binding import ShapeBinder
+from rnnc.runtime.custom_ops import flat_arguments, register  # noqa: F401 - flat_arguments: the launchers' layout
 from rnnc.runtime.modules import load_module
 
 DOT_MINIMUM = 16  # tl.dot needs every side of a tile to be at least 16
@@ -49,6 +50,8 @@ class GeneratedKernels:
         self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
         # what these kernels compute, for the custom ops (rnnc.runtime.custom_ops)
         self.token = f"{self.strategy}/{plan.ir.cell}/{hashlib.sha256(self.module.text.encode()).hexdigest()[:16]}"
+        self.binder = ShapeBinder(plan.ir)  # binds calls without sympy (torch.compile traces it)
+        register(self)
         # launch parameters fixed by the caller (rnnc tune, tests): they win over the tiling model
         self.pinned: dict = {}
         self._model_tilings: dict = {}  # (shape, dtype) -> the tiling model's parameters

@@ -32,6 +32,7 @@ import torch
 from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.binding import ShapeBinder
+from rnnc.runtime.custom_ops import register
 from rnnc.runtime.loop_codegen import loop_source
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.varlen import each_sequence, sequence_bounds
@@ -57,6 +58,7 @@ class ReferenceRunner:
     """Callable running a Plan on tensors; ``mode`` is ``autograd`` or ``bptt``."""
 
     kind = "reference"
+    varlen = True  # runs packed inputs itself (run_packed)
 
     def __init__(self, plan: Plan, mode: str = "autograd"):
         if mode not in ("autograd", "bptt"):
@@ -67,6 +69,7 @@ class ReferenceRunner:
         self.loop_text = loop_source(plan)
         self.loop = load_module(self.loop_text, f"{plan.ir.cell}_reference")
         self.token = f"reference/{plan.ir.cell}/{hashlib.sha256(self.loop_text.encode()).hexdigest()[:16]}"
+        register(self)  # the custom ops find it by its token under torch.compile
         self._forward = None
         self._backward = None
 

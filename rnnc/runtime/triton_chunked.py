@@ -77,7 +77,7 @@ class ChunkedKernels(GeneratedKernels):
         return key, value
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens))
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def forward(self, call: Call, flat: list, needs_grad: bool):
         """The output, the final state and (when ``needs_grad``) each chunk's starting state."""

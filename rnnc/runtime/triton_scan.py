@@ -71,7 +71,7 @@ class ScanKernels(GeneratedKernels):
         return _interpreter_tiles(call, sizes)
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens))
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def _blocks(self, call: Call):
         sizes = call.shape_of(self.plan.ir.states[0].shape)

@@ -76,7 +76,7 @@ class SequentialKernels(GeneratedKernels):
         return tiles
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens))
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def forward(self, call: Call, flat: list, needs_grad: bool):
         """Outputs, final states and (when ``needs_grad``) every step's states, for backward."""
