@@ -23,4 +23,19 @@ def compile(src, **options):  # noqa: A001 - the public name the interface promi
     return _compile(src, **options)
 
 
-__all__ = ["AnalysisError", "BackendError", "ParseError", "RnncError", "TilingError", "__version__", "compile"]
+def __getattr__(name: str):
+    """``rnnc.nn`` (the Layer module) is imported on first use, so ``import rnnc`` stays light.
+
+    Example:
+        >>> import rnnc
+        >>> rnnc.nn.Layer.__name__
+        'Layer'
+    """
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("rnnc.nn")
+    raise AttributeError(f"module 'rnnc' has no attribute {name!r}")
+
+
+__all__ = ["AnalysisError", "BackendError", "ParseError", "RnncError", "TilingError", "__version__", "compile", "nn"]

@@ -184,6 +184,7 @@ class Cell:
             raise TypeError(
                 f"cell {self.name} takes keyword arguments only: {self.name}.step({self._takes()}, state=...)"
             )
+        _check_step_layout(self.plan, tensors)
         tensors, device_type = _autocast_inputs(self.plan, tensors)
         with _no_autocast(device_type):
             runner = self._pick(tensors)
@@ -230,6 +231,18 @@ def _rebuild(origin, backend: str, pinned: dict) -> Cell:
     if pinned:
         cell.use_tiling(pinned)
     return cell
+
+
+def _check_step_layout(plan: Plan, tensors: dict) -> None:
+    """A step's inputs are ``[B, NH, *shape]`` (no time axis)."""
+    for decl in plan.ir.inputs:
+        value = tensors.get(decl.name)
+        if isinstance(value, torch.Tensor) and value.dim() != 2 + len(decl.shape):
+            layout = ", ".join(["B", "NH", *(str(d) for d in decl.shape)])
+            raise ValueError(
+                f"{decl.name}: a step needs {2 + len(decl.shape)} axes [{layout}], "
+                f"has {value.dim()} axes {list(value.shape)}"
+            )
 
 
 def _autocast_inputs(plan: Plan, tensors: dict) -> tuple[dict, str | None]:
