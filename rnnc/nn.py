@@ -106,11 +106,12 @@ class Layer(nn.Module):
         )
         width = num_heads * sum(math.prod(self.shapes[o.name]) for o in ir.outputs)
         self.out_proj = nn.Linear(width, d_model)
-        self._init = dict(init or {})
-        self.reset_weights()
+        self.reset_weights(init)
 
-    def reset_weights(self) -> None:
-        """Initialise the cell's weights (matrices like ``nn.LSTM``'s, the rest zero, then ``init``)."""
+    def reset_weights(self, init: dict[str, Callable | float] | None = None) -> None:
+        """Initialise the cell's weights: matrices like ``nn.LSTM``'s, the rest zero, then ``init``
+        (name -> a function filling the parameter in place, or a number; an input's name means
+        its projection's weight). ``init`` is not kept, so a layer pickles whatever it was."""
         matrices = _matrix_weights(self.cell.plan.ir)
         with torch.no_grad():
             for name, p in self.weights.items():
@@ -119,7 +120,7 @@ class Layer(nn.Module):
                     p.uniform_(-bound, bound)
                 else:
                     p.zero_()
-            for name, how in self._init.items():
+            for name, how in (init or {}).items():
                 target = self.weights[name] if name in self.weights else self.in_proj[name].weight
                 if callable(how):
                     how(target)
