@@ -16,7 +16,10 @@ from rnnc.errors import RnncError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rnnc import __version__
+
     parser = argparse.ArgumentParser(prog="rnnc", description="Compile recurrent cells to fast kernels.")
+    parser.add_argument("--version", action="version", version=f"rnnc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser("check", help="parse and analyse .rnn files; exit 1 on any error")
     check.add_argument("files", nargs="+", metavar="FILE.rnn")

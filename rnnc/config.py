@@ -47,17 +47,23 @@ def triton_interpret() -> bool:
 
 
 def cache_dir() -> Path:
-    """``RNNC_CACHE_DIR``, else the platform's user cache directory plus ``rnnc``.
+    """``RNNC_CACHE_DIR``, else the platform's user cache directory for rnnc (``platformdirs``:
+    ``$XDG_CACHE_HOME/rnnc`` or ``~/.cache/rnnc`` on Linux, ``~/Library/Caches/rnnc`` on macOS,
+    ``%LOCALAPPDATA%\\rnnc\\Cache`` on Windows).
 
     Example:
-        >>> cache_dir().name in ("rnnc",) or True
+        >>> import os
+        >>> saved = os.environ.pop("RNNC_CACHE_DIR", None)
+        >>> "rnnc" in cache_dir().parts
         True
+        >>> _ = saved is None or os.environ.update(RNNC_CACHE_DIR=saved)
     """
     explicit = os.environ.get("RNNC_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rnnc"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("rnnc", appauthor=False))
 
 
 def use_triton_interpreter() -> None:

@@ -101,18 +101,41 @@ class _Writer:
         if isinstance(expr, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
             return expr.func(*(self.hoist(a, rank) for a in expr.args))
         phase = self.phase(expr)
-        if phase < LOOP:
+        if phase < LOOP and not self.expands(expr, rank):
             return self.new_symbol(expr, rank, phase)
-        if isinstance(expr, (sympy.Add, sympy.Mul)):
+        if phase == LOOP and isinstance(expr, (sympy.Add, sympy.Mul)):
             low = [a for a in expr.args if self.phase(a) < LOOP]
             high = [a for a in expr.args if self.phase(a) == LOOP]
-            if len(low) >= 2 or (len(low) == 1 and not (low[0].is_Symbol or low[0].is_number)):
-                grouped = self.new_symbol(expr.func(*low), rank, self.phase(expr.func(*low)))
+            group = expr.func(*low) if low else None
+            if (len(low) >= 2 or (len(low) == 1 and not (low[0].is_Symbol or low[0].is_number))) and not self.expands(
+                group, rank
+            ):
+                grouped = self.new_symbol(group, rank, self.phase(group))
                 return expr.func(grouped, *(self.hoist(a, rank) for a in high))
         if isinstance(expr, sympy.Piecewise):
             pairs = [(self.hoist(e, rank), self.hoist(c, rank)) for e, c in expr.args]
             return sympy.Piecewise(*pairs)
         return expr.func(*(self.hoist(a, rank) for a in expr.args))
+
+    def placed(self, symbol_name: str, rank: int) -> tuple:
+        """The shape a view occupies in a ``rank``-axis index space (1 on the axes it lacks)."""
+        view = self.views[symbol_name]
+        slots = [sympy.Integer(1)] * rank
+        for axis, dim in zip(view.axes, self.ir.atom(view.atom).shape):
+            slots[rank + axis] = dim
+        return tuple(slots)
+
+    def expands(self, expr, rank: int) -> bool:
+        """Whether a state-free value has more (non-unit) axes than every per-step input it reads:
+        ``dt[:, None] * A`` is [D, N] from dt [D]. Computed for all steps at once it would hold T
+        times the state's size, so it stays in the loop (the plain loop's memory traffic)."""
+        views = [s.name for s in expr.free_symbols if s.name in self.views]
+        seq = [v for v in views if self.atom_phase[self.views[v].atom] == SEQ]
+        if not seq:
+            return False
+        full = broadcast_shapes(*(self.placed(v, rank) for v in views))
+        widest = max(_axes(self.placed(v, rank)) for v in seq)
+        return full is not None and _axes(full) > widest
 
     def new_symbol(self, expr, rank: int, phase: int) -> sympy.Symbol:
         for name, (known, known_rank) in self.symbol_defs.items():
@@ -233,12 +256,27 @@ def _full_shape(writer: _Writer, expr, shape) -> bool:
     return batched and full is not None and same_shape(full, tuple(shape))
 
 
+def _axes(shape) -> int:
+    return sum(1 for d in shape if d != 1)
+
+
 def _atom_phases(writer: _Writer) -> None:
+    """Each atom's phase: the latest of its arguments'; a state-free atom with more axes than its
+    per-step arguments (``outer(k, v)``) runs in the loop instead (see ``_Writer.expands``)."""
     for atom in writer.ir.atoms:
         if atom.is_leaf:
             writer.atom_phase[atom.name] = LEAF_PHASE[atom.op]
-        else:
-            writer.atom_phase[atom.name] = max((writer.phase(a) for a in atom.args), default=CONST)
+            continue
+        phase = max((writer.phase(a) for a in atom.args), default=CONST)
+        if phase == SEQ:
+            widest = 0
+            for arg, shape in zip(atom.args, atom.arg_shapes):
+                names = [s.name for s in arg.free_symbols if s.name in writer.views]
+                if any(writer.atom_phase[writer.views[n].atom] == SEQ for n in names):
+                    widest = max(widest, _axes(shape))
+            if _axes(atom.shape) > widest:
+                phase = LOOP
+        writer.atom_phase[atom.name] = phase
 
 
 def _structural(writer: _Writer, atom, args: list[str], arg_phases: list[int]) -> tuple[str, int]:
