@@ -8,29 +8,14 @@ respect to the packed inputs, the weights and every sequence's initial state. Le
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from refs import data, loops
 from refs.check import compare
-
-import rnnc
+from test_zoo import _cell, _seed  # one cache of compiled zoo cells, one seed rule
 
 LENGTHS = (1, 17, 64)
 TIGHT = 1e-9
-COMPILED: dict = {}
-
-
-def _cell(name: str, backend: str = "reference"):
-    if (name, backend) not in COMPILED:
-        COMPILED[(name, backend)] = rnnc.compile(f"examples/{name}.rnn", backend=backend)
-    return COMPILED[(name, backend)]
-
-
-def _seed() -> int:
-    env = os.environ.get("RNNC_REFS_SEED")
-    return int(env) if env else data.fresh_seed()
 
 
 def _packed_problem(name: str, lengths, seed: int, dtype=torch.float64, **dims):

@@ -28,15 +28,22 @@ def step_shapes(plan, call: Call, batch: int) -> dict[str, tuple[int, ...]]:
     return {r.name: (batch, call.NH, *call.shape_of(r.shape)) for r in (*ir.updates, *ir.outputs)}
 
 
+def _unpacked(runner, call: Call, flat):
+    """(compute dtype, like, shapes, inputs, weights [1, NH, ...]) of a flat argument list."""
+    ir = runner.plan.ir
+    n_in = len(ir.inputs)
+    cdt = call.compute_dtype
+    like = torch.empty((), dtype=cdt, device=call.device)
+    inputs = {d.name: flat[i] for i, d in enumerate(ir.inputs)}
+    weights = {d.name: flat[n_in + i].to(cdt).unsqueeze(0) for i, d in enumerate(ir.weights)}
+    return cdt, like, step_shapes(runner.plan, call, call.B), inputs, weights
+
+
 def forward_history(runner, call: Call, flat: list[torch.Tensor]):
     """The forward loop without autograd; returns outputs, finals and every step's states."""
     ir = runner.plan.ir
     n_in, n_w = len(ir.inputs), len(ir.weights)
-    cdt = call.compute_dtype
-    like = torch.empty((), dtype=cdt, device=call.device)
-    shapes = step_shapes(runner.plan, call, call.B)
-    inputs = {d.name: flat[i] for i, d in enumerate(ir.inputs)}
-    weights = {d.name: flat[n_in + i].to(cdt).unsqueeze(0) for i, d in enumerate(ir.weights)}
+    cdt, like, shapes, inputs, weights = _unpacked(runner, call, flat)
     states = {d.name: flat[n_in + n_w + i].to(cdt) for i, d in enumerate(ir.states)}
     history = [states]
     outputs: dict[str, list] = {r.name: [] for r in ir.outputs}
@@ -61,11 +68,7 @@ def backward_from_history(runner, call: Call, flat, history, d_outputs, d_finals
     """Cotangents of every flat argument (inputs, weights, initial states) by BPTT."""
     ir = runner.plan.ir
     n_in, n_w = len(ir.inputs), len(ir.weights)
-    cdt = call.compute_dtype
-    like = torch.empty((), dtype=cdt, device=call.device)
-    shapes = step_shapes(runner.plan, call, call.B)
-    inputs = {d.name: flat[i] for i, d in enumerate(ir.inputs)}
-    weights = {d.name: flat[n_in + i].to(cdt).unsqueeze(0) for i, d in enumerate(ir.weights)}
+    cdt, like, shapes, inputs, weights = _unpacked(runner, call, flat)
     d_out_all = {r.name: g for r, g in zip(ir.outputs, d_outputs) if g is not None}
     d_new = {d.name: g.to(cdt) for d, g in zip(ir.states, d_finals) if g is not None}
     d_inputs = {d.name: torch.zeros_like(inputs[d.name], dtype=cdt) for d in ir.inputs}
