@@ -297,9 +297,9 @@ def _structural(writer: _Writer, atom, args: list[str], arg_phases: list[int]) -
     args = [writer.use(x, phase) for x in args]
     if atom.op == "outer":
         return f"ops.outer({args[0]}, {args[1]})", phase
-    if atom.op == "sum":
+    if atom.op in ("sum", "max", "min"):
         axis = atom.params[0] if atom.params else None
-        return f"ops.reduce_sum({args[0]}, {ranks[0]}, {axis})", phase
+        return f"ops.reduce_{atom.op}({args[0]}, {ranks[0]}, {axis})", phase
     axis, index, count, drop = atom.params
     key = (args[0], axis, count, drop)
     if key not in writer.parts:
