@@ -199,3 +199,17 @@ def test_layer_argument_errors(kwargs, message):
 def test_layer_input_layout_error():
     with pytest.raises(ValueError, match=r"^x: needs \[B, T, d_model\] with d_model = 8, has \[2, 8\]"):
         make_layer("lstm")(torch.randn(2, 8))
+
+
+def test_layer_on_the_triton_kernels_equals_the_reference():
+    torch.manual_seed(0)
+    ours = rnnc.nn.Layer("examples/lstm.rnn", d_model=8, num_heads=1, dims={"H": 16}, backend="triton")
+    ref = rnnc.nn.Layer("examples/lstm.rnn", d_model=8, num_heads=1, dims={"H": 16}, backend="reference")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 8)
+    (y, state), (y_ref, state_ref) = ours(x), ref(x)
+    assert ours.cell.last_backend == "triton"
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(state["c"], state_ref["c"]) < 1e-5
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    assert rel_err(ours.weights["R"].grad, ref.weights["R"].grad) < 1e-4
