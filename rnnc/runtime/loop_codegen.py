@@ -65,13 +65,18 @@ class _Writer:
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.ir = ir = plan.ir
+        # the marked IR: a state read after its update is the atom s' (op "new"), whose variable is the
+        # update's own, so a new value is computed once however many later expressions read it
+        self.ir = ir = plan.ir.marked if plan.ir.marked is not None else plan.ir
         self.views = dict(ir.views)
         self.atom_phase: dict[str, int] = {}
         self.atom_var: dict[str, str] = {}
         prefixes = {"input": "in_", "weight": "w_", "state": "st_"}
         for i, atom in enumerate(ir.atoms):
-            self.atom_var[atom.name] = prefixes[atom.op] + atom.name if atom.is_leaf else f"t{i}"
+            if atom.op == "new":
+                self.atom_var[atom.name] = f"u_{atom.name[:-1]}"
+            else:
+                self.atom_var[atom.name] = prefixes[atom.op] + atom.name if atom.is_leaf else f"t{i}"
         self.lines: list[list[str]] = [[], [], []]
         self.var_phase: dict[str, int] = {}
         self.defined: set[str] = set()
@@ -165,6 +170,8 @@ class _Writer:
         if var in self.defined:
             return var
         atom = self.ir.atom(name)
+        if atom.op == "new":  # pragma: no cover - emitted before any reader by loop_source's order
+            raise KeyError(f"{name} is read before its update is written")
         if atom.is_leaf:
             phase = LEAF_PHASE[atom.op]
             source = {"input": "inputs", "weight": "weights", "state": None}[atom.op]
@@ -267,6 +274,9 @@ def _atom_phases(writer: _Writer) -> None:
         if atom.is_leaf:
             writer.atom_phase[atom.name] = LEAF_PHASE[atom.op]
             continue
+        if atom.op == "new":  # a state's new value: computed in the loop
+            writer.atom_phase[atom.name] = LOOP
+            continue
         phase = max((writer.phase(a) for a in atom.args), default=CONST)
         if phase == SEQ:
             widest = 0
@@ -318,8 +328,8 @@ def loop_source(plan: Plan) -> str:
         >>> "def prologue(inputs, consts, like):" in text
         True
     """
-    ir = plan.ir
     writer = _Writer(plan)
+    ir = writer.ir
     _atom_phases(writer)
     items = []
     for atom in ir.atoms:
@@ -333,29 +343,66 @@ def loop_source(plan: Plan) -> str:
     for atom in ir.atoms:
         if atom.is_leaf:
             writer.ensure_atom(atom.name)
-            continue
-        args, phases = [], []
-        for i, shape in enumerate(atom.arg_shapes):
-            expr, rank = reduced[f"arg {atom.name} {i}"]
-            phase = writer.phase(expr)
-            args.append(writer.value(expr, rank, phase, f"{writer.atom_var[atom.name]}_arg{i}"))
-            phases.append(phase)
-        code, phase = _structural(writer, atom, args, phases)
-        writer.emit(phase, writer.atom_var[atom.name], code, atom.name)
-    results = []
-    for kind, group in (("update", ir.updates), ("output", ir.outputs)):
-        names = []
-        for k, r in enumerate(group):
-            expr, rank = reduced[f"{kind} {r.name}"]
-            code = writer.code(expr, rank, LOOP)
-            var = f"{kind[0]}_{r.name}"
-            if not _full_shape(writer, r.expr, r.shape):
-                tail = writer.use(_tail(writer, r.name), LOOP)
-                code = f"ops.fit({code}, (batch,) + {tail}, like)"
-            writer.emit(LOOP, var, code, f"{kind} {r.name}")
-            names.append(var)
-        results.append(names)
+    updates = {r.name: r for r in ir.updates}
+    for kind, name in _emission_order(writer):
+        if kind == "atom":
+            atom = ir.atom(name)
+            args, phases = [], []
+            for i, shape in enumerate(atom.arg_shapes):
+                expr, rank = reduced[f"arg {atom.name} {i}"]
+                phase = writer.phase(expr)
+                args.append(writer.value(expr, rank, phase, f"{writer.atom_var[atom.name]}_arg{i}"))
+                phases.append(phase)
+            code, phase = _structural(writer, atom, args, phases)
+            writer.emit(phase, writer.atom_var[atom.name], code, atom.name)
+        else:
+            _emit_result(writer, "update", updates[name], reduced)
+    results = [[f"u_{r.name}" for r in ir.updates]]
+    results.append([_emit_result(writer, "output", r, reduced) for r in ir.outputs])
     return _module_text(plan, writer, results)
+
+
+def _emit_result(writer: _Writer, kind: str, r, reduced) -> str:
+    """Emit one update (its variable is also the new value's, ``u_<state>``) or output."""
+    expr, rank = reduced[f"{kind} {r.name}"]
+    code = writer.code(expr, rank, LOOP)
+    var = f"{kind[0]}_{r.name}"
+    if not _full_shape(writer, r.expr, r.shape):
+        tail = writer.use(_tail(writer, r.name), LOOP)
+        code = f"ops.fit({code}, (batch,) + {tail}, like)"
+    writer.emit(LOOP, var, code, f"{kind} {r.name}")
+    return var
+
+
+def _emission_order(writer: _Writer) -> list[tuple[str, str]]:
+    """Structural atoms and state updates, each after everything it reads (atoms keep their order)."""
+    ir = writer.ir
+    pending = [("atom", a.name) for a in ir.atoms if not a.is_leaf and a.op != "new"]
+    pending += [("update", r.name) for r in ir.updates]
+    exprs = {("atom", a.name): a.args for a in ir.atoms}
+    exprs.update({("update", r.name): (r.expr,) for r in ir.updates})
+
+    def needs(item) -> set:
+        out = set()
+        for e in exprs[item]:
+            for sym in e.free_symbols:
+                view = writer.views.get(sym.name)
+                if view is None:
+                    continue
+                atom = ir.atom(view.atom)
+                if atom.op == "new":
+                    out.add(("update", atom.name[:-1]))
+                elif not atom.is_leaf:
+                    out.add(("atom", atom.name))
+        return out
+
+    order, done = [], set()
+    while pending:
+        item = next(i for i in pending if needs(i) <= done)
+        pending.remove(item)
+        order.append(item)
+        done.add(item)
+    return order
 
 
 def _tail(writer: _Writer, name: str) -> str:
