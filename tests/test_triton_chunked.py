@@ -151,7 +151,7 @@ def test_generated_module_is_deterministic_and_readable():
     gla = rnnc.compile("examples/gla.rnn", backend="triton").source
     assert "log_decay = tl.where(mask_tk, x_g, 0.0)" in gla and "_unit_lower_inverse" not in gla
     retnet = rnnc.compile("examples/retnet.rnn", backend="triton").source
-    assert "tl.where(mask_t, zero_c + (w_log_gamma), 0.0)" in retnet  # a weight broadcast over the chunk
+    assert "tl.where(mask_t, zero_c + (wt_log__gamma), 0.0)" in retnet  # a weight broadcast over the chunk
 
 
 @pytest.mark.parametrize("name", ZOO)

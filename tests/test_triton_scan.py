@@ -137,7 +137,7 @@ def test_generated_module_is_deterministic_and_readable():
     assert "def forward_kernel(" in first and "tl.associative_scan" in first and "tl.exp(x_g)" in first
     mamba = rnnc.compile("examples/mamba.rnn", backend="triton").source
     assert "# y = Dskip*u + S' @ C" in mamba and "tl.exp(wt_A * x_dt)" in mamba
-    assert "x_B = tl.load(in_B + row * size_N + offs_N" in mamba  # B is read as a row of N, not per entry of S
+    assert "x_B = tl.load(in_B + row * size_ax1 + offs_ax1" in mamba  # B is read as a row of N (ax1), not per S entry
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

@@ -50,8 +50,8 @@ def _axis_blocks(axes: list[str], sizes: tuple[int, ...], block_c: int) -> dict:
     entries of the first axis as BLOCK_C leaves room for, at least one.
 
     Example:
-        >>> _axis_blocks(["D", "N"], (24, 16), 512)
-        {'BLOCK_D': 32, 'BLOCK_N': 16}
+        >>> _axis_blocks(["ax0", "ax1"], (24, 16), 512)
+        {'BLOCK_ax0': 32, 'BLOCK_ax1': 16}
     """
     rest = math.prod(pow2_at_least(n) for n in sizes[1:])
     first = min(pow2_at_least(sizes[0]), pow2_at_least(max(1, block_c // rest)))

@@ -4,7 +4,7 @@ Example (the interpreter runs it on CPU when TRITON_INTERPRET=1):
     >>> from rnnc.compiler import analyse_source
     >>> kernels = SequentialKernels(analyse_source(open("examples/elman.rnn").read()))
     >>> kernels.module.forward_args
-    ['x_ptr', 'R_ptr', 'b_ptr', 'h_init_ptr', 'h_out_ptr', 'h_final_ptr', 'h_saved_ptr']
+    ['ptr_x', 'ptr_R', 'ptr_b', 'init_ptr_h', 'out_ptr_h', 'final_ptr_h', 'saved_ptr_h']
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rnnc.runtime.launch import (
     triton_dtype,
 )
 from rnnc.templates.sequential_codegen import render_sequential
+from rnnc.templates.sequential_tiles import dim_var
 
 
 class SequentialKernels(GeneratedKernels):
@@ -35,7 +36,7 @@ class SequentialKernels(GeneratedKernels):
     render = staticmethod(render_sequential)
 
     def tiles(self, call: Call) -> dict:
-        """Launch parameters: BLOCK_B, SPLIT and one BLOCK (and FULL) per dim.
+        """Launch parameters: BLOCK_B, SPLIT and one TILE (and FULL) per dim, under the kernels' names.
 
         On a GPU, BLOCK_B, num_warps and SPLIT come from the tiling model, with pinned
         parameters (``Cell.use_tiling``) on top; in the interpreter only pinned ones apply.
@@ -50,10 +51,10 @@ class SequentialKernels(GeneratedKernels):
             >>> x, R, b = torch.zeros(3, 2, 1, 4, 48), torch.zeros(1, 4, 48, 48), torch.zeros(1, 4, 48)
             >>> call = bind(kernels.plan.ir, {"x": x, "R": R, "b": b}, None)
             >>> kernels.pinned = {"SPLIT": 2}; kernels.tiles(call)
-            {'BLOCK_H': 32, 'BLOCK_B': 16, 'num_warps': 4, 'SPLIT': 2, 'FULL_H': 64}
+            {'TILE_H': 32, 'BLOCK_B': 16, 'num_warps': 4, 'SPLIT': 2, 'FULL_H': 64}
         """
         params = self.model_params(call)
-        tiles = {f"BLOCK_{d}": pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.dims}
+        tiles = {dim_var("TILE", d): pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.dims}
         tiles.update(
             BLOCK_B=max(DOT_MINIMUM, params.get("BLOCK_B", DOT_MINIMUM)), num_warps=params.get("num_warps", 4), SPLIT=1
         )
@@ -71,8 +72,9 @@ class SequentialKernels(GeneratedKernels):
                 f"cell {self.plan.ir.cell} at {call.dims} needs its heads split over {split} programs, "
                 f"and {self.module.split.reason}"
             )
-        tiles.update({f"BLOCK_{d}": b for d, b in slices.items()}, SPLIT=split)
-        tiles.update({f"FULL_{d}": pow2_at_least(call.dims[d], DOT_MINIMUM) for d in self.module.split.full_dims})
+        tiles.update({dim_var("TILE", d): b for d, b in slices.items()}, SPLIT=split)
+        full = self.module.split.full_dims
+        tiles.update({dim_var("FULL", d): pow2_at_least(call.dims[d], DOT_MINIMUM) for d in full})
         return tiles
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
@@ -148,7 +150,8 @@ def _launch_sizes(call: Call, kernels: SequentialKernels, tiles: dict) -> tuple[
         "COMPUTE": triton_dtype(compute),
         "DOT_PRECISION": "ieee",  # fp32 tl.dot would default to TF32 on NVIDIA GPUs
         "num_warps": tiles["num_warps"],
-        **{k: v for k, v in tiles.items() if k.startswith(("BLOCK_", "FULL_"))},
+        "BLOCK_B": tiles["BLOCK_B"],
+        **{k: v for k, v in tiles.items() if k.startswith(("TILE_", "FULL_"))},  # the dims' (names.derived)
     }
     return grid, sizes, meta
 

@@ -25,6 +25,7 @@ import sympy
 from rnnc.compiler import Plan
 from rnnc.templates.chunked_pieces import Pieces, find_pieces
 from rnnc.templates.loading import template
+from rnnc.templates.names import derived, internal
 from rnnc.templates.triton_printer import to_triton
 
 # the structural parts of the template per decay: (state decay, carry of k to the chunk end,
@@ -68,7 +69,8 @@ _TILE = {
     "value": ("zero_v", "mask_tv", "row[:, None] * DV + vv[None, :]"),
     "scalar": ("zero_c", "mask_t", "row"),
 }
-# gradient tiles of the pieces (the template computes them)
+# gradient tiles of the pieces (the template computes them); in sympy expressions they are symbols
+# named by names.internal, which no user name equals
 _D_PIECE = {
     "query": "d_query",
     "key": "d_key",
@@ -77,6 +79,7 @@ _D_PIECE = {
     "beta": "d_beta",
     "log_decay": "d_log_decay",
 }
+_D_SYMBOL = {piece: internal(tile) for piece, tile in _D_PIECE.items()}
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,11 @@ def _names(pieces: Pieces, space: str) -> dict[str, str]:
     names = {pieces.key_dim: f"({zero} + DK)", pieces.value_dim: f"({zero} + DV)"}
     for name, leaf_space in pieces.inputs.items():
         widen = "[:, None]" if leaf_space == "scalar" and space != "scalar" else ""
-        names[name] = f"x_{name}{widen}"
+        names[name] = f"{derived('x', user=name)}{widen}"
     for name, leaf_space in pieces.weights.items():
-        names[name] = f"w_{name}[None, :]" if leaf_space != "scalar" else f"w_{name}"
-    names.update({d: d for d in _D_PIECE.values()})
+        tile = derived("wt", user=name)
+        names[name] = f"{tile}[None, :]" if leaf_space != "scalar" else tile
+    names.update({_D_SYMBOL[piece]: tile for piece, tile in _D_PIECE.items()})
     return names
 
 
@@ -107,7 +111,7 @@ def _print(pieces: Pieces, expr: sympy.Expr, space: str) -> str:
     """``expr`` printed in ``space``; a constant or weight-only expression gets the tile's shape."""
     expr = sympy.sympify(expr)
     text = to_triton(expr, _names(pieces, space))
-    tiles = {*pieces.inputs, *_D_PIECE.values()}
+    tiles = {*pieces.inputs, *_D_SYMBOL.values()}
     if not any(s.name in tiles for s in expr.free_symbols):
         text = f"{_TILE[space][0]} + ({text})"
     return text
@@ -121,7 +125,7 @@ def _gradient(pieces: Pieces, leaf: str, space: str) -> str:
         derivative = sympy.diff(expr, symbol)
         if derivative == 0:
             continue
-        text = _print(pieces, sympy.Symbol(_D_PIECE[piece], real=True) * derivative, piece_space)
+        text = _print(pieces, sympy.Symbol(_D_SYMBOL[piece], real=True) * derivative, piece_space)
         if piece_space != space:  # a scalar leaf read by a vector piece: sum over the channels
             text = f"tl.sum(tl.where({_TILE[piece_space][1]}, {text}, 0.0), axis=1)"
         terms.append(text)
@@ -143,32 +147,31 @@ def render_chunked(plan: Plan) -> ChunkedModule:
     for decl in ir.inputs:
         space = pieces.inputs[decl.name]
         _, mask, offsets = _TILE[space]
-        load = f"tl.load(in_{decl.name} + {offsets}, mask={mask}, other=0.0).to(COMPUTE)"
+        pointer, grad_pointer = derived("in", user=decl.name), derived("d_in", user=decl.name)
+        load = f"tl.load({pointer} + {offsets}, mask={mask}, other=0.0).to(COMPUTE)"
         grad = _gradient(pieces, decl.name, space)
         if space == "value":  # one program owns these columns: a plain store
-            store = f"tl.store(d_in_{decl.name} + {offsets}, {grad}, mask={mask})"
+            store = f"tl.store({grad_pointer} + {offsets}, {grad}, mask={mask})"
         else:  # summed over the programs of the value blocks
-            store = f"tl.atomic_add(d_in_{decl.name} + {offsets}, {grad}, mask={mask})"
-        inputs.append({"tile": f"x_{decl.name}", "load": load, "store_grad": store})
+            store = f"tl.atomic_add({grad_pointer} + {offsets}, {grad}, mask={mask})"
+        inputs.append({"tile": derived("x", user=decl.name), "load": load, "store_grad": store})
     weights = []
     for decl in ir.weights:
         space = pieces.weights[decl.name]
         zero, mask, _ = _TILE[space]
+        pointer, grad_pointer, acc = (derived(role, user=decl.name) for role in ("w", "d_w", "g"))
         if space == "scalar":
-            load = f"tl.load(w_{decl.name} + h).to(COMPUTE)"
-            store = f"tl.atomic_add(d_w_{decl.name} + h, tl.sum(g_{decl.name}, axis=0))"
+            load = f"tl.load({pointer} + h).to(COMPUTE)"
+            store = f"tl.atomic_add({grad_pointer} + h, tl.sum({acc}, axis=0))"
         else:
             size, lanes, lane_mask = ("DK", "kk", "mask_k") if space == "key" else ("DV", "vv", "mask_v")
-            load = f"tl.load(w_{decl.name} + h * {size} + {lanes}, mask={lane_mask}, other=0.0).to(COMPUTE)"
-            store = (
-                f"tl.atomic_add(d_w_{decl.name} + h * {size} + {lanes}, tl.sum(g_{decl.name}, axis=0), "
-                f"mask={lane_mask})"
-            )
+            load = f"tl.load({pointer} + h * {size} + {lanes}, mask={lane_mask}, other=0.0).to(COMPUTE)"
+            store = f"tl.atomic_add({grad_pointer} + h * {size} + {lanes}, tl.sum({acc}, axis=0), mask={lane_mask})"
         weights.append(
             {
-                "tile": f"w_{decl.name}",
+                "tile": derived("wt", user=decl.name),
                 "load": load,
-                "grad": f"g_{decl.name}",
+                "grad": acc,
                 "grad_zero": zero,
                 "grad_expr": f"tl.where({mask}, {_gradient(pieces, decl.name, space)}, 0.0)",
                 "store_grad": store,
@@ -176,12 +179,12 @@ def render_chunked(plan: Plan) -> ChunkedModule:
         )
     state, output = ir.states[0].name, ir.outputs[0].name
     printed = {name: _print(pieces, expr, space) for name, (expr, space) in pieces.exprs.items()}
-    forward_args = [f"in_{d.name}" for d in ir.inputs] + [f"w_{d.name}" for d in ir.weights]
-    forward_args += [f"st_{state}", f"out_{output}", f"fin_{state}", f"saved_{state}"]
-    backward_args = [f"in_{d.name}" for d in ir.inputs] + [f"w_{d.name}" for d in ir.weights]
-    backward_args += [f"saved_{state}", f"d_out_{output}", f"d_fin_{state}"]
-    backward_args += [f"d_in_{d.name}" for d in ir.inputs] + [f"d_w_{d.name}" for d in ir.weights]
-    backward_args += [f"d_st_{state}"]
+    of_state = {role: derived(role, user=state) for role in ("s", "st", "fin", "saved", "d_fin", "d_st")}
+    of_output = {role: derived(role, user=output) for role in ("out", "d_out")}
+    leaves = [derived("in", user=d.name) for d in ir.inputs] + [derived("w", user=d.name) for d in ir.weights]
+    leaf_grads = [derived("d_in", user=d.name) for d in ir.inputs] + [derived("d_w", user=d.name) for d in ir.weights]
+    forward_args = leaves + [of_state["st"], of_output["out"], of_state["fin"], of_state["saved"]]
+    backward_args = leaves + [of_state["saved"], of_output["d_out"], of_state["d_fin"], *leaf_grads, of_state["d_st"]]
     text = template("chunked.py.jinja").render(
         cell=ir.cell,
         key=plan.key(),
@@ -193,14 +196,14 @@ def render_chunked(plan: Plan) -> ChunkedModule:
         delta=pieces.delta,
         has_scale="scale" in printed,
         **{f"{name}_expr": printed.get(name, "") for name in _D_PIECE},
-        state_tile=f"s_{state}",
-        initial=f"st_{state}",
-        final=f"fin_{state}",
-        saved=f"saved_{state}",
-        output=f"out_{output}",
-        d_output=f"d_out_{output}",
-        d_final=f"d_fin_{state}",
-        d_initial=f"d_st_{state}",
+        state_tile=of_state["s"],
+        initial=of_state["st"],
+        final=of_state["fin"],
+        saved=of_state["saved"],
+        output=of_output["out"],
+        d_output=of_output["d_out"],
+        d_final=of_state["d_fin"],
+        d_initial=of_state["d_st"],
         **_DECAY_TEXT[pieces.decay],
     )
     return ChunkedModule(text, forward_args, backward_args, pieces.decay, pieces.delta)

@@ -24,6 +24,7 @@ from rnnc.compiler.nested import nest, show
 from rnnc.compiler.shapes import show as show_shape
 from rnnc.compiler.symbols import STRUCTURAL, Matmul, Outer, Placed, logsigmoid, sigmoid, tensor_symbol
 from rnnc.errors import BackendError
+from rnnc.templates.names import internal
 
 SPACES = ("key", "value", "scalar")
 
@@ -102,7 +103,7 @@ def find_pieces(plan: Plan) -> Pieces:
             )
         exprs["beta"] = (transition.beta, "scalar")
 
-    new_state = sympy.Symbol("new_state_value")
+    new_state = sympy.Symbol(internal("new_state"))  # a name no user tensor has
     out = ir.outputs[0]
     read = nest(ir, out.expr).xreplace({transition.update: new_state})
     if tensor_symbol(ir.states[0].name) in read.free_symbols:

@@ -13,7 +13,7 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> module = render_scan(analyse_source(open("examples/hgrn.rnn").read()))
     >>> "def forward_kernel(" in module.text, module.forward_args[:2], module.axes
-    (True, ['in_x', 'in_g'], ['D'])
+    (True, ['in_x', 'in_g'], ['ax0'])
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rnnc.compiler import Plan
 from rnnc.compiler.decompose import reads_of
 from rnnc.compiler.nested import nest, show
 from rnnc.templates.loading import template
+from rnnc.templates.names import comment, derived
 from rnnc.templates.scan_layout import Tiles, unsupported
 from rnnc.templates.triton_printer import to_triton
 
@@ -37,7 +38,7 @@ class ScanModule:
     text: str
     forward_args: list
     backward_args: list
-    axes: list  # names of the state axes: the kernels take dim_<name> and BLOCK_<name>
+    axes: list  # names of the state axes (ax0, ...): the kernels take dim_<name> and BLOCK_<name>
 
 
 class _Names(dict):
@@ -61,8 +62,8 @@ def render_scan(plan: Plan) -> ScanModule:
     Example:
         >>> from rnnc.compiler import analyse_source
         >>> module = render_scan(analyse_source(open("examples/mamba.rnn").read()))
-        >>> module.axes, "m_0 = tl.sum(tl.where(mask_D_N, s_S * x_C, 0.0), axis=2, keep_dims=True)" in module.text
-        (['D', 'N'], True)
+        >>> module.axes, "m_0 = tl.sum(tl.where(mask_ax0_ax1, s_S * x_C, 0.0), axis=2, keep_dims=True)" in module.text
+        (['ax0', 'ax1'], True)
     """
     ir = plan.ir
     if plan.strategy != "scan":
@@ -79,8 +80,8 @@ def render_scan(plan: Plan) -> ScanModule:
     transitions = {t.state: t for t in plan.transitions}
     marker = tiles.markers  # the new value of each state, in nested form
     new = tiles.new_states
-    prev = {n: sympy.Symbol(f"p_{n}", real=True) for n in new}
-    d_state = {n: sympy.Symbol(f"ds_{n}", real=True) for n in new}
+    prev = {n: sympy.Symbol(derived("p", user=n), real=True) for n in new}
+    d_state = {n: sympy.Symbol(derived("ds", user=n), real=True) for n in new}
 
     # forward, in tile symbols: each state's a and b, each output in its own axes
     a = {n: tiles.flatten(transitions[n].a, full, products=False) for n in new}
@@ -90,8 +91,8 @@ def render_scan(plan: Plan) -> ScanModule:
         space = tiles.output_space(out.name, out.shape)
         nested = nest(ir, out.expr).xreplace({transitions[n].update: marker[n] for n in new})
         expr = tiles.flatten(nested, space)
-        do = sympy.Symbol(f"do_{out.name}", real=True)
-        outputs.append({"name": out.name, "space": space, "expr": expr, "do": do, "show": show(nested)})
+        do = sympy.Symbol(derived("do", user=out.name), real=True)
+        outputs.append({"name": out.name, "space": space, "expr": expr, "do": do, "show": comment(show(nested))})
 
     # backward: gradients into each product E @ V, into each new state, and into each leaf's tile
     dm = {m.symbol: sympy.Symbol(f"d{m.symbol.name}", real=True) for m in tiles.matmuls}
@@ -131,8 +132,10 @@ def render_scan(plan: Plan) -> ScanModule:
         return f"{row} * {tiles.layout('size', axes)} + {tiles.layout('offs', axes)}"
 
     backward_exprs = [*dm_expr.values()]  # what the backward kernel evaluates: does it read a product?
-    a_inputs = sorted({s.name for n in new for s in a[n].free_symbols if s.name.startswith("x_")})
-    to_next = {sympy.Symbol(name, real=True): sympy.Symbol("n" + name, real=True) for name in a_inputs}
+    # inputs the transitions read: the backward pass loads them at the next step too
+    read_by_a = set().union(*(a[n].free_symbols for n in new))
+    a_inputs = [d.name for d in ir.inputs if d.name in tiles.leaf_axes and tiles.tile_symbol(d.name) in read_by_a]
+    to_next = {tiles.tile_symbol(name): tiles.tile_symbol(name, next_step=True) for name in a_inputs}
     inputs = []
     for decl in ir.inputs:
         if decl.name not in tiles.leaf_axes:
@@ -143,15 +146,16 @@ def render_scan(plan: Plan) -> ScanModule:
         store = "tl.store" if 0 in axes else "tl.atomic_add"  # programs share what does not span axis 0
         mask = tiles.layout("mask", axes)
         next_mask = f"mask_t_next & {tiles.layout('valid', axes)}"
+        pointer, grad_pointer = derived("in", user=decl.name), derived("d_in", user=decl.name)
         inputs.append(
             {
                 "tile": x.name,
-                "load": f"tl.load(in_{decl.name} + {where(axes, 'row')}, mask={mask}, other=0.0).to(COMPUTE)",
-                "next_tile": f"n{x.name}" if x.name in a_inputs else "",
-                "load_next": f"tl.load(in_{decl.name} + {where(axes, '(row + NH)')}, mask={next_mask}, other=0.0)"
+                "load": f"tl.load({pointer} + {where(axes, 'row')}, mask={mask}, other=0.0).to(COMPUTE)",
+                "next_tile": to_next[x].name if x in to_next else "",
+                "load_next": f"tl.load({pointer} + {where(axes, '(row + NH)')}, mask={next_mask}, other=0.0)"
                 ".to(COMPUTE)",
                 "store_grad": grad
-                and f"{store}(d_in_{decl.name} + {where(axes, 'row')}, {tiles.layout('zero', axes)} + ({grad}), "
+                and f"{store}({grad_pointer} + {where(axes, 'row')}, {tiles.layout('zero', axes)} + ({grad}), "
                 f"mask={mask})",
             }
         )
@@ -162,14 +166,15 @@ def render_scan(plan: Plan) -> ScanModule:
         axes, w = tiles.leaf_axes[decl.name], tiles.tile_symbol(decl.name)
         backward_exprs += contributions(w).values()
         here, valid = where(axes, "h"), tiles.layout("valid", axes)
+        pointer, grad_pointer, grad = (derived(role, user=decl.name) for role in ("w", "d_w", "g"))
         weights.append(
             {
                 "tile": w.name,
-                "load": f"tl.load(w_{decl.name} + {here}, mask={valid}, other=0.0).to(COMPUTE)",
-                "grad": f"g_{decl.name}",
+                "load": f"tl.load({pointer} + {here}, mask={valid}, other=0.0).to(COMPUTE)",
+                "grad": grad,
                 "grad_shape": tiles.tile_shape(axes, time=False),
                 "grad_expr": reduced(w, axes, time=False) or "0.0",
-                "store_grad": f"tl.atomic_add(d_w_{decl.name} + {here}, g_{decl.name}, mask={valid})",
+                "store_grad": f"tl.atomic_add({grad_pointer} + {here}, {grad}, mask={valid})",
             }
         )
     states = []
@@ -178,18 +183,18 @@ def render_scan(plan: Plan) -> ScanModule:
         backward_exprs.append(into_full(new[n]))
         states.append(
             {
-                "describe": transitions[n].describe(),
+                "describe": comment(transitions[n].describe()),
                 "tile": new[n].name,
                 "prev": prev[n].name,
                 "d": d_state[n].name,
-                "carry": f"carry_{n}",
-                "initial": f"st_{n}",
-                "initial_tile": f"initial_{n}",
-                "final": f"fin_{n}",
-                "saved": f"saved_{n}",
-                "d_final": f"d_fin_{n}",
-                "d_initial": f"d_st_{n}",
-                "a_first": f"a_first_{n}",
+                "carry": derived("carry", user=n),
+                "initial": derived("st", user=n),
+                "initial_tile": derived("initial", user=n),
+                "final": derived("fin", user=n),
+                "saved": derived("saved", user=n),
+                "d_final": derived("d_fin", user=n),
+                "d_initial": derived("d_st", user=n),
+                "a_first": derived("a_first", user=n),
                 "a_expr": _tl(a[n]),
                 "b_expr": _tl(b[n]),
                 "a_next_expr": _tl(a[n].xreplace(to_next)),
@@ -198,9 +203,10 @@ def render_scan(plan: Plan) -> ScanModule:
         )
     outs = [
         {
+            "name": o["name"],
             "show": o["show"],
-            "pointer": f"out_{o['name']}",
-            "d_pointer": f"d_out_{o['name']}",
+            "pointer": derived("out", user=o["name"]),
+            "d_pointer": derived("d_out", user=o["name"]),
             "d_tile": o["do"].name,
             "at": where(o["space"], "row"),
             "mask": tiles.layout("mask", o["space"]),
@@ -218,7 +224,7 @@ def render_scan(plan: Plan) -> ScanModule:
         space_mask, zero = tiles.layout("mask", m.space), tiles.layout("zero", m.space)
         products.append(
             {
-                "show": m.label,
+                "show": comment(m.label),
                 "tile": m.symbol.name,
                 "expr": f"tl.sum(tl.where({full_mask}, {_tl(m.left * m.right)}, 0.0), axis={tiles.rank}, "
                 "keep_dims=True)",
@@ -230,14 +236,15 @@ def render_scan(plan: Plan) -> ScanModule:
             }
         )
 
-    names = [d.name for d in ir.inputs], [d.name for d in ir.weights], [d.name for d in ir.states]
-    ins, ws, sts = names
-    outputs_ = [o.name for o in ir.outputs]
-    forward_args = [f"in_{n}" for n in ins] + [f"w_{n}" for n in ws] + [f"st_{n}" for n in sts]
-    forward_args += [f"out_{n}" for n in outputs_] + [f"fin_{n}" for n in sts] + [f"saved_{n}" for n in sts]
-    backward_args = [f"in_{n}" for n in ins] + [f"w_{n}" for n in ws] + [f"st_{n}" for n in sts]
-    backward_args += [f"saved_{n}" for n in sts] + [f"d_out_{n}" for n in outputs_] + [f"d_fin_{n}" for n in sts]
-    backward_args += [f"d_in_{n}" for n in ins] + [f"d_w_{n}" for n in ws] + [f"d_st_{n}" for n in sts]
+    kinds = {"in": ir.inputs, "w": ir.weights, "st": ir.states, "out": ir.outputs, "fin": ir.states}
+    kinds.update({"saved": ir.states, "d_out": ir.outputs, "d_fin": ir.states})
+    kinds.update({"d_in": ir.inputs, "d_w": ir.weights, "d_st": ir.states})
+
+    def pointers(*roles: str) -> list[str]:
+        return [derived(role, user=d.name) for role in roles for d in kinds[role]]
+
+    forward_args = pointers("in", "w", "st", "out", "fin", "saved")
+    backward_args = pointers("in", "w", "st", "saved", "d_out", "d_fin", "d_in", "d_w", "d_st")
     layouts = sorted({full, last, *tiles.leaf_axes.values(), *(o["space"] for o in outputs)}, key=lambda s: (len(s), s))
     text = template("scan.py.jinja").render(
         cell=ir.cell,
@@ -245,7 +252,9 @@ def render_scan(plan: Plan) -> ScanModule:
         forward_args=forward_args,
         backward_args=backward_args,
         axes=[
-            {"name": x.name, "size": x.size, "block": x.block, "index": x.index, "valid": x.valid} for x in tiles.axes
+            {"name": x.name, "dim": comment(str(x.dim)), "size": x.size, "block": x.block}
+            | {"index": x.index, "valid": x.valid}
+            for x in tiles.axes
         ],
         time_spread=tiles.spread(0),
         dims_read=[x.name for x in tiles.axes if x.name in tiles.dims_read],

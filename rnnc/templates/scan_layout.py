@@ -10,15 +10,19 @@ Every view of a leaf in an expression becomes that one tile; ``E @ V`` (a reduct
 the state's last axis, Mamba's ``S @ C``) becomes a symbol ``m_k`` whose tile is a
 ``tl.sum`` over that axis.
 
+Names: the state axes are ``ax0``, ``ax1``, ... whatever the dims are called (a layout over
+several axes is named after all of them, ``ax0_ax1``), and every variable that carries a
+cell's name comes from :mod:`rnnc.templates.names`, so none meets another or the kernels' own.
+
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> tiles = Tiles(analyse_source(open("examples/mamba.rnn").read()))
-    >>> [a.name for a in tiles.axes], tiles.full, tiles.layout_name((1,))
-    (['D', 'N'], (0, 1), 'N')
+    >>> [(a.name, str(a.dim)) for a in tiles.axes], tiles.full, tiles.layout_name((1,))
+    ([('ax0', 'D'), ('ax1', 'N')], (0, 1), 'ax1')
     >>> tiles.flatten(tiles.plan.transitions[0].a, tiles.full)
     exp(wt_A*x_dt)
     >>> tiles.leaf_axes["dt"], tiles.tile_shape((0,), time=False)
-    ((0,), '[1, BLOCK_D, 1]')
+    ((0,), '[1, BLOCK_ax0, 1]')
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from rnnc.compiler.shapes import same_dim, same_shape
 from rnnc.compiler.shapes import show as show_shape
 from rnnc.compiler.symbols import STRUCTURAL, Matmul, Placed
 from rnnc.errors import BackendError
+from rnnc.templates.names import derived
 
 
 def unsupported(plan: Plan, why: str) -> BackendError:
@@ -52,9 +57,9 @@ class Axis:
     """One state axis: its dim, and the names the kernels give its size, block, indices and mask.
 
     Example:
-        >>> x = Axis("N", sympy.Symbol("N"))
+        >>> x = Axis("ax1", sympy.Symbol("N"))
         >>> x.size, x.block, x.index, x.valid
-        ('dim_N', 'BLOCK_N', 'i_N', 'ok_N')
+        ('dim_ax1', 'BLOCK_ax1', 'i_ax1', 'ok_ax1')
     """
 
     name: str
@@ -93,10 +98,8 @@ class Reduction:
 
 
 def _axis_names(shape) -> list[str]:
-    """A dim's own name when that is unambiguous (``D``, ``N``), else ``ax0``, ``ax1``, ..."""
-    names = [str(d) if isinstance(d, sympy.Symbol) else "" for d in shape]
-    plain = all(n and "_" not in n and n != "T" for n in names) and len(set(names)) == len(names)
-    return names if plain else [f"ax{i}" for i in range(len(shape))]
+    """``ax0``, ``ax1``, ...: named by position, an axis's variables cannot meet anything a user named."""
+    return [f"ax{i}" for i in range(len(shape))]
 
 
 class Tiles:
@@ -114,20 +117,20 @@ class Tiles:
         self.full = tuple(range(self.rank))
         self.leaf_axes: dict[str, tuple[int, ...]] = {}  # leaf name -> the state axes it spans
         self.matmuls: list[Reduction] = []
-        self.new_states = {d.name: sympy.Symbol(f"s_{d.name}", real=True) for d in ir.states}
+        self.new_states = {d.name: sympy.Symbol(derived("s", user=d.name), real=True) for d in ir.states}
         # the new value of a state in nested expressions (a name no leaf can have), read as its tile
         self.markers = {d.name: sympy.Symbol(f"{d.name}'", real=True) for d in ir.states}
-        # a dim read as a number: a COMPUTE tile (value_D), so that sqrt(D) is exact in fp64
+        # a dim read as a number: a COMPUTE tile (value_ax0), so that sqrt(D) is exact in fp64
         self.dims = {str(a.dim): a for a in self.axes if isinstance(a.dim, sympy.Symbol)}
         self.dims_read: set[str] = set()  # names of the axes whose dims the expressions read
 
     # --- names and shapes of layouts ------------------------------------------------------------
     def layout_name(self, axes: tuple[int, ...]) -> str:
-        """``D_N`` for a tensor over both axes of a ``[D, N]`` state, ``scalar`` for one over none.
+        """``ax0_ax1`` for a tensor over both axes of a ``[D, N]`` state, ``scalar`` for one over none.
 
         Example:
             >>> _mamba().layout_name((0, 1)), _mamba().layout_name(())
-            ('D_N', 'scalar')
+            ('ax0_ax1', 'scalar')
         """
         return "_".join(self.axes[a].name for a in axes) or "scalar"
 
@@ -136,7 +139,7 @@ class Tiles:
 
         Example:
             >>> _mamba().tile_shape((1,)), _mamba().tile_shape((0, 1), time=False)
-            ('[BLOCK_T, 1, BLOCK_N]', '[1, BLOCK_D, BLOCK_N]')
+            ('[BLOCK_T, 1, BLOCK_ax1]', '[1, BLOCK_ax0, BLOCK_ax1]')
         """
         blocks = [self.axes[a].block if a in axes else "1" for a in self.full]
         return "[" + ", ".join(["BLOCK_T" if time else "1", *blocks]) + "]"
@@ -157,7 +160,7 @@ class Tiles:
 
         Example:
             >>> _mamba().offsets((0, 1))
-            'i_D[None, :, None] * dim_N + i_N[None, None, :]'
+            'i_ax0[None, :, None] * dim_ax1 + i_ax1[None, None, :]'
         """
         if not axes:
             return f"tl.zeros({self.tile_shape((), time=False)}, dtype=tl.int32)"
@@ -172,7 +175,7 @@ class Tiles:
 
         Example:
             >>> _mamba().valid((1,))
-            'ok_N[None, None, :]'
+            'ok_ax1[None, None, :]'
         """
         if not axes:
             return f"{self.layout('offs', ())} == 0"
@@ -183,7 +186,7 @@ class Tiles:
 
         Example:
             >>> _mamba().size((0, 1)), _mamba().size(())
-            ('dim_D * dim_N', '1')
+            ('dim_ax0 * dim_ax1', '1')
         """
         return " * ".join(self.axes[a].size for a in axes) or "1"
 
@@ -192,7 +195,7 @@ class Tiles:
 
         Example:
             >>> _mamba().layout("mask", (0, 1))
-            'mask_D_N'
+            'mask_ax0_ax1'
         """
         return f"{what}_{self.layout_name(axes)}"
 
@@ -205,8 +208,8 @@ class Tiles:
             (nx_dt, wt_A)
         """
         kind = self.plan.ir.atom(name).op
-        prefix = {"input": "nx_" if next_step else "x_", "weight": "wt_"}[kind]
-        return sympy.Symbol(prefix + name, real=True)
+        role = {"input": "nx" if next_step else "x", "weight": "wt"}[kind]
+        return sympy.Symbol(derived(role, user=name), real=True)
 
     def flatten(self, expr: sympy.Expr, space: tuple[int, ...], products: bool = True) -> sympy.Expr:
         """``expr`` (nested form, index space over the state axes ``space``) in tile symbols.

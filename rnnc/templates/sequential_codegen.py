@@ -11,7 +11,7 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> module = render_sequential(analyse_source(open("examples/lstm.rnn").read()))
     >>> module.forward_args[:3], module.dims
-    (['x_ptr', 'R_ptr', 'b_ptr'], ['H'])
+    (['ptr_x', 'ptr_R', 'ptr_b'], ['H'])
 """
 
 from __future__ import annotations
@@ -20,18 +20,21 @@ from dataclasses import dataclass
 
 from rnnc.compiler import Plan
 from rnnc.templates.loading import template
+from rnnc.templates.names import derived
 from rnnc.templates.sequential_lines import (
     BACKWARD_READS,
-    DIM_PROLOGUE,
     FORWARD_POINTERS,
     PROLOGUE,
+    dim_prologue,
     load_tile,
+    pointer,
     pointer_names,
     step_pieces,
     vector_offsets,
 )
 from rnnc.templates.sequential_split import SplitKernels, render_split
 from rnnc.templates.sequential_step import SequentialStep
+from rnnc.templates.sequential_tiles import dim_var
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,10 @@ def render_sequential(plan: Plan) -> SequentialModule:
     backward_args = pointer_names(
         step,
         *BACKWARD_READS,
-        ("states", "_final_grad_ptr"),
-        ("inputs", "_grad_ptr"),
-        ("weights", "_grad_ptr"),
-        ("states", "_init_grad_ptr"),
+        ("states", "final_grad_ptr"),
+        ("inputs", "grad_ptr"),
+        ("weights", "grad_ptr"),
+        ("states", "init_grad_ptr"),
     )
     pieces = step_pieces(step)
     leaves = pieces.pop("leaves")
@@ -64,31 +67,33 @@ def render_sequential(plan: Plan) -> SequentialModule:
     state_loads, initial_loads, carry_inits, previous_loads, saved_stores = [], [], [], [], []
     state_advance, final_stores, carry_advance, initial_grad_stores = [], [], [], []
     for name, tile in states:
-        var, d = tile.names[0], tile.dim
+        var, mask = tile.names[0], dim_var("mask", tile.dim)
+        new, seed, init = step.new_state(name), step.state_seed(name), derived("init", user=name)
         offsets = vector_offsets("state_row", tile, 0)
-        state_loads.append(f"{var} = {load_tile(tile, 0, f'{name}_init_ptr', 'state_row')}")
-        initial_loads.append(f"init_{name} = {load_tile(tile, 0, f'{name}_init_ptr', 'state_row')}")
-        carry_inits.append(f"ds_{name} = {load_tile(tile, 0, f'{name}_final_grad_ptr', 'state_row')}")
+        state_loads.append(f"{var} = {load_tile(tile, 0, pointer('init_ptr', name), 'state_row')}")
+        initial_loads.append(f"{init} = {load_tile(tile, 0, pointer('init_ptr', name), 'state_row')}")
+        carry_inits.append(f"{seed} = {load_tile(tile, 0, pointer('final_grad_ptr', name), 'state_row')}")
         saved = vector_offsets("row", tile, 0)
-        saved_stores.append(f"tl.store({name}_saved_ptr + {saved}, {step.new_state(name)}, mask=mask_{d})")
-        state_advance.append(f"{var} = {step.new_state(name)}")
-        final_stores.append(f"tl.store({name}_final_ptr + {offsets}, {var}, mask=mask_{d})")
+        saved_stores.append(f"tl.store({pointer('saved_ptr', name)} + {saved}, {new}, mask={mask})")
+        state_advance.append(f"{var} = {new}")
+        final_stores.append(f"tl.store({pointer('final_ptr', name)} + {offsets}, {var}, mask={mask})")
         previous = vector_offsets("previous_row", tile, 0)
-        previous_loads.append(f"{var} = tl.load({name}_saved_ptr + {previous}, mask=mask_{d}, other=0.0).to(COMPUTE)")
-        previous_loads.append(f"{var} = tl.where(t > 0, {var}, init_{name})")
-        initial_grad_stores.append(f"tl.store({name}_init_grad_ptr + {offsets}, ds_{name}, mask=mask_{d})")
+        saved_ptr = pointer("saved_ptr", name)
+        previous_loads.append(f"{var} = tl.load({saved_ptr} + {previous}, mask={mask}, other=0.0).to(COMPUTE)")
+        previous_loads.append(f"{var} = tl.where(t > 0, {var}, {init})")
+        initial_grad_stores.append(f"tl.store({pointer('init_grad_ptr', name)} + {offsets}, {seed}, mask={mask})")
         value = leaves.get((name, 0))
-        carry_advance.append(f"ds_{name} = {value if value is not None else f'zero_{tile.dim}'}")
+        carry_advance.append(f"{seed} = {value if value is not None else dim_var('zero', tile.dim)}")
 
-    prologue = "\n".join([PROLOGUE] + [DIM_PROLOGUE.format(d=d) for d in step.layout.dims])
+    prologue = "\n".join([PROLOGUE] + [dim_prologue(d) for d in step.layout.dims])
     split = render_split(plan)
     text = template("sequential.py.jinja").render(
         cell=plan.ir.cell,
         key=plan.key(),
         forward_args=forward_args,
         backward_args=backward_args,
-        dim_args=[f"dim_{d}" for d in step.layout.dims],
-        block_args=[f"BLOCK_{d}: tl.constexpr" for d in step.layout.dims],
+        dim_args=[dim_var("dim", d) for d in step.layout.dims],
+        block_args=[f"{dim_var('TILE', d)}: tl.constexpr" for d in step.layout.dims],
         prologue=prologue,
         state_loads=state_loads,
         saved_stores=saved_stores,

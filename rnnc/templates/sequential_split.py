@@ -1,7 +1,7 @@
 """The step kernels of a sequential head split over programs (head dims too large for one program).
 
 ``SPLIT`` programs share a head: program ``part`` owns the slice
-``[part * BLOCK_d, (part + 1) * BLOCK_d)`` of every dim, with its slice of every
+``[part * TILE_d, (part + 1) * TILE_d)`` of every dim, with its slice of every
 gate of the weights (a matrix's contracted rows whole). A step needs the whole
 previous state of every vector a matmul contracts, so the programs exchange
 the states through global memory between steps; here each step is one launch
@@ -28,28 +28,40 @@ from rnnc.compiler import Plan
 from rnnc.errors import BackendError
 from rnnc.templates.sequential_lines import (
     BACKWARD_READS,
-    DIM_PROLOGUE,
     FORWARD_POINTERS,
     PROLOGUE,
+    dim_prologue,
     load_tile,
+    pointer,
     pointer_names,
     step_pieces,
     vector_offsets,
+    whole_offsets,
     whole_vector,
 )
 from rnnc.templates.sequential_step import SequentialStep
+from rnnc.templates.sequential_tiles import dim_var
 
 SPLIT_PROLOGUE = PROLOGUE + "\npart = tl.program_id(2)  # which slice of every dim this program owns"
 
-# a program's slice of dim d; the other per-dim lines are the whole-head kernel's
-SLICE_PROLOGUE = DIM_PROLOGUE.replace(
-    "cols_{d} = tl.arange(0, BLOCK_{d})",
-    "cols_{d} = part * BLOCK_{d} + tl.arange(0, BLOCK_{d})  # this program's slice of {d}",
-)
 
-FULL_PROLOGUE = """full_{d} = tl.arange(0, FULL_{d})  # all of {d}: the states a matmul contracts
-in_full_{d} = full_{d} < dim_{d}
-mask_full_{d} = mask_b[:, None] & in_full_{d}[None, :]"""
+def full_prologue(d: str) -> str:
+    """The lines that set up all of dim ``d`` (the vectors a matmul contracts are read whole).
+
+    Example:
+        >>> print(full_prologue("H"))
+        full_H = tl.arange(0, FULL_H)  # all of H: the states a matmul contracts
+        in_full_H = full_H < dim_H
+        mask_full_H = batch_mask[:, None] & in_full_H[None, :]
+    """
+    full, valid, mask = dim_var("full", d), dim_var("in_full", d), dim_var("mask_full", d)
+    return "\n".join(
+        [
+            f"{full} = tl.arange(0, {dim_var('FULL', d)})  # all of {d}: the states a matmul contracts",
+            f"{valid} = {full} < {dim_var('dim', d)}",
+            f"{mask} = batch_mask[:, None] & {valid}[None, :]",
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -80,28 +92,28 @@ def render_split(plan: Plan) -> SplitKernels:
     states = step.states()
     full_dims = sorted({step.tiles[name].dim for name in contracted})
 
-    def state_loads(pointer: str, row: str) -> list[str]:
+    def state_loads(role: str, row: str) -> list[str]:
         lines = []
         for name, tile in states:
-            lines.append(f"{tile.names[0]} = {load_tile(tile, 0, f'{name}{pointer}', row)}")
+            lines.append(f"{tile.names[0]} = {load_tile(tile, 0, pointer(role, name), row)}")
             if name in contracted:
-                lines.append(whole_vector(tile, f"{name}{pointer}", row))
+                lines.append(whole_vector(tile, pointer(role, name), row))
         return lines
 
     saved_stores, final_stores, seed_loads, carry_stores, exchange_stores = [], [], [], [], []
     for name, tile in states:
-        new, d = step.new_state(name), tile.dim
+        new, mask, seed = step.new_state(name), dim_var("mask", tile.dim), step.state_seed(name)
         saved_stores.append(
-            f"tl.store({name}_saved_ptr + {vector_offsets('saved_row', tile, 0)}, {new}, mask=mask_{d})"
+            f"tl.store({pointer('saved_ptr', name)} + {vector_offsets('saved_row', tile, 0)}, {new}, mask={mask})"
         )
         final_stores.append(
-            f"tl.store({name}_final_ptr + {vector_offsets('state_row', tile, 0)}, {new}, mask=mask_{d})"
+            f"tl.store({pointer('final_ptr', name)} + {vector_offsets('state_row', tile, 0)}, {new}, mask={mask})"
         )
-        seed_loads.append(f"ds_{name} = {load_tile(tile, 0, f'{name}_carry_in_ptr', 'state_row')}")
+        seed_loads.append(f"{seed} = {load_tile(tile, 0, pointer('carry_in_ptr', name), 'state_row')}")
         value = leaves.get((name, 0))
-        carry = value if value is not None else f"zero_{d}"
+        carry = value if value is not None else dim_var("zero", tile.dim)
         carry_stores.append(
-            f"tl.store({name}_carry_out_ptr + {vector_offsets('state_row', tile, 0)}, {carry}, mask=mask_{d})"
+            f"tl.store({pointer('carry_out_ptr', name)} + {vector_offsets('state_row', tile, 0)}, {carry}, mask={mask})"
         )
     state_names = {name for name, _ in states}
     exchanged = sorted(n for n in step.exchanged if n in state_names)  # inputs' go straight to their gradients
@@ -109,36 +121,36 @@ def render_split(plan: Plan) -> SplitKernels:
     for name in exchanged:
         d = step.tiles[name].dim
         exchange_adds.append(
-            f"ds_{name} += tl.load({name}_exchange_in_ptr + exchange_row[:, None] * dim_{d} + cols_{d}[None, :], "
-            f"mask=mask_{d}, other=0.0)"
+            f"{step.state_seed(name)} += tl.load({pointer('exchange_in_ptr', name)} + exchange_row[:, None] * "
+            f"{dim_var('dim', d)} + {dim_var('cols', d)}[None, :], mask={dim_var('mask', d)}, other=0.0)"
         )
         partial = " + ".join(step.exchanged[name])
         exchange_stores.append(
-            f"tl.store({name}_exchange_out_ptr + own_exchange_row[:, None] * dim_{d} + full_{d}[None, :], "
-            f"{partial}, mask=mask_full_{d})"
+            f"tl.store({pointer('exchange_out_ptr', name)} + {whole_offsets('own_exchange_row', d)}, "
+            f"{partial}, mask={dim_var('mask_full', d)})"
         )
 
     forward_args = pointer_names(step, *FORWARD_POINTERS)
     backward_args = pointer_names(
         step,
         *BACKWARD_READS,
-        ("states", "_carry_in_ptr"),
-        ("exchanged", "_exchange_in_ptr"),
-        ("inputs", "_grad_ptr"),
-        ("weights", "_grad_ptr"),
-        ("states", "_carry_out_ptr"),
-        ("exchanged", "_exchange_out_ptr"),
+        ("states", "carry_in_ptr"),
+        ("exchanged", "exchange_in_ptr"),
+        ("inputs", "grad_ptr"),
+        ("weights", "grad_ptr"),
+        ("states", "carry_out_ptr"),
+        ("exchanged", "exchange_out_ptr"),
     )
-    prologue = [SPLIT_PROLOGUE] + [SLICE_PROLOGUE.format(d=d) for d in step.layout.dims]
-    prologue += [FULL_PROLOGUE.format(d=d) for d in full_dims]
+    prologue = [SPLIT_PROLOGUE] + [dim_prologue(d, sliced=True) for d in step.layout.dims]
+    prologue += [full_prologue(d) for d in full_dims]
     lines = dict(
         pieces,
         forward_args=forward_args,
         backward_args=backward_args,
-        full_args=[f"FULL_{d}: tl.constexpr" for d in full_dims],
+        full_args=[f"{dim_var('FULL', d)}: tl.constexpr" for d in full_dims],
         prologue="\n".join(prologue),
-        previous_loads=state_loads("_saved_ptr", "previous"),
-        initial_loads=state_loads("_init_ptr", "state_row"),
+        previous_loads=state_loads("saved_ptr", "previous"),
+        initial_loads=state_loads("init_ptr", "state_row"),
         saved_stores=saved_stores,
         final_stores=final_stores,
         state_seeds=seed_loads,

@@ -20,12 +20,14 @@ from __future__ import annotations
 import sympy
 
 from rnnc.compiler import Plan
-from rnnc.templates.sequential_tiles import Tile, gate_of, plan_layout, split_shape, unsupported
+from rnnc.compiler.shapes import dim_symbol
+from rnnc.templates.names import comment, derived, prefixed
+from rnnc.templates.sequential_tiles import Tile, dim_var, gate_of, plan_layout, split_shape, unsupported
 from rnnc.templates.triton_printer import to_triton
 
 
 class _Names(dict):
-    """Printer table: generated variables print as themselves."""
+    """Printer table: every symbol left in a step's expressions is a kernel variable; it prints as itself."""
 
     def __missing__(self, key):
         return key
@@ -46,14 +48,19 @@ class SequentialStep:
         self.ir = plan.ir
         self.layout = plan_layout(plan)
         self.tiles = self.layout.tiles
-        self.names = _Names({d: f"size_{d}" for d in self.ir.dims})  # a dim read as a number
+        self.names = _Names()
+        # a dim read as a number is its size_<dim> tile: replaced like the views, so that no user name is left
+        self._dims = {
+            dim_symbol(d): sympy.Symbol(dim_var("size", d), positive=True, integer=True) for d in self.ir.dims
+        }
         self._temp = 0
         self.exchanged: dict[str, list[str]] = {}  # split: leaf -> its matmul cotangents (filled by backward_lines)
 
     # --- expressions --------------------------------------------------------------------------
     def _at_gate(self, expr: sympy.Expr, gates: int, gate: int) -> sympy.Expr:
-        """``expr`` with each view symbol replaced by the variable holding its atom at ``gate``."""
-        table = {}
+        """``expr`` with each view symbol replaced by the variable holding its atom at ``gate``, and each
+        dim by its ``size_<dim>`` tile."""
+        table = dict(self._dims)
         for symbol in self.ir.view_symbols(expr):
             tile = self.tiles[self.ir.view(symbol).atom]
             if tile.kind == "matrix":
@@ -71,7 +78,7 @@ class SequentialStep:
         """``code`` broadcast to a full tile when the expression alone would not be one."""
         if self._is_tile(expr, dim):
             return code
-        return f"{'zero_' + dim if dim else 'zero_row'} + ({code})"
+        return f"{dim_var('zero', dim) if dim else 'row_zero'} + ({code})"
 
     def _cse(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> tuple[list[str], list[sympy.Expr]]:
         """Common subexpressions of ``named`` as assignment lines, and the reduced expressions."""
@@ -84,7 +91,7 @@ class SequentialStep:
 
     def mask(self, dim: str | None) -> str:
         """The [BLOCK_B, ...] mask of a tile along ``dim`` (batch rows only for a row scalar)."""
-        return f"mask_{dim}" if dim else "mask_row"
+        return dim_var("mask", dim) if dim else "row_mask"
 
     # --- forward ------------------------------------------------------------------------------
     def arg_variable(self, index: int, arg_index: int, gate: int) -> str:
@@ -110,7 +117,7 @@ class SequentialStep:
                 f"a split head needs each matmul to contract a state or an input, and {atom.name} "
                 f"contracts {atom.args[side]}",
             )
-        return f"full_{value.name}"
+        return prefixed("full", value.name)
 
     def contracted_leaves(self) -> list[str]:
         """Names of the states and inputs the matmuls contract (a split head reads these whole)."""
@@ -145,19 +152,28 @@ class SequentialStep:
                     v = self.matmul_vector(i, side)
                     lines.append(
                         f"{tile.names[g]} = tl.dot({v}, {gate_of(matrix, tile.gates, g)}, "
-                        f"input_precision=DOT_PRECISION)  # {atom.name}" + (f", gate {g}" if tile.gates > 1 else "")
+                        f"input_precision=DOT_PRECISION)  # {comment(atom.name)}"
+                        + (f", gate {g}" if tile.gates > 1 else "")
                     )
             else:  # part: one gate of its argument
-                lines.append(f"{tile.names[0]} = {self.arg_variable(i, 0, atom.params[1])}  # {atom.name}")
+                lines.append(f"{tile.names[0]} = {self.arg_variable(i, 0, atom.params[1])}  # {comment(atom.name)}")
         return lines
 
     def new_state(self, name: str) -> str:
         """The variable of a state's new value."""
-        return f"new_{name}"
+        return derived("new", user=name)
 
     def output_variable(self, name: str) -> str:
         """The variable of an output's value."""
-        return f"out_value_{name}"
+        return derived("out_value", user=name)
+
+    def state_seed(self, name: str) -> str:
+        """The variable of the cotangent of a state after the step (the backward pass's carry)."""
+        return derived("ds", user=name)
+
+    def output_seed(self, name: str) -> str:
+        """The variable of an output's cotangent at the step."""
+        return derived("do", user=name)
 
     def result_lines(self) -> list[str]:
         """New states (zero in padded lanes, so that no NaN reaches a tl.dot) and outputs."""
@@ -166,13 +182,14 @@ class SequentialStep:
         lines, reduced = self._cse(named, "f")
         done: dict[sympy.Expr, str] = {}
         results = (*self.ir.updates, *self.ir.outputs)
+        new_states = {self.new_state(r.name) for r in self.ir.updates}
         for (var, _), value, result in zip(named, reduced, results):
             _, dim = split_shape(self.plan, result.shape)
             if value in done:
                 lines.append(f"{var} = {done[value]}")
                 continue
             code = self._fill(to_triton(value, self.names), value, dim)
-            if var.startswith("new_"):
+            if var in new_states:
                 code = f"tl.where({self.mask(dim)}, {code}, 0.0)"
             lines.append(f"{var} = {code}")
             done[value] = var
@@ -245,20 +262,22 @@ class SequentialStep:
                 return None
             text = " + ".join(_render_terms(terms, self.mask))
             if text not in rendered:
-                lines.append(f"{var} = {text}  # d {atom}" + (f", gate {gate}" if self.tiles[atom].gates > 1 else ""))
+                gates = f", gate {gate}" if self.tiles[atom].gates > 1 else ""
+                lines.append(f"{var} = {text}  # d {comment(atom)}{gates}")
                 rendered[text] = var
             return rendered[text]
 
-        for kind, results, seed in (("update", self.ir.updates, "ds_"), ("output", self.ir.outputs, "do_")):
+        seeds = (("update", self.ir.updates, self.state_seed), ("output", self.ir.outputs, self.output_seed))
+        for kind, results, seed in seeds:
             for r in results:
                 _, dim = split_shape(self.plan, r.shape)
-                propagate((kind, r.name), seed + r.name, 0, dim)
+                propagate((kind, r.name), seed(r.name), 0, dim)
         for i in reversed(range(len(self.ir.atoms))):
             atom = self.ir.atoms[i]
             if atom.is_leaf:
                 continue
             tile = self.tiles[atom.name]
-            cotangents = [cotangent(atom.name, g, f"d_{var}") for g, var in enumerate(tile.names)]
+            cotangents = [cotangent(atom.name, g, prefixed("d", var)) for g, var in enumerate(tile.names)]
             if not any(cotangents):
                 continue
             if atom.op == "part":
@@ -275,8 +294,8 @@ class SequentialStep:
                     continue
                 weight = gate_of(matrix, tile.gates, g)
                 dots.append(f"tl.dot({d}, tl.trans({weight}), input_precision=DOT_PRECISION)")
-                lines.append(f"acc_{weight} += tl.dot(tl.trans({v}), {d}, input_precision=DOT_PRECISION)")
-            lines.append(f"d_a{i}_v = {' + '.join(dots)}  # d of the vector in {atom.name}")
+                lines.append(f"{prefixed('acc', weight)} += tl.dot(tl.trans({v}), {d}, input_precision=DOT_PRECISION)")
+            lines.append(f"d_a{i}_v = {' + '.join(dots)}  # d of the vector in {comment(atom.name)}")
             if self.split:  # a partial sum over this program's slice: the exchange adds the others'
                 self.exchanged.setdefault(self.ir.view(atom.args[side]).atom, []).append(f"d_a{i}_v")
             else:
@@ -285,7 +304,7 @@ class SequentialStep:
         for atom in self.ir.atoms:
             if atom.is_leaf and self.tiles[atom.name].kind != "matrix":
                 for g, var in enumerate(self.tiles[atom.name].names):
-                    leaves[(atom.name, g)] = cotangent(atom.name, g, f"d_{var}")
+                    leaves[(atom.name, g)] = cotangent(atom.name, g, prefixed("d", var))
         return lines, leaves
 
 

@@ -1,11 +1,12 @@
 """How each tensor of a sequential cell lives on chip: the tile layout the sequential template uses.
 
 A program owns a block of batch rows of one head and walks time. Every value of
-the step is a *vector* along one dim (a ``[BLOCK_B, BLOCK_<dim>]`` tile), a
+the step is a *vector* along one dim (a ``[BLOCK_B, TILE_<dim>]`` tile), a
 *row scalar* (``[BLOCK_B, 1]``, a scalar input), a *weight vector*
-(``[1, BLOCK_<dim>]``), a *weight scalar*, or a *matrix* kept on chip for
+(``[1, TILE_<dim>]``), a *weight scalar*, or a *matrix* kept on chip for
 ``tl.dot``. Leading axes of constant size (the gates of ``x: [4, H]``) are
-unrolled: ``x`` becomes four tiles ``x_x_0 .. x_x_3``.
+unrolled: ``x`` becomes four tiles ``x_x_0 .. x_x_3``. Every variable that carries a
+cell's name is made by :mod:`rnnc.templates.names` (an input ``x_0`` is ``x_x__0``).
 
 Example:
     >>> from rnnc.compiler import analyse_source
@@ -23,6 +24,7 @@ import sympy
 from rnnc.compiler import Plan
 from rnnc.compiler.ir import IR, Atom
 from rnnc.errors import BackendError
+from rnnc.templates.names import derived
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Tile:
     ``matrix``. ``dim`` is the last axis' dim (for a matrix, the result's dim),
     ``contracted`` a matrix's contracted dim, ``gates`` the unrolled leading
     sizes' product and ``names`` one variable per gate. A matrix tile is always
-    ``[BLOCK_<contracted>, BLOCK_<dim>]``, so that ``tl.dot(v, tile)`` applies it.
+    ``[TILE_<contracted>, TILE_<dim>]``, so that ``tl.dot(v, tile)`` applies it.
     """
 
     kind: str
@@ -50,6 +52,34 @@ class Layout:
 
     tiles: dict[str, Tile]
     dims: list[str]
+
+
+# what each dim's kernel variables hold (dim_var's roles)
+DIM_ROLES = {
+    "dim": "its size, a kernel argument",
+    "TILE": "the tile width along it, a power of two (a constexpr)",
+    "FULL": "a split head: the width of a tile that holds all of it (a constexpr)",
+    "cols": "the indices of the program's tile",
+    "in": "which of those exist (the tile is padded)",
+    "mask": "[BLOCK_B, TILE] mask: batch row and index exist",
+    "zero": "[BLOCK_B, TILE] zeros in COMPUTE",
+    "size": "the dim read as a number in the cell's math, a [1, 1] tile in COMPUTE",
+    "full": "a split head: all of its indices",
+    "in_full": "a split head: which of all its indices exist",
+    "mask_full": "a split head: [BLOCK_B, FULL] mask",
+}
+
+
+def dim_var(role: str, dim: str) -> str:
+    """The kernel variable ``role`` (one of :data:`DIM_ROLES`) of dim ``dim``.
+
+    Example:
+        >>> dim_var("mask", "H"), dim_var("TILE", "B"), dim_var("in_full", "d_k")
+        ('mask_H', 'TILE_B', 'in_full_d__k')
+    """
+    if role not in DIM_ROLES:
+        raise ValueError(f"a dim variable's role is one of {sorted(DIM_ROLES)}, has {role!r}")
+    return derived(role, user=dim)
 
 
 def unsupported(plan: Plan, why: str) -> BackendError:
@@ -107,21 +137,24 @@ def _leaf_tile(plan: Plan, atom: Atom, matrices: dict) -> Tile:
             if not sympy.sympify(d).is_Integer:
                 raise unsupported(plan, f"weight {name} is {list(atom.shape)}: needs [constants..., dim, dim]")
             gates *= int(d)
-        return Tile("matrix", dim, gates, _gate_names(f"r_{name}", gates), contracted, transposed)
+        return Tile("matrix", dim, gates, _gate_names("r", name, gates), contracted, transposed)
     gates, dim = split_shape(plan, atom.shape)
     if atom.op == "state":
         if dim is None or gates != 1:
             raise unsupported(plan, f"state {name} is {list(atom.shape)}: needs a vector [dim]")
-        return Tile("vector", dim, 1, [f"s_{name}"])
+        return Tile("vector", dim, 1, _gate_names("s", name, 1))
     if atom.op == "input":
         kind = "vector" if dim else "row_scalar"
-        return Tile(kind, dim, gates, _gate_names(f"x_{name}", gates))
+        return Tile(kind, dim, gates, _gate_names("x", name, gates))
     kind = "weight_vector" if dim else "weight_scalar"
-    return Tile(kind, dim, gates, _gate_names(f"w_{name}", gates))
+    return Tile(kind, dim, gates, _gate_names("w", name, gates))
 
 
-def _gate_names(stem: str, gates: int) -> list[str]:
-    return [stem] if gates == 1 else [f"{stem}_{g}" for g in range(gates)]
+def _gate_names(role: str, name: str, gates: int) -> list[str]:
+    """One variable per gate of a leaf: ``<role>_<name>`` or ``<role>_<name>_<gate>``."""
+    if gates == 1:
+        return [derived(role, user=name)]
+    return [derived(role, user=name, gate=g) for g in range(gates)]
 
 
 def plan_layout(plan: Plan) -> Layout:
@@ -141,7 +174,9 @@ def plan_layout(plan: Plan) -> Layout:
             gates, dim = split_shape(plan, atom.shape)
             if dim is None:
                 raise unsupported(plan, f"{atom.name} is a scalar per step")
-            tiles[atom.name] = Tile("vector", dim, gates, _gate_names(f"a{i}", gates))
+            # a computed atom's variables are the template's own (a4, a4_0, ...): no user name in them
+            variables = [f"a{i}"] if gates == 1 else [f"a{i}_{g}" for g in range(gates)]
+            tiles[atom.name] = Tile("vector", dim, gates, variables)
         else:
             raise unsupported(plan, f"it uses {atom.op} ({atom.name}); the template has @ and splits")
         if atom.op == "part":
