@@ -9,7 +9,17 @@ HEADER = "cell c(H) {\n    input x: [H]\n    state h: [H]\n"
 
 # (name, source, expected error class, line, column, fragment of the message)
 CASES = [
-    ("empty file", "", AnalysisError, None, None, "defines none"),
+    ("empty file", "", AnalysisError, 1, 1, "defines none"),
+    ("only a comment", "\n  # no cell here\n", AnalysisError, 2, 3, "needs a cell (cell NAME(DIMS) { ... })"),
+    # issue 14: deep expressions, and constants that are not finite real numbers, at their place
+    ("a long sum", HEADER + "    h = " + " + ".join(["x"] * 400) + "\n}", ParseError, 4, 9, "has 399; split"),
+    ("many minuses", HEADER + "    h = h + " + "-" * 800 + "x\n}", ParseError, 4, 9, "has 801; split"),
+    ("huge literal", HEADER + "    h = h * 1e999\n}", AnalysisError, 4, 13, "1e999 does not fit a float64"),
+    ("negative huge literal", HEADER + "    h = x - 2e400\n}", AnalysisError, 4, 13, "2e400 does not fit"),
+    ("log of zero", HEADER + "    h = h + x * log(0)\n}", AnalysisError, 4, 17, "log(0) is infinite"),
+    ("root of -1", HEADER + "    h = h + x * sqrt(-1)\n}", AnalysisError, 4, 17, "sqrt(-1) is complex"),
+    ("constant overflow", HEADER + "    h = h + exp(1000)\n}", AnalysisError, 4, 13, "beyond float64"),
+    ("folded overflow", HEADER + "    h = h + x * 1e200 * 1e200\n}", AnalysisError, 4, 13, "holds the constant"),
     ("missing brace", "cell c(H) {\n    state h: [H]\n    h = h\n", ParseError, 4, 1, "unexpected the end of the file"),
     ("stray token", HEADER + "    h = h h\n}", ParseError, 4, 11, "unexpected 'h'"),
     ("unclosed paren", HEADER + "    h = (h + x\n}", ParseError, 5, 1, "unexpected '}'"),

@@ -46,7 +46,9 @@ def pick_cell(program: ast.Program, name: str | None) -> ast.Cell:
         if len(program.cells) == 1:
             return program.cells[0]
         if not program.cells:
-            raise AnalysisError(f"needs a cell, but {program.filename} defines none")
+            raise AnalysisError(
+                f"needs a cell (cell NAME(DIMS) {{ ... }}), but {program.filename} defines none", program.span
+            )
         names = ", ".join(c.name for c in program.cells)
         raise AnalysisError(f"{program.filename} defines several cells ({names}): pick one by name")
     for cell in program.cells:

@@ -89,6 +89,20 @@ class ExpressionLowering:
     # --- expressions -----------------------------------------------------------------------
 
     def _expr(self, node: ast.Expr) -> Value:
+        value = self._lower(node)
+        if value.expr.is_number:  # a constant: it must be a finite real number in floating point
+            _check_constant(value.expr, node)
+        elif isinstance(node, ast.Binary):  # x * 1e200 * 1e200 folds its constants into one
+            for number in value.expr.atoms(sympy.Number):
+                if not abs(float(number)) <= FLOAT64_MAX:
+                    raise AnalysisError(
+                        f"{_text(node)} holds the constant {sympy.N(number, 4)}, beyond float64 "
+                        f"(at most {FLOAT64_MAX:.4g}): a constant must be a finite real number",
+                        node.span,
+                    )
+        return value
+
+    def _lower(self, node: ast.Expr) -> Value:
         if isinstance(node, ast.Number):
             number = (
                 sympy.Integer(int(node.value))
@@ -264,6 +278,39 @@ class ExpressionLowering:
             raise AnalysisError(f"'.T' needs a matrix, has {show(operand.shape)}", node.span)
         mapping = {a: -rank - 1 - a for a in range(-rank, 0)}
         return self._remap(operand, mapping, tuple(reversed(operand.shape)))
+
+
+FLOAT64_MAX = 1.7976931348623157e308
+
+
+def _check_constant(expr: sympy.Expr, node: ast.Expr) -> None:
+    """A constant that is infinite, undefined, complex or beyond float64 is an error at its place.
+
+    Example:
+        >>> from rnnc.errors import Source
+        >>> _check_constant(sympy.log(0), ast.Name("x", Source("log(0)").span(0, 6)))
+        Traceback (most recent call last):
+        ...
+        rnnc.errors.AnalysisError: <string>:1:1: error: log(0) is infinite: a constant must be a finite real number
+            log(0)
+            ^^^^^^
+    """
+    text = _text(node)
+    if isinstance(node, ast.Number) and not abs(node.value) <= FLOAT64_MAX:
+        raise AnalysisError(f"the number {text} does not fit a float64 (at most {FLOAT64_MAX:.4g})", node.span)
+    if expr.has(sympy.nan):
+        what = "undefined (nan)"
+    elif expr.has(sympy.zoo) or expr.has(sympy.oo) or expr.has(-sympy.oo):
+        what = {sympy.oo: "infinity", -sympy.oo: "-infinity"}.get(expr, "infinite")
+    else:
+        value = complex(sympy.N(expr))
+        if value.imag != 0:
+            what = f"complex ({sympy.N(expr, 4)})"
+        elif not abs(value.real) <= FLOAT64_MAX:
+            what = f"{sympy.N(expr, 4)}, beyond float64 (at most {FLOAT64_MAX:.4g})"
+        else:
+            return
+    raise AnalysisError(f"{text} is {what}: a constant must be a finite real number", node.span)
 
 
 def _names_in(node: ast.Expr) -> set[str]:

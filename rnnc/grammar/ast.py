@@ -159,7 +159,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Program:
-    """All cells of one file."""
+    """All cells of one file; ``span`` is where its text starts (its first non-blank character)."""
 
     cells: tuple[Cell, ...]
     filename: str
+    span: Span | None = None

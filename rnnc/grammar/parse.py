@@ -21,6 +21,9 @@ from rnnc.errors import ParseError, Source, Span
 from rnnc.grammar import ast
 
 MAX_NESTING = 64  # brackets deeper than this are refused, so nothing recurses without bound
+# operations nested inside one another (a sum of n terms nests n - 1 deep, n unary minuses n deep); the
+# compiler walks expressions recursively, and Python's stack (1000 frames) holds some more than this
+MAX_DEPTH = 100
 MAX_LENGTH = 1_000_000  # characters; a cell is a screenful, this is generous
 
 RESERVED = ("cell", "input", "weight", "state", "emit", "None")
@@ -118,6 +121,7 @@ def parse(text: str | bytes, filename: str = "<string>") -> ast.Program:
         raise _explain_unexpected(exc, source) from None
     except lark.exceptions.LarkError as exc:  # pragma: no cover - defensive
         raise ParseError(f"cannot parse: {exc}", source.span(0, 0)) from None
+    _check_depth(tree, source)
     builder = _AstBuilder(source)
     try:
         cells = tuple(builder.transform(tree).children)
@@ -125,7 +129,33 @@ def parse(text: str | bytes, filename: str = "<string>") -> ast.Program:
         if isinstance(exc.orig_exc, ParseError):
             raise exc.orig_exc from None
         raise
-    return ast.Program(cells, filename)
+    first = len(source.text) - len(source.text.lstrip())
+    return ast.Program(cells, filename, source.span(first, first + 1))
+
+
+def _check_depth(tree: lark.Tree, source: Source) -> None:
+    """Refuse an expression whose operations nest deeper than MAX_DEPTH, at the expression (walked
+    without recursion, so that a deep one cannot fail here the way it would later)."""
+    statements = ("assign", "emit", "decl")
+    stack = [(tree, 0, None)]  # (node, operations above it in its expression, the expression)
+    deepest: dict[int, tuple[int, lark.Tree]] = {}
+    while stack:
+        node, depth, root = stack.pop()
+        if root is None and node.data not in statements and node.data not in ("start", "cell"):
+            root, depth = node, 0  # the expression of a statement
+        if node.data not in ("paren", "unary", "name", "number", *statements):  # a leaf is no operation, +x is x
+            depth += 1
+        if root is not None and depth > deepest.get(id(root), (0, root))[0]:
+            deepest[id(root)] = (depth, root)
+        stack.extend((child, depth, root) for child in node.children if isinstance(child, lark.Tree))
+    for depth, root in sorted(deepest.values(), key=lambda d: d[1].meta.start_pos if not d[1].meta.empty else 0):
+        if depth > MAX_DEPTH:
+            meta = root.meta
+            raise ParseError(
+                f"expression too deeply nested: needs at most {MAX_DEPTH} operations inside one another, has "
+                f"{depth}; split it into locals (a long sum into partial sums)",
+                source.span(meta.start_pos, meta.end_pos) if not meta.empty else source.span(0, 0),
+            )
 
 
 def _decode(text: str | bytes, filename: str) -> str:

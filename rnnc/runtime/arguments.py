@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sympy
@@ -86,6 +87,12 @@ def bind(
         ...
         ValueError: cell hgrn needs argument 'g' (input [B, T, NH, D]); it takes x, g
     """
+    if state is not None and not isinstance(state, Mapping):
+        states = ", ".join(d.name for d in ir.states) or "none"
+        raise TypeError(
+            f"cell {ir.cell}: state needs a dict of initial states {{name: tensor}}, has {type(state).__name__}; "
+            f"its states are {states}"
+        )
     state = dict(state or {})
     takes = [d.name for d in ir.decls if d.kind != "state"]
     for name in tensors:

@@ -55,12 +55,15 @@ class Cell:
     Cells pickle and deep-copy (a pickled cell is rebuilt from its source text).
     """
 
-    def __init__(self, plan: Plan, backend: str = "auto", origin: tuple | None = None):
+    def __init__(
+        self, plan: Plan, backend: str = "auto", origin: tuple | None = None, gpu: str | None = None, dtype=None
+    ):
         if backend not in BACKENDS:
             raise BackendError(f"backend needs one of {', '.join(BACKENDS)}, has {backend!r}")
         self.plan = plan
         self.backend = backend
         self._origin = origin  # (source text, file name, cell name) when compiled from text
+        self.gpu, self.dtype = gpu, dtype  # rnnc.compile's tiling choices (checked there), or None
         mode = "bptt" if backend == "reference-bptt" else "autograd"
         self._runner = ReferenceRunner(plan, mode)
         self._kernels = None  # the Triton kernels, built on first use: import triton only then
@@ -69,6 +72,7 @@ class Cell:
         self.last_backend = ""  # what ran the latest call: "reference" or "triton"
         if backend == "triton":
             self._kernels = _triton_runner(plan)
+            self._kernels.gpu = gpu or "auto"  # the profile its tiling model uses on a GPU
         elif backend == "auto" and _kernels_can_run():
             self._triton  # built now, so that torch.compile never traces code generation
 
@@ -79,6 +83,7 @@ class Cell:
             try:
                 self._kernels = _triton_runner(self.plan)
                 self._kernels.pinned = dict(self._pinned)
+                self._kernels.gpu = self.gpu or "auto"
             except BackendError:
                 self._no_kernels = True
         return self._kernels
@@ -104,9 +109,10 @@ class Cell:
         """The analysis as readable text."""
         return self.plan.explain()
 
-    def tiling(self, gpu: str = "h100", dtype: str = "bfloat16", **shape: int):
+    def tiling(self, gpu: str | None = None, dtype: str | None = None, **shape: int):
         """The best tiling for a call shape on a GPU profile (no GPU needed).
 
+        ``gpu`` and ``dtype`` default to those given to ``rnnc.compile``, else h100 and bfloat16.
         ``shape`` gives B, T, NH and every dim of the cell. Returns a
         :class:`rnnc.constraints.tiling.Tiling` (``params``, ``estimate_us``,
         ``candidates``); raises :class:`rnnc.TilingError` when nothing fits.
@@ -119,6 +125,7 @@ class Cell:
         """
         from rnnc.constraints.tiling import solve_tiling
 
+        gpu, dtype = gpu or self.gpu or "h100", dtype or self.dtype or "bfloat16"
         return solve_tiling(self.plan, gpu, shape, dtype)
 
     def use_tiling(self, params: dict | None) -> None:
@@ -210,24 +217,25 @@ class Cell:
         return f"<rnnc.Cell {self.name} strategy={self.strategy} backend={self.backend}>"
 
     def __reduce__(self):
-        return (_rebuild, (self._origin or self.plan, self.backend, self._pinned))
+        return (_rebuild, (self._origin or self.plan, self.backend, self._pinned, (self.gpu, self.dtype)))
 
     def __deepcopy__(self, memo):
-        copy = Cell(self.plan, self.backend, self._origin)  # the Plan is immutable: shared
+        copy = Cell(self.plan, self.backend, self._origin, self.gpu, self.dtype)  # the Plan is immutable: shared
         if self._pinned:
             copy.use_tiling(self._pinned)
         return copy
 
 
-def _rebuild(origin, backend: str, pinned: dict) -> Cell:
+def _rebuild(origin, backend: str, pinned: dict, tiling: tuple = (None, None)) -> Cell:
     """Unpickle a cell: compile its source again (or wrap its pickled Plan)."""
+    gpu, dtype = tiling
     if isinstance(origin, tuple):
         from rnnc.api import compile_text
 
         text, filename, name = origin
-        cell = compile_text(text, filename, name, backend)
+        cell = compile_text(text, filename, name, backend, gpu=gpu, dtype=dtype)
     else:
-        cell = Cell(origin, backend)
+        cell = Cell(origin, backend, gpu=gpu, dtype=dtype)
     if pinned:
         cell.use_tiling(pinned)
     return cell
@@ -251,7 +259,8 @@ def _autocast_inputs(plan: Plan, tensors: dict) -> tuple[dict, str | None]:
     if first is None:
         return tensors, None
     device_type = first.device.type
-    if not torch.is_autocast_enabled(device_type):
+    # meta tensors (shape inference) have no autocast: asking would raise
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return tensors, None
     dtype = torch.get_autocast_dtype(device_type)
     cast = {
@@ -296,10 +305,14 @@ def _kernels_can_run() -> bool:
 
 
 def _wants_triton(tensors: dict) -> bool:
-    """backend='auto': Triton for CUDA tensors, or anywhere when TRITON_INTERPRET=1."""
+    """backend='auto': Triton for CUDA tensors, or CPU ones when TRITON_INTERPRET=1 (meta tensors,
+    say, go to the reference, which runs on any device)."""
+    given = [t for t in tensors.values() if isinstance(t, torch.Tensor)]
+    if any(t.device.type not in ("cuda", "cpu") for t in given):
+        return False
     if config.triton_interpret():
         return True
-    return any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors.values())
+    return any(t.is_cuda for t in given)
 
 
 def triton_source(plan: Plan) -> str:

@@ -22,7 +22,7 @@ import triton
 from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.compiler.ir import IR
-from rnnc.runtime.arguments import Call
+from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.binding import ShapeBinder
 from rnnc.runtime.custom_ops import flat_arguments, register  # noqa: F401 - flat_arguments: the launchers' layout
 from rnnc.runtime.modules import load_module
@@ -54,6 +54,7 @@ class GeneratedKernels:
         register(self)
         # launch parameters fixed by the caller (rnnc tune, tests): they win over the tiling model
         self.pinned: dict = {}
+        self.gpu = "auto"  # the profile the tiling model uses on a GPU: the live device's, or rnnc.compile's gpu
         self._model_tilings: dict = {}  # (shape, dtype) -> the tiling model's parameters
         self._tuning_ids: tuple | None = None  # what tuning entries of these kernels are filed under
 
@@ -70,7 +71,8 @@ class GeneratedKernels:
         if not params:
             shape = (call.B, call.T, call.NH, tuple(sorted(call.dims.items())), call.dtype)
             if shape not in self._model_tilings:
-                self._model_tilings[shape] = gpu_tiling(self.plan, call)
+                extra = (self.gpu,) if self.gpu != "auto" else ()  # the live device's unless rnnc.compile named one
+                self._model_tilings[shape] = gpu_tiling(self.plan, call, *extra)
             params = self._model_tilings[shape]
         return {**params, **self.pinned}
 
@@ -90,18 +92,49 @@ def pow2_at_least(n: int, least: int = 1) -> int:
     return max(least, triton.next_power_of_2(max(n, 1)))
 
 
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether Triton kernels can take tensors on ``device``: CUDA, or the CPU under TRITON_INTERPRET=1.
+
+    Example:
+        >>> triton_runs_on(torch.device("meta"))
+        False
+    """
+    return device.type == "cuda" or (device.type == "cpu" and config.triton_interpret())
+
+
+def bind_for_triton(ir: IR, tensors: dict, state: dict | None, cu_seqlens=None, binder=None) -> Call:
+    """:func:`rnnc.runtime.arguments.bind`, then a ValueError for tensors the kernels cannot read.
+
+    Example:
+        >>> from rnnc.compiler import lower_source
+        >>> x = torch.zeros(1, 2, 1, 3, device="meta")
+        >>> try:
+        ...     bind_for_triton(lower_source(open("examples/hgrn.rnn").read()), {"x": x, "g": x}, None)
+        ... except ValueError as exc:
+        ...     print(str(exc)[:72])
+        cell hgrn: the Triton backend needs CUDA tensors (or CPU ones with TRITO
+    """
+    call = bind(ir, tensors, state, cu_seqlens, binder)
+    if not triton_runs_on(call.device):
+        raise ValueError(
+            f"cell {ir.cell}: the Triton backend needs CUDA tensors (or CPU ones with TRITON_INTERPRET=1), "
+            f"has tensors on {call.device}; backend='reference' runs on any device"
+        )
+    return call
+
+
 def on_gpu(call: Call) -> bool:
     """True when the call's kernels run compiled on a GPU (not in the interpreter)."""
     return call.device.type == "cuda" and not config.triton_interpret()
 
 
-def gpu_tiling(plan: Plan, call: Call) -> dict:
-    """The tiling model's parameters for this call on the live GPU (``--gpu auto``)."""
+def gpu_tiling(plan: Plan, call: Call, gpu: str = "auto") -> dict:
+    """The tiling model's parameters for this call on GPU profile ``gpu`` (the live GPU's for ``auto``)."""
     from rnnc.constraints.tiling import solve_tiling
 
     shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
     dtype = DTYPE_NAMES.get(call.dtype, "float32")
-    return solve_tiling(plan, "auto", shape, dtype, candidates=0, find_binding=False).params
+    return solve_tiling(plan, gpu, shape, dtype, candidates=0, find_binding=False).params
 
 
 def tuned_params(kernels: GeneratedKernels, call: Call) -> dict | None:

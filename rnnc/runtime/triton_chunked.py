@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 import triton
 
-from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.arguments import Call
 from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
+    bind_for_triton,
     on_gpu,
     output_cotangents,
     pow2_at_least,
@@ -51,6 +52,7 @@ class ChunkedKernels(GeneratedKernels):
             >>> from rnnc.compiler import analyse_source
             >>> kernels = ChunkedKernels(analyse_source(open("examples/gla.rnn").read()))
             >>> q = torch.zeros(1, 3, 1, 24)
+            >>> from rnnc.runtime.arguments import bind
             >>> call = bind(kernels.plan.ir, {"q": q, "k": q, "v": torch.zeros(1, 3, 1, 40), "g": q}, None)
             >>> kernels.tiles(call)
             {'CHUNK': 16, 'BK': 32, 'BV': 64, 'num_warps': 4, 'num_stages': 1}
@@ -77,7 +79,7 @@ class ChunkedKernels(GeneratedKernels):
         return key, value
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
+        return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def forward(self, call: Call, flat: list, needs_grad: bool):
         """The output, the final state and (when ``needs_grad``) each chunk's starting state."""

@@ -14,10 +14,11 @@ import math
 import torch
 import triton
 
-from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.arguments import Call
 from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import (
     GeneratedKernels,
+    bind_for_triton,
     leaf_gradient_buffers,
     on_gpu,
     output_cotangents,
@@ -71,7 +72,7 @@ class ScanKernels(GeneratedKernels):
         return _interpreter_tiles(call, sizes)
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
+        return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def _blocks(self, call: Call):
         sizes = call.shape_of(self.plan.ir.states[0].shape)

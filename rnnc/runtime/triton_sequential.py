@@ -13,11 +13,12 @@ import torch
 import triton
 
 from rnnc.errors import BackendError
-from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.arguments import Call
 from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
+    bind_for_triton,
     leaf_gradient_buffers,
     output_cotangents,
     output_shape,
@@ -49,6 +50,7 @@ class SequentialKernels(GeneratedKernels):
             >>> from rnnc.compiler import analyse_source
             >>> kernels = SequentialKernels(analyse_source(open("examples/lstm.rnn").read()))
             >>> x, R, b = torch.zeros(3, 2, 1, 4, 48), torch.zeros(1, 4, 48, 48), torch.zeros(1, 4, 48)
+            >>> from rnnc.runtime.arguments import bind
             >>> call = bind(kernels.plan.ir, {"x": x, "R": R, "b": b}, None)
             >>> kernels.pinned = {"SPLIT": 2}; kernels.tiles(call)
             {'TILE_H': 32, 'BLOCK_B': 16, 'num_warps': 4, 'SPLIT': 2, 'FULL_H': 64}
@@ -78,7 +80,7 @@ class SequentialKernels(GeneratedKernels):
         return tiles
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
+        return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def forward(self, call: Call, flat: list, needs_grad: bool):
         """Outputs, final states and (when ``needs_grad``) every step's states, for backward."""
