@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnc import config
+from rnnc.cache_entries import fields_problem, is_finite_positive, is_int, launch_params_problem, parse_json
 
 TUNING_VERSION = 1  # bump when an entry's meaning changes: older entries are then never found
 KEY_FIELDS = ("version", "gpu", "cell", "plan", "kernels", "dtype", "bucket")
@@ -106,27 +107,79 @@ class TuningKey:
         return config.cache_dir() / "tuning" / f"{safe}-{digest}.json"
 
 
+# what rnnc tune writes beside the key, the winner's params and measured_us (each checked when present)
+OPTIONAL_FIELDS = ("estimate_us", "winner_rank", "first_over_best", "profile", "shape", "candidates")
+OPTIONAL_FIELDS += ("when", "versions")
+
+
 def _problem(entry: object, key: TuningKey | None) -> str | None:
-    """Why an entry cannot be trusted (None when it can)."""
-    if not isinstance(entry, dict):
-        return f"needs a JSON object, has {type(entry).__name__}"
-    missing = [f for f in (*KEY_FIELDS, "params", "measured_us") if f not in entry]
-    if missing:
-        return f"needs the fields {', '.join(missing)}"
+    """Why an entry cannot be trusted (None when it can): its fields against the key and their domains.
+
+    Example:
+        >>> key = TuningKey("G", "c", "p", "k", "float32", {"B": 2, "T": 8})
+        >>> _problem({**key.fields(), "params": {"BLOCK_T": 16.5}, "measured_us": 2.0}, key)
+        'BLOCK_T needs a power of two >= 1, has 16.5'
+    """
+    problem = fields_problem(entry, (*KEY_FIELDS, "params", "measured_us"), OPTIONAL_FIELDS)
+    if problem:
+        return problem
     if key is not None:
-        wrong = [f for f, v in key.fields().items() if entry[f] != v]
+        wrong = [f for f, v in key.fields().items() if entry[f] != v or type(entry[f]) is not type(v)]
         if wrong:
             return f"its {', '.join(wrong)} do not match the key it was found under"
-    params = entry["params"]
-    if not isinstance(params, dict) or not params:
-        return "needs non-empty params"
-    for name, value in params.items():
-        if not isinstance(name, str) or isinstance(value, (dict, list)) or value is None:
-            return f"needs params of names and numbers, has {name!r}: {value!r}"
-    measured = entry["measured_us"]
-    if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not measured > 0:
-        return f"needs a positive measured_us, has {measured!r}"
+    bucket = entry["bucket"]
+    if not isinstance(bucket, dict) or _sizes_problem(bucket):
+        return f"needs a bucket of positive integer sizes, has {bucket!r}"
+    if not is_int(entry["version"]) or not all(isinstance(entry[f], str) for f in KEY_FIELDS[1:-1]):
+        return "needs a version number and names (gpu, cell, plan, kernels, dtype) as text"
+    problem = launch_params_problem(entry["params"]) or _times_problem(entry, "measured_us")
+    if problem:
+        return problem
+    if "shape" in entry and (_sizes_problem(entry["shape"]) or shape_bucket(entry["shape"]) != bucket):
+        return f"its shape {entry['shape']!r} is not in its bucket {bucket!r}"
+    rank = entry.get("winner_rank", 0)
+    if not (is_int(rank) and rank >= 0):
+        return f"needs a winner_rank >= 0, has {rank!r}"
+    ratio = entry.get("first_over_best")
+    if ratio is not None and not (is_finite_positive(ratio) and ratio >= 1):
+        return f"needs first_over_best None or a finite number >= 1 (the first choice over the best), has {ratio!r}"
+    for name in ("profile", "when"):
+        if name in entry and not isinstance(entry[name], str):
+            return f"needs {name} as text, has {entry[name]!r}"
+    versions = entry.get("versions", {})
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        return f"needs versions as names of text, has {versions!r}"
+    candidates = entry.get("candidates", [])
+    if not isinstance(candidates, list):
+        return f"needs a list of candidates, has {candidates!r}"
+    for i, row in enumerate(candidates):
+        problem = fields_problem(row, ("rank", "params", "estimate_us"), ("measured_us", "status"))
+        if problem is None and not (is_int(row["rank"]) and row["rank"] >= 0):
+            problem = f"needs a rank >= 0, has {row['rank']!r}"
+        if problem is None and not isinstance(row.get("status", ""), str):
+            problem = f"needs a status as text, has {row['status']!r}"
+        problem = problem or launch_params_problem(row["params"]) or _times_problem(row, "estimate_us")
+        if problem:
+            return f"candidate {i}: {problem}"
     return None
+
+
+def _times_problem(row: dict, required: str) -> str | None:
+    """Times in microseconds: finite and positive; only ``required`` may not be absent (or None)."""
+    for name in ("measured_us", "estimate_us"):
+        value = row.get(name)
+        if value is None and name != required:
+            continue  # a candidate that failed was not measured; an entry may lack the estimate
+        if not is_finite_positive(value):
+            return f"needs a finite positive {name}, has {value!r}"
+    return None
+
+
+def _sizes_problem(shape: object) -> bool:
+    """True unless ``shape`` maps names to integer sizes >= 1, T among them."""
+    if not isinstance(shape, dict) or "T" not in shape:
+        return True
+    return not all(isinstance(k, str) and is_int(v) and v > 0 for k, v in shape.items())
 
 
 def _discard(path: Path, reason: str) -> None:
@@ -146,7 +199,7 @@ def read(key: TuningKey) -> dict | None:
     """
     path = key.path()
     try:
-        entry = json.loads(path.read_text())
+        entry = parse_json(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # unreadable or not JSON (ValueError covers bad UTF-8)
@@ -223,7 +276,7 @@ def entries(gpu: str | None = None) -> list[dict]:
     found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            entry = json.loads(path.read_text())
+            entry = parse_json(path.read_text())
         except (OSError, ValueError) as exc:
             _discard(path, f"cannot parse it ({type(exc).__name__}: {exc})")
             continue

@@ -236,3 +236,82 @@ def test_extreme_shapes_solve_without_overflow(cell):
     model = BUILD[p.strategy](p, load_profile("l4"))
     solution = model.solve()  # may be None (nothing fits an L4), but never an OverflowError
     assert solution is None or solution.objective > 0
+
+
+# a cached tiling is trusted only if it is what the model gives for its key (issue 14, item 4)
+def _broken_assignment(entry: dict) -> dict:
+    """Parameters within every domain that break one of the model's constraints (found by enumeration)."""
+    from rnnc.constraints.problem import problem_of
+    from rnnc.constraints.profiles import load_profile
+    from rnnc.constraints.tiling import BUILDERS
+
+    shape = entry["shape"]
+    model = BUILDERS["sequential"](problem_of(plan("lstm"), shape, "bfloat16"), load_profile("h100"))
+    for env in model.assignments():
+        if not all(c.holds(env) for c in model.constraints):
+            return env
+    raise AssertionError("every assignment fits: pick a shape where some do not")
+
+
+TILING_CORRUPTIONS = {
+    "negative BLOCK_B": lambda e: {**e, "params": {**e["params"], "BLOCK_B": -7}},
+    "BLOCK_B outside its domain": lambda e: {**e, "params": {**e["params"], "BLOCK_B": 1024}},
+    "a fractional block": lambda e: {**e, "params": {**e["params"], "BLOCK_K": 16.5}},
+    "a string parameter": lambda e: {**e, "params": {**e["params"], "BLOCK_B": "16"}},
+    "a bool parameter": lambda e: {**e, "params": {**e["params"], "SPLIT": True}},
+    "an unknown parameter": lambda e: {**e, "params": {**e["params"], "BLOCK_Q": 16}},
+    "a missing parameter": lambda e: {**e, "params": {k: v for k, v in e["params"].items() if k != "SPLIT"}},
+    "a constraint broken": lambda e: {**e, "params": _broken_assignment(e)},
+    "negative estimate": lambda e: {**e, "estimate_us": -1},
+    "infinite estimate": lambda e: {**e, "estimate_us": float("inf")},
+    "an estimate the model does not give": lambda e: {**e, "estimate_us": e["estimate_us"] * 0.5},
+    "quantities the model does not give": lambda e: {**e, "quantities": {**e["quantities"], "programs": 4096}},
+    "a candidate out of its domain": lambda e: {**e, "candidates": [[{**e["params"], "BLOCK_B": -1}, 1.0]]},
+    "a candidate that is no pair": lambda e: {**e, "candidates": [e["params"]]},
+    "another shape": lambda e: {**e, "shape": {**e["shape"], "B": 5}},
+    "a bool size": lambda e: {**e, "shape": {**e["shape"], "NH": True}},
+    "another cell": lambda e: {**e, "cell": "gru"},
+    "a missing field": lambda e: {k: v for k, v in e.items() if k != "quantities"},
+    "an unknown field": lambda e: {**e, "trusted": True},
+    "binding not text": lambda e: {**e, "binding": [1, 2]},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TILING_CORRUPTIONS) + ["deeply nested", "not a JSON object"])
+def test_a_cached_tiling_that_is_not_the_models_answer_is_discarded(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    shape = {"B": 1, "T": 64, "NH": 1, "H": 16}
+    first = solve_tiling(plan("lstm"), "h100", shape, "bfloat16")
+    (path,) = (tmp_path / "tilings").glob("*.json")
+    original = path.read_text()
+    entry = json.loads(original)
+    if kind == "deeply nested":
+        path.write_text("[" * 100_000 + "]" * 100_000)  # json.loads raises RecursionError on this
+    elif kind == "not a JSON object":
+        path.write_text("[1, 2]")
+    else:
+        path.write_text(json.dumps(TILING_CORRUPTIONS[kind](entry)))
+    again = solve_tiling(plan("lstm"), "h100", shape, "bfloat16")
+    assert again == first  # solved afresh, not read from the corrupt entry
+    assert all(type(v) is int for v in again.params.values())  # True == 1, so equality alone would not tell
+    assert path.read_text() == original  # the corrupt entry is gone, the rebuilt one in its place
+
+
+def test_every_model_parameter_is_a_known_launch_parameter_in_its_domain():
+    """The caches check parameters against LAUNCH_PARAMETERS: every model's variables must pass."""
+    from rnnc.cache_entries import LAUNCH_PARAMETERS, launch_params_problem
+    from rnnc.constraints.problem import problem_of
+    from rnnc.constraints.profiles import load_profile
+    from rnnc.constraints.tiling import BUILDERS
+
+    shapes = {"lstm": {"H": 256}, "hgrn": {"D": 64}, "mamba": {"D": 64, "N": 16}, "gla": {"K": 64, "V": 64}}
+    seen = set()
+    for name, dims in shapes.items():
+        p = plan(name)
+        problem = problem_of(p, {"B": 8, "T": 256, "NH": 4, **dims}, "bfloat16")
+        model = BUILDERS[p.strategy](problem, load_profile("h100"))
+        for var in model.variables:
+            seen.add(var.name)
+            for value in var.domain:
+                assert launch_params_problem({var.name: value}) is None, (var.name, value)
+    assert seen == set(LAUNCH_PARAMETERS)

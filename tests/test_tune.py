@@ -108,6 +108,26 @@ CORRUPTIONS = {
     "negative time": lambda entry: json.dumps({**entry, "measured_us": -1.0}),
     "another gpu's entry": lambda entry: json.dumps({**entry, "gpu": "Some other GPU"}),
     "another bucket": lambda entry: json.dumps({**entry, "bucket": {**entry["bucket"], "T": 4096}}),
+    # issue 14: fields checked for meaning, not only shape
+    "negative block": lambda entry: json.dumps({**entry, "params": {**entry["params"], "BLOCK_T": -5}}),
+    "fractional block": lambda entry: json.dumps({**entry, "params": {**entry["params"], "BLOCK_T": 16.5}}),
+    "a bool block": lambda entry: json.dumps({**entry, "params": {**entry["params"], "BLOCK_T": True}}),
+    "block not a power of two": lambda entry: json.dumps({**entry, "params": {**entry["params"], "BLOCK_T": 48}}),
+    "a string parameter": lambda entry: json.dumps({**entry, "params": {**entry["params"], "BLOCK_T": "16"}}),
+    "an unknown parameter": lambda entry: json.dumps({**entry, "params": {**entry["params"], "BLOCK_Q": 16}}),
+    "infinite time": lambda entry: json.dumps({**entry, "measured_us": float("inf")}),  # written as Infinity
+    "time not a number": lambda entry: json.dumps({**entry, "measured_us": float("nan")}),
+    "a bool time": lambda entry: json.dumps({**entry, "measured_us": True}),
+    "negative estimate": lambda entry: json.dumps({**entry, "estimate_us": -3.0}),
+    "a bool rank": lambda entry: json.dumps({**entry, "winner_rank": True}),
+    "first faster than the best": lambda entry: json.dumps({**entry, "first_over_best": 0.5}),
+    "a shape outside the bucket": lambda entry: json.dumps({**entry, "shape": {**entry["shape"], "B": 99}}),
+    "a bool in the bucket": lambda entry: json.dumps({**entry, "bucket": {**entry["bucket"], "NH": True}}),
+    "a candidate out of its domain": lambda entry: json.dumps(
+        {**entry, "candidates": [{**entry["candidates"][0], "params": {"BLOCK_T": 0}}]}
+    ),
+    "an unknown field": lambda entry: json.dumps({**entry, "trusted": True}),
+    "deeply nested": lambda entry: "[" * 100_000 + "]" * 100_000,  # json.loads raises RecursionError
 }
 
 
@@ -220,3 +240,11 @@ def test_the_command_line_says_it_needs_a_gpu_and_what_it_found():
     assert done.returncode == 1
     assert "error: rnnc tune needs a CUDA GPU to time kernels on, and found none: torch" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_listing_the_cache_deletes_an_entry_nested_too_deeply_to_parse():
+    """``entries`` (what ``rnnc tune`` summarises) meets the file before any key does."""
+    result = run_tune("Fake GPU nested", by_rank({}))
+    path = Path(result.path)
+    path.write_text("{" + '"a": {' * 60_000 + "}" * 60_001)
+    assert tuning_cache.entries("Fake GPU nested") == [] and not path.exists()

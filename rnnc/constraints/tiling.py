@@ -14,10 +14,11 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rnnc import config
+from rnnc.cache_entries import fields_problem, parse_json, tiling_problem
 from rnnc.compiler import Plan
 from rnnc.constraints import chunked, scan, sequential
 from rnnc.constraints.model import Model, lift
@@ -102,10 +103,13 @@ def solve_tiling(
     profile = gpu if isinstance(gpu, GpuProfile) else load_profile(gpu)
     problem = problem_of(plan, shape, dtype)
     key = _cache_key(plan, profile, problem, f"{candidates}-{find_binding}")
-    cached = _read_cache(key) if use_cache else None
+    model = BUILDERS[plan.strategy](problem, profile)  # a millisecond; a cached entry is checked against it
+    shape = {k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)}
+    expected = dict(cell=plan.ir.cell, strategy=plan.strategy, gpu=profile.name, dtype=dtype, shape=shape)
+    asked = {"candidates": candidates, "find_binding": find_binding}
+    cached = _read_cache(key, model, {**expected, **asked}) if use_cache else None
     if cached is not None:
         return cached
-    model = BUILDERS[plan.strategy](problem, profile)
     try:
         best = model.best(candidates + 1)
     except OverflowError as exc:  # a shape so large that the cost model's integers do not fit
@@ -113,11 +117,7 @@ def solve_tiling(
     if not best:
         raise TilingError(_diagnose(model, plan, problem, profile))
     tiling = Tiling(
-        cell=plan.ir.cell,
-        strategy=plan.strategy,
-        gpu=profile.name,
-        dtype=dtype,
-        shape={k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)},
+        **expected,
         params=dict(best[0].values),
         estimate_us=best[0].objective * model.unit_ns / 1000,
         candidates=tuple((dict(s.values), s.objective * model.unit_ns / 1000) for s in best[1:]),
@@ -208,18 +208,26 @@ def _cache_path(key: str) -> Path:
     return config.cache_dir() / "tilings" / f"{key}.json"
 
 
-def _read_cache(key: str) -> Tiling | None:
+def _read_cache(key: str, model: Model, expected: dict) -> Tiling | None:
+    """The cached tiling under ``key`` if every field is what ``model`` gives for ``expected``; a
+    corrupt entry (bad JSON, wrong or missing fields, values outside their domains) is deleted."""
     path = _cache_path(key)
     try:
-        return Tiling.from_json(path.read_text())
+        data = parse_json(path.read_text())
+        problem = fields_problem(data, tuple(f.name for f in fields(Tiling)))
+        problem = problem or tiling_problem(data, model, expected)
+        if problem is None:
+            return Tiling.from_json(json.dumps(data))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError):
-        try:  # a corrupt entry is discarded and rebuilt, never trusted
-            path.unlink()
-        except OSError:
-            pass
-        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        problem = f"cannot read it ({type(exc).__name__}: {exc})"
+    config.debug(1, f"tiling cache: discarded {path}: {problem}")
+    try:  # a corrupt entry is discarded and rebuilt, never trusted
+        path.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def _write_cache(key: str, tiling: Tiling) -> None:
