@@ -18,10 +18,16 @@ EXTRA = {
 }
 
 
-def _check(cell_text_or_path, positive=(), initial=None):
+# "functions" grows like h' = 3 h + h**2 / 3 where x > 0: at the default draw (T = 5, scale 0.5) the
+# median final |h| was 91 and 1.5 % of draws overflowed to inf (a NaN gradient norm, a flaky test
+# of the conditioning, not of the derivatives); at T = 3, scale 0.3 the largest |h| of 3000 draws was 24
+DRAW = {"functions": {"T": 3, "scale": 0.3}}
+
+
+def _check(cell_text_or_path, positive=(), initial=None, draw=None):
     auto = rnnc.compile(cell_text_or_path, backend="reference")
     manual = rnnc.compile(cell_text_or_path, backend="reference-bptt")
-    tensors, states = random_call(auto.plan.ir, positive=positive)
+    tensors, states = random_call(auto.plan.ir, positive=positive, **(draw or {}))
     if initial:
         states.update(initial(states))
     leaves = [*tensors.values(), *states.values()]
@@ -49,4 +55,4 @@ def test_bptt_from_sympy_matches_autograd_on_the_zoo(name):
 
 @pytest.mark.parametrize("name", sorted(EXTRA))
 def test_bptt_from_sympy_matches_autograd_on_every_operator(name):
-    _check(EXTRA[name])
+    _check(EXTRA[name], draw=DRAW.get(name))
