@@ -65,26 +65,19 @@ def _pyc_for(path, text: str) -> bytes:
     return header + marshal.dumps(compile(text, str(path), "exec"))
 
 
-def test_a_planted_pyc_beside_a_module_is_never_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["planted", "truncated"])
+def test_a_pyc_beside_a_module_is_never_read(kind, tmp_path, monkeypatch):
+    """A .pyc with the real header (what importlib would run instead of the file), or a truncated one
+    (on which importlib raised EOFError at every later compile)."""
     monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
-    text = "VALUE = 'generated'\n"
-    path = write_module(text, "planted")
+    text = f"VALUE = 'generated {kind}'\n"
+    path = write_module(text, kind)
     pyc = importlib.util.cache_from_source(str(path))
     os.makedirs(os.path.dirname(pyc), exist_ok=True)
+    planted = _pyc_for(path, "VALUE = 'planted'\n")
     with open(pyc, "wb") as f:
-        f.write(_pyc_for(path, "VALUE = 'planted'\n"))
-    assert load_module(text, "planted").VALUE == "generated"
-
-
-def test_a_truncated_pyc_beside_a_module_is_ignored(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
-    text = "VALUE = 'intact'\n"
-    path = write_module(text, "truncated")
-    pyc = importlib.util.cache_from_source(str(path))
-    os.makedirs(os.path.dirname(pyc), exist_ok=True)
-    with open(pyc, "wb") as f:
-        f.write(_pyc_for(path, "VALUE = 'other'\n")[:20])
-    assert load_module(text, "truncated").VALUE == "intact"
+        f.write(planted if kind == "planted" else planted[:20])
+    assert load_module(text, kind).VALUE == f"generated {kind}"
 
 
 def test_no_bytecode_is_written_for_generated_modules(tmp_path, monkeypatch):
