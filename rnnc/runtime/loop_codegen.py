@@ -13,6 +13,10 @@ Every value of the step is sorted by what it depends on:
 Subexpressions that the IR inlined (a new state read by a later update, ``x + R @ h + b``
 split into gates) are shared with ``sympy.cse``, so nothing is computed twice.
 
+Variables that carry a cell's name come from :mod:`rnnc.templates.names` (``in_x``, ``u_h``,
+``v_a1_r2_in_x``); the symbols this module invents (shared and hoisted subexpressions) are named
+by ``names.internal`` in sympy, so that no tensor of the cell can have their name.
+
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> text = loop_source(analyse_source(open("examples/lstm.rnn").read()))
@@ -27,6 +31,7 @@ import sympy
 from rnnc.compiler import Plan
 from rnnc.compiler.shapes import broadcast_shapes, same_shape
 from rnnc.runtime.torch_printer import to_torch
+from rnnc.templates.names import comment, derived, internal, prefixed
 
 CONST, SEQ, LOOP = 0, 1, 2
 LEAF_PHASE = {"weight": CONST, "input": SEQ, "state": LOOP}
@@ -71,12 +76,12 @@ class _Writer:
         self.views = dict(ir.views)
         self.atom_phase: dict[str, int] = {}
         self.atom_var: dict[str, str] = {}
-        prefixes = {"input": "in_", "weight": "w_", "state": "st_"}
+        roles = {"input": "in", "weight": "w", "state": "st"}
         for i, atom in enumerate(ir.atoms):
             if atom.op == "new":
-                self.atom_var[atom.name] = f"u_{atom.name[:-1]}"
+                self.atom_var[atom.name] = derived("u", user=atom.name[:-1])
             else:
-                self.atom_var[atom.name] = prefixes[atom.op] + atom.name if atom.is_leaf else f"t{i}"
+                self.atom_var[atom.name] = derived(roles[atom.op], user=atom.name) if atom.is_leaf else f"t{i}"
         self.lines: list[list[str]] = [[], [], []]
         self.var_phase: dict[str, int] = {}
         self.defined: set[str] = set()
@@ -144,17 +149,17 @@ class _Writer:
 
     def new_symbol(self, expr, rank: int, phase: int) -> sympy.Symbol:
         for name, (known, known_rank) in self.symbol_defs.items():
-            if known_rank == rank and known == expr and name.startswith("h"):
+            if known_rank == rank and known == expr and name.startswith(internal("h")):
                 return sympy.Symbol(name, real=True)
-        name = f"h{len(self.symbol_defs)}_{rank}"
+        name = internal(f"h{len(self.symbol_defs)}_{rank}")
         self.symbol_defs[name] = (expr, rank)
         self.symbol_phase[name] = phase
         return sympy.Symbol(name, real=True)
 
     # ---------------------------------------------------------------- emission
 
-    def emit(self, phase: int, var: str, code: str, comment: str = "") -> None:
-        self.lines[phase].append(f"    {var} = {code}" + (f"  # {comment}" if comment else ""))
+    def emit(self, phase: int, var: str, code: str, note: str = "") -> None:
+        self.lines[phase].append(f"    {var} = {code}" + (f"  # {comment(note)}" if note else ""))
         self.var_phase[var] = phase
         self.defined.add(var)
 
@@ -192,17 +197,18 @@ class _Writer:
             code = view_code(self.use(atom_var, source), view.axes, rank)
             if code == atom_var:
                 return self.use(atom_var, phase)
-            var = f"v_{self.atom_var[view.atom]}_{'_'.join(str(-a) for a in view.axes)}_r{rank}"
+            axes = "".join(str(-a) for a in view.axes)  # a view's role words: v, its axes, its rank
+            var = prefixed("v", prefixed(f"a{axes}", prefixed(f"r{rank}", self.atom_var[view.atom])))
             if var not in self.defined:
                 self.emit(source, var, code, name)
             return self.use(var, phase)
         if name in self.dims:
-            var = f"dim_{name}"
+            var = derived("dim", user=name)
             if var not in self.defined:
                 self.emit(CONST, var, f"like.new_tensor(sizes[{name!r}])")
             return self.use(var, phase)
         expr, def_rank = self.symbol_defs[name]
-        var = name
+        var = name.removeprefix(internal(""))  # c2_0, h3_1: variables of this module's own
         if var not in self.defined:
             own = self.symbol_phase[name]
             code = self.code(expr, def_rank, own)
@@ -232,7 +238,7 @@ def _cse(writer: _Writer, items: list[tuple[str, sympy.Expr, int]]) -> list[tupl
     reduced_items: dict[str, sympy.Expr] = {}
     for rank in sorted(by_rank):
         entries = by_rank[rank]
-        names = sympy.numbered_symbols(f"c{rank}_", cls=lambda n: sympy.Symbol(n, real=True))
+        names = sympy.numbered_symbols(internal(f"c{rank}_"), cls=lambda n: sympy.Symbol(n, real=True))
         replacements, reduced = sympy.cse([e for _, _, e in entries], symbols=names)
         for sym, expr in replacements:
             writer.symbol_defs[sym.name] = (expr, rank)
@@ -357,7 +363,7 @@ def loop_source(plan: Plan) -> str:
             writer.emit(phase, writer.atom_var[atom.name], code, atom.name)
         else:
             _emit_result(writer, "update", updates[name], reduced)
-    results = [[f"u_{r.name}" for r in ir.updates]]
+    results = [[derived("u", user=r.name) for r in ir.updates]]
     results.append([_emit_result(writer, "output", r, reduced) for r in ir.outputs])
     return _module_text(plan, writer, results)
 
@@ -366,7 +372,7 @@ def _emit_result(writer: _Writer, kind: str, r, reduced) -> str:
     """Emit one update (its variable is also the new value's, ``u_<state>``) or output."""
     expr, rank = reduced[f"{kind} {r.name}"]
     code = writer.code(expr, rank, LOOP)
-    var = f"{kind[0]}_{r.name}"
+    var = derived(kind[0], user=r.name)  # u_<state> is also the new value's variable
     if not _full_shape(writer, r.expr, r.shape):
         tail = writer.use(_tail(writer, r.name), LOOP)
         code = f"ops.fit({code}, (batch,) + {tail}, like)"
@@ -406,7 +412,7 @@ def _emission_order(writer: _Writer) -> list[tuple[str, str]]:
 
 
 def _tail(writer: _Writer, name: str) -> str:
-    var = f"tail_{name}"
+    var = derived("tail", user=name)
     if var not in writer.defined:
         writer.emit(CONST, var, f"sizes[{('tail ' + name)!r}]", f"[NH, *shape] of {name}")
     return var
