@@ -6,7 +6,7 @@ Example:
     'chunked'
 """
 
-from rnnc.errors import AnalysisError, BackendError, ParseError, RnncError, TilingError
+from rnnc.errors import AnalysisError, BackendError, InternalError, ParseError, RnncError, TilingError
 
 __version__ = "0.1.0"
 
@@ -38,4 +38,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rnnc' has no attribute {name!r}")
 
 
-__all__ = ["AnalysisError", "BackendError", "ParseError", "RnncError", "TilingError", "__version__", "compile", "nn"]
+__all__ = [
+    "AnalysisError",
+    "BackendError",
+    "InternalError",
+    "ParseError",
+    "RnncError",
+    "TilingError",
+    "__version__",
+    "compile",
+    "nn",
+]

@@ -181,3 +181,12 @@ class LocatedBackendError(LocatedError, BackendError):
         >>> isinstance(e, BackendError), str(e).splitlines()[0]
         (True, 'c.rnn:1:5: error: no kernel')
     """
+
+
+class InternalError(RnncError):
+    """rnnc itself went wrong (a generated module that does not import): a bug to report, naming the cell.
+
+    Example:
+        >>> issubclass(InternalError, RnncError)
+        True
+    """

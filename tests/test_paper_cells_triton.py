@@ -4,7 +4,7 @@ Where a template covers a paper cell, its kernels must match the oracle forward 
 gradient: 1e-9 in float64 at T = 1, 19, 37 and 1e-4 in float32 at T = 19, odd dims (the defaults of
 tests/refs/paper_data.py), the draws of paper_data (each cell's domain). Where no template covers it
 yet, the test is skipped with the BackendError's reason: this file grows with the templates by
-itself. A template that crashes instead of refusing is a failure (strict xfail where it is known).
+itself. A template that crashes instead of refusing is a failure.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import rnnc
 pytest.importorskip("triton")
 
 LOOPS = {**paper_loops.LOOPS, **paper_loops_vector.LOOPS}
-# the sequential template renders `BLOCK_H: tl.constexpr, ,` for a cell with no matrix weight
-# (issue 10's three crashes); once it renders or refuses properly these pass and the marks must go
-CRASHING = {"indrnn", "tanh_accumulator"}
 CASES = [(1, torch.float64, 1e-9), (19, torch.float64, 1e-9), (37, torch.float64, 1e-9), (19, torch.float32, 1e-4)]
 
 
@@ -38,10 +35,8 @@ def _kernels(cell: str):
 
 def _cases():
     for cell in PAPER_CELLS:
-        crash = pytest.mark.xfail(strict=True, raises=SyntaxError, reason="sequential template crash (issue 10)")
-        marks = [crash] if cell in CRASHING else []
         for T, dtype, tol in CASES:
-            yield pytest.param(cell, T, dtype, tol, marks=marks, id=f"{cell}-T{T}-{str(dtype)[6:]}")
+            yield pytest.param(cell, T, dtype, tol, id=f"{cell}-T{T}-{str(dtype)[6:]}")
 
 
 @pytest.mark.parametrize("cell,T,dtype,tol", list(_cases()))

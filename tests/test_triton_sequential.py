@@ -26,10 +26,10 @@ SIZES = [(3, 1, 2, 24), (3, 37, 1, 24), (1, 5, 2, 48), (2, 16, 1, 16), (20, 3, 1
 CASES = [(size, torch.float64, 1e-9) for size in SIZES] + [((3, 37, 1, 24), torch.float32, 1e-4)]
 
 
-def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0, split=1, positive=()):
+def _check(text_or_path, B, T, NH, dims, dtype, tol, seed=0, split=1, positive=(), tiling=None):
     triton_cell = rnnc.compile(text_or_path, backend="triton")
-    if split > 1:
-        triton_cell.use_tiling({"SPLIT": split})
+    if split > 1 or tiling:
+        triton_cell.use_tiling({**({"SPLIT": split} if split > 1 else {}), **(tiling or {})})
     reference = rnnc.compile(text_or_path, backend="reference")
     tensors, states = random_call(triton_cell.plan.ir, B=B, T=T, NH=NH, dims=dims, dtype=dtype, positive=positive)
     for decl in triton_cell.plan.ir.weights:  # matrices at torch.nn's scale, 1/sqrt(fan-in): gradients that
@@ -96,18 +96,76 @@ def test_split_heads_match_reference(name, size, dtype, tol):
     _check(f"examples/{name}.rnn", B, T, NH, dims, dtype, tol, seed=B * T, split=split, positive=POSITIVE.get(name, ()))
 
 
+# The step kernels with a whole head (STREAM: weights read from memory each step instead of kept on
+# chip), contractions in several BLOCK_K pieces, and a GPU-like tiling pinned in the interpreter
+STREAM_CASES = [
+    ((3, 5, 2, 48), {"STREAM": 1, "BLOCK_K": 16}),  # three pieces of 16
+    ((2, 4, 1, 40), {"SPLIT": 2, "BLOCK_K": 16}),  # two slices of 32, three pieces (the last one short)
+    ((20, 3, 1, 24), {"STREAM": 1, "BLOCK_B": 32, "num_warps": 8, "num_stages": 2}),
+]
+
+
+@pytest.mark.parametrize("size,tiling", STREAM_CASES, ids=["stream-K16", "split-K16", "stream-B32-w8"])
+@pytest.mark.parametrize("name", ZOO)
+def test_step_kernels_streaming_the_weights_match_reference(name, size, tiling):
+    B, T, NH, D = size
+    dims = {"H": D} if name != "lti" else {"N": D, "M": D // 2 + 1}
+    _check(
+        f"examples/{name}.rnn",
+        B,
+        T,
+        NH,
+        dims,
+        torch.float64,
+        1e-9,
+        seed=T,
+        tiling=tiling,
+        positive=POSITIVE.get(name, ()),
+    )
+
+
+def test_pinned_tiling_reaches_the_launch_in_the_interpreter():
+    from rnnc.runtime.arguments import bind
+
+    cell = rnnc.compile("examples/lstm.rnn", backend="triton")
+    cell.use_tiling({"STREAM": 1, "BLOCK_K": 32, "BLOCK_B": 32, "num_warps": 8, "num_stages": 3})
+    tensors, _ = random_call(cell.plan.ir, B=2, T=2, NH=1, dims={"H": 40}, dtype=torch.float64)
+    tiles = cell._triton.tiles(bind(cell.plan.ir, tensors, None))
+    assert {k: tiles[k] for k in ("STREAM", "BLOCK_K", "BLOCK_B", "num_warps", "num_stages")} == {
+        "STREAM": 1,
+        "BLOCK_K": 32,
+        "BLOCK_B": 32,
+        "num_warps": 8,
+        "num_stages": 3,
+    }
+    cell.use_tiling({"STREAM": 1, "BLOCK_K": 24})
+    with pytest.raises(rnnc.BackendError, match="BLOCK_K needs a power of two, has 24"):
+        cell(**tensors)
+
+
 def test_generated_module_is_deterministic_and_reads_like_the_cell():
     first = rnnc.compile("examples/lstm.rnn", backend="triton").source
     second = rnnc.compile(open("examples/lstm.rnn").read(), backend="triton").source
     assert first == second
-    assert first.count("tl.dot(s_h, r_R_") == 2 * 4  # four gates, in the forward and the recomputing backward
-    assert "for k in range(0, T):" in first and "tl.atomic_add(grad_ptr_R" in first
+    # four gates, in the forward and the recomputing backward
+    assert first.count("tl.dot(s_h.to(DOT_DTYPE), r_R_") == 2 * 4
+    assert "for k in range(0, steps):" in first
+    # R's and b's gradients are contractions after the kernel: R @ h's cotangent is x's, which the
+    # kernel stores anyway, so nothing else is stored or accumulated on chip
+    assert "tl.atomic_add(grad_ptr_R" not in first and "acc_" not in first and "_cotangent_ptr" not in first
 
 
-def test_matrix_weight_used_pointwise_is_refused_with_the_reason():
+def test_weight_gradients_come_from_stored_cotangents_where_no_input_has_them():
+    gru = rnnc.compile("examples/gru.rnn", backend="triton")._triton.module
+    assert [d.cotangent for d in gru.dots] == ["stored"]  # r * hn: the matmul's cotangent is not x's
+    assert gru.weight_sums == {"b": "dot 7"} and "tl.store(a7_cotangent_ptr" in gru.text
+    lstm = rnnc.compile("examples/lstm.rnn", backend="triton")._triton.module
+    assert [d.cotangent for d in lstm.dots] == ["input x"] and lstm.weight_sums == {"b": "input x"}
+
+
+def test_matrix_weight_used_pointwise_and_in_a_matmul_matches_the_reference():
     text = "cell c(H) { input x: [H]; weight R: [H, H]; state h: [H]\nh = tanh(x + R @ h + sum(R, 0))\nemit h }"
-    with pytest.raises(rnnc.BackendError, match="sequential template does not cover cell c"):
-        rnnc.compile(text, backend="triton")
+    _check(text, 3, 5, 1, {"H": 19}, torch.float64, 1e-9)
 
 
 @pytest.mark.parametrize("name", ["lstm", "slstm"])

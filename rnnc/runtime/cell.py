@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -69,6 +70,8 @@ class Cell:
         self._kernels = None  # the Triton kernels, built on first use: import triton only then
         self._no_kernels = backend in ("reference", "reference-bptt")
         self._pinned: dict = {}
+        self._fallback: BackendError | None = None  # why no template covers the cell, once known
+        self._warned = False  # backend="auto" warns once when it falls back to the reference
         self.last_backend = ""  # what ran the latest call: "reference" or "triton"
         if backend == "triton":
             self._kernels = _triton_runner(plan)
@@ -84,8 +87,8 @@ class Cell:
                 self._kernels = _triton_runner(self.plan)
                 self._kernels.pinned = dict(self._pinned)
                 self._kernels.gpu = self.gpu or "auto"
-            except BackendError:
-                self._no_kernels = True
+            except BackendError as exc:
+                self._no_kernels, self._fallback = True, exc
         return self._kernels
 
     @property
@@ -140,7 +143,7 @@ class Cell:
             >>> cell.use_tiling({"SPLIT": 2}); cell.pinned_tiling
             {'SPLIT': 2}
         """
-        if self._triton is None:
+        if self.backend not in ("triton", "auto"):
             raise BackendError(f"cell {self.name} has no Triton kernels to pin a tiling on (backend {self.backend})")
         if params is not None and not isinstance(params, dict):
             raise TypeError(f"use_tiling needs a dict of launch parameters or None, has {type(params).__name__}")
@@ -207,6 +210,9 @@ class Cell:
         if self.backend == "triton" or (self.backend == "auto" and _wants_triton(tensors) and self._triton is not None):
             self.last_backend = "triton"
             return self._triton
+        if self.backend == "auto" and self._fallback is not None and not self._warned and _wants_triton(tensors):
+            self._warned = True  # once per cell: every later call falls back the same way
+            warnings.warn(f"cell {self.name} runs on the reference backend: {self._fallback}", stacklevel=3)
         self.last_backend = "reference"
         return self._runner
 

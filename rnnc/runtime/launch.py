@@ -22,6 +22,7 @@ import triton
 from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.compiler.ir import IR
+from rnnc.errors import InternalError
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.binding import ShapeBinder
 from rnnc.runtime.custom_ops import flat_arguments, register  # noqa: F401 - flat_arguments: the launchers' layout
@@ -47,7 +48,13 @@ class GeneratedKernels:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.module = self.render(plan)
-        self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
+        try:
+            self.kernels = load_module(self.module.text, f"{plan.ir.cell}_{self.strategy}")
+        except SyntaxError as exc:  # rnnc wrote source that is not Python: its fault, never the user's
+            raise InternalError(
+                f"the generated {self.strategy} module of cell {plan.ir.cell} does not import ({exc.msg}, line "
+                f"{exc.lineno} of {exc.filename}); please report it with the cell"
+            ) from exc
         # what these kernels compute, for the custom ops (rnnc.runtime.custom_ops)
         self.token = f"{self.strategy}/{plan.ir.cell}/{hashlib.sha256(self.module.text.encode()).hexdigest()[:16]}"
         self.binder = ShapeBinder(plan.ir)  # binds calls without sympy (torch.compile traces it)

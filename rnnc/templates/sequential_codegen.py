@@ -16,22 +16,24 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rnnc.compiler import Plan
 from rnnc.templates.loading import template
-from rnnc.templates.names import derived
+from rnnc.templates.names import prefixed
 from rnnc.templates.sequential_lines import (
     BACKWARD_READS,
     FORWARD_POINTERS,
-    PROLOGUE,
-    dim_prologue,
+    SEQUENCES,
     load_tile,
+    masks,
     pointer,
     pointer_names,
+    prologue,
     step_pieces,
-    vector_offsets,
+    store_tile,
 )
+from rnnc.templates.sequential_offsets import rows_of
 from rnnc.templates.sequential_split import SplitKernels, render_split
 from rnnc.templates.sequential_step import SequentialStep
 from rnnc.templates.sequential_tiles import dim_var
@@ -46,12 +48,16 @@ class SequentialModule:
     backward_args: list
     dims: list
     split: SplitKernels  # the step kernels of a head split over programs, or why there are none
+    row_dots: bool = False  # a tl.dot has the batch rows as its M side: BLOCK_B must be at least 16
+    dots: tuple = ()  # DotGradient per tl.dot: what the launcher needs to form its weight's gradient
+    # weights read pointwise whose gradient the launcher sums from a stored cotangent ("input x", "dot 5")
+    weight_sums: dict = field(default_factory=dict)
 
 
 def render_sequential(plan: Plan) -> SequentialModule:
     """The Triton module (forward and backward kernels) of a sequential cell, or a BackendError."""
     step = SequentialStep(plan)
-    states = step.states()
+    pieces = step_pieces(step)  # first: the pointers of the backward kernel depend on what it stores
     forward_args = pointer_names(step, *FORWARD_POINTERS)
     backward_args = pointer_names(
         step,
@@ -60,41 +66,54 @@ def render_sequential(plan: Plan) -> SequentialModule:
         ("inputs", "grad_ptr"),
         ("weights", "grad_ptr"),
         ("states", "init_grad_ptr"),
+        ("dots", ""),
     )
-    pieces = step_pieces(step)
     leaves = pieces.pop("leaves")
 
     state_loads, initial_loads, carry_inits, previous_loads, saved_stores = [], [], [], [], []
     state_advance, final_stores, carry_advance, initial_grad_stores = [], [], [], []
-    for name, tile in states:
-        var, mask = tile.names[0], dim_var("mask", tile.dim)
-        new, seed, init = step.new_state(name), step.state_seed(name), derived("init", user=name)
-        offsets = vector_offsets("state_row", tile, 0)
-        state_loads.append(f"{var} = {load_tile(tile, 0, pointer('init_ptr', name), 'state_row')}")
-        initial_loads.append(f"{init} = {load_tile(tile, 0, pointer('init_ptr', name), 'state_row')}")
-        carry_inits.append(f"{seed} = {load_tile(tile, 0, pointer('final_grad_ptr', name), 'state_row')}")
-        saved = vector_offsets("row", tile, 0)
-        saved_stores.append(f"tl.store({pointer('saved_ptr', name)} + {saved}, {new}, mask={mask})")
-        state_advance.append(f"{var} = {new}")
-        final_stores.append(f"tl.store({pointer('final_ptr', name)} + {offsets}, {var}, mask={mask})")
-        previous = vector_offsets("previous_row", tile, 0)
-        saved_ptr = pointer("saved_ptr", name)
-        previous_loads.append(f"{var} = tl.load({saved_ptr} + {previous}, mask={mask}, other=0.0).to(COMPUTE)")
-        previous_loads.append(f"{var} = tl.where(t > 0, {var}, {init})")
-        initial_grad_stores.append(f"tl.store({pointer('init_grad_ptr', name)} + {offsets}, {seed}, mask={mask})")
-        value = leaves.get((name, 0))
-        carry_advance.append(f"{seed} = {value if value is not None else dim_var('zero', tile.dim)}")
+    state_holds, seed_holds, carry_holds = [], [], []  # variable-length batches: rows whose sequence has ended
+    for name, tile in step.states():
+        space = tile.space
+        for gate in space.gates():
+            var, new, seed = tile.name(gate), step.new_state(name, gate), step.state_seed(name, gate)
+            init = prefixed("init", var)
+            state_loads.append(f"{var} = {load_tile(step, tile, gate, pointer('init_ptr', name), 'state_row')}")
+            initial_loads.append(f"{init} = {load_tile(step, tile, gate, pointer('init_ptr', name), 'state_row')}")
+            carry_inits.append(f"{seed} = {load_tile(step, tile, gate, pointer('final_grad_ptr', name), 'state_row')}")
+            saved_stores.append(store_tile(step, space, gate, pointer("saved_ptr", name), "row", new))
+            state_advance.append(f"{var} = {new}")
+            final_stores.append(store_tile(step, space, gate, pointer("final_ptr", name), "state_row", var))
+            previous_loads.append(f"{var} = {load_tile(step, tile, gate, pointer('saved_ptr', name), 'previous_row')}")
+            previous_loads.append(f"{var} = tl.where({rows_of(space, 'later')}, {var}, {init})")
+            initial_grad_stores.append(store_tile(step, space, gate, pointer("init_grad_ptr", name), "state_row", seed))
+            value = leaves.get((name, gate))
+            carry = value if value is not None else step.zero(space)
+            carry_advance.append(f"{seed} = {carry}")
+            mask = step.mask(space)
+            state_holds.append(f"{var} = tl.where({mask}, {new}, {var})")
+            held = prefixed("held", seed)
+            seed_holds += [f"{held} = {seed}", f"{seed} = tl.where({mask}, {seed}, 0.0)"]
+            carry_holds.append(f"{seed} = tl.where({mask}, {carry}, {held})")
 
-    prologue = "\n".join([PROLOGUE] + [dim_prologue(d) for d in step.layout.dims])
     split = render_split(plan)
+    block_names = [dim_var("TILE", d) for d in step.layout.dims]
     text = template("sequential.py.jinja").render(
         cell=plan.ir.cell,
         key=plan.key(),
         forward_args=forward_args,
         backward_args=backward_args,
         dim_args=[dim_var("dim", d) for d in step.layout.dims],
-        block_args=[f"{dim_var('TILE', d)}: tl.constexpr" for d in step.layout.dims],
-        prologue=prologue,
+        constexprs=[
+            f"{name}: tl.constexpr" for name in ("COMPUTE", "DOT_DTYPE", "DOT_PRECISION", "BLOCK_B", *block_names)
+        ],
+        prologue=prologue(step),
+        sequences=SEQUENCES,
+        step_masks=masks(step, "live"),
+        static_masks=masks(step, "batch_mask"),
+        state_holds=state_holds,
+        seed_holds=seed_holds,
+        carry_holds=carry_holds,
         state_loads=state_loads,
         saved_stores=saved_stores,
         state_advance=state_advance,
@@ -107,4 +126,8 @@ def render_sequential(plan: Plan) -> SequentialModule:
         split=split.lines if split.supported else None,
         **pieces,
     )
-    return SequentialModule(text, forward_args, backward_args, list(step.layout.dims), split)
+    dots = tuple(step.dot_gradients())
+    dims = list(step.layout.dims)
+    return SequentialModule(
+        text, forward_args, backward_args, dims, split, step.layout.row_dots, dots, step.weight_sums()
+    )

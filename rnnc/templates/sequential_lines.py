@@ -6,44 +6,41 @@ whole-head kernels keep them in registers, the split-head step kernels in
 global memory. Each renderer adds its own state lines around these.
 
 Example:
-    >>> vector_offsets("row", Tile("vector", "H", 4, ["a", "b", "c", "d"]), 2)
-    'row[:, None] * 4 * dim_H + 2 * dim_H + cols_H[None, :]'
-
-Every variable that carries a cell's name comes from :mod:`rnnc.templates.names` (pointers
-``ptr_x``, per-dim ``mask_H``); the kernels' own variables (``rows``, ``batch_mask``) have
-names that no such variable can take.
+    >>> from rnnc.compiler import analyse_source
+    >>> pieces = step_pieces(SequentialStep(analyse_source(open("examples/elman.rnn").read())))
+    >>> pieces["input_loads"][0][:35]
+    'x_x = tl.load(ptr_x + row[:, None] '
 """
 
 from __future__ import annotations
 
 from rnnc.templates.names import derived, prefixed
+from rnnc.templates.sequential_backward import backward_lines, gradient_stores
+from rnnc.templates.sequential_offsets import load_tile, offsets, space_mask, space_prologue, store_tile, weight_mask
 from rnnc.templates.sequential_step import SequentialStep
-from rnnc.templates.sequential_tiles import Tile, dim_var, split_shape
+from rnnc.templates.sequential_tiles import DotWeight, dim_var, gate_index
 
 PROLOGUE = """pid_b = tl.program_id(0)
 head = tl.program_id(1)
 rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
 batch_mask = rows < B
-row_mask = batch_mask[:, None]
-row_zero = tl.zeros([BLOCK_B, 1], dtype=COMPUTE)
-state_row = rows.to(tl.int64) * NH + head  # [B, NH] row of this program's states"""
+state_row = rows.to(tl.int64) * NH + head  # [B, NH] row of this program's states
+lane0 = tl.arange(0, 1)  # offsets of a weight with no dims: a [1] tile"""
 
 
 def dim_prologue(d: str, sliced: bool = False) -> str:
     """The lines that set up dim ``d``'s variables (``sliced``: a split head's slice of it).
 
-    ``size_<d>`` is the dim read as a number in the cell's math, a [1, 1] tile in COMPUTE (sqrt(H)
-    exact in fp64).
+    ``size_<d>`` is the dim read as a number in the cell's math, a [1] tile in COMPUTE (sqrt(H) exact
+    in fp64).
 
     Example:
         >>> print(dim_prologue("H"))
         cols_H = tl.arange(0, TILE_H)
         in_H = cols_H < dim_H
-        mask_H = batch_mask[:, None] & in_H[None, :]
-        zero_H = tl.zeros([BLOCK_B, TILE_H], dtype=COMPUTE)
-        size_H = tl.zeros([1, 1], dtype=COMPUTE) + dim_H
+        size_H = tl.zeros([1], dtype=COMPUTE) + dim_H
     """
-    v = {role: dim_var(role, d) for role in ("dim", "TILE", "cols", "in", "mask", "zero", "size")}
+    v = {role: dim_var(role, d) for role in ("dim", "TILE", "cols", "in", "size")}
     cols = f"tl.arange(0, {v['TILE']})"
     if sliced:
         cols = f"part * {v['TILE']} + {cols}  # this program's slice of {d}"
@@ -51,11 +48,19 @@ def dim_prologue(d: str, sliced: bool = False) -> str:
         [
             f"{v['cols']} = {cols}",
             f"{v['in']} = {v['cols']} < {v['dim']}",
-            f"{v['mask']} = batch_mask[:, None] & {v['in']}[None, :]",
-            f"{v['zero']} = tl.zeros([BLOCK_B, {v['TILE']}], dtype=COMPUTE)",
-            f"{v['size']} = tl.zeros([1, 1], dtype=COMPUTE) + {v['dim']}",
+            f"{v['size']} = tl.zeros([1], dtype=COMPUTE) + {v['dim']}",
         ]
     )
+
+
+def pointer(role: str, name: str) -> str:
+    """The kernel argument ``role`` (``ptr``, ``init_ptr``, ``grad_ptr``...) of tensor ``name``.
+
+    Example:
+        >>> pointer("ptr", "x"), pointer("init_grad_ptr", "h")
+        ('ptr_x', 'init_grad_ptr_h')
+    """
+    return derived(role, user=name)
 
 
 # the forward kernels' pointers, whole head or split: (kind, role) for pointer_names
@@ -78,164 +83,122 @@ BACKWARD_READS = (
 )
 
 
-def pointer(role: str, name: str) -> str:
-    """The kernel argument ``role`` (``ptr``, ``init_ptr``, ``grad_ptr``...) of tensor ``name``.
-
-    Example:
-        >>> pointer("ptr", "x"), pointer("init_grad_ptr", "h")
-        ('ptr_x', 'init_grad_ptr_h')
-    """
-    return derived(role, user=name)
-
-
-def _size(gates: int, dim: str | None) -> str:
-    """Elements per row of a ``[gates, dim]`` tensor, as source."""
-    if dim is None:
-        return str(gates)
-    size = dim_var("dim", dim)
-    return size if gates == 1 else f"{gates} * {size}"
-
-
-def vector_offsets(row: str, tile: Tile, gate: int) -> str:
-    """Offsets of gate ``gate`` of a [rows, gates, dim] tensor, as a [BLOCK_B, TILE_dim] tile."""
-    gate_offset = f" + {gate} * {dim_var('dim', tile.dim)}" if gate else ""
-    return f"{row}[:, None] * {_size(tile.gates, tile.dim)}{gate_offset} + {dim_var('cols', tile.dim)}[None, :]"
-
-
-def load_tile(tile: Tile, gate: int, pointer: str, row: str = "row") -> str:
-    if tile.kind == "row_scalar":
-        return f"tl.load({pointer} + {row}[:, None], mask=row_mask, other=0.0).to(COMPUTE)"
-    offsets = vector_offsets(row, tile, gate)
-    return f"tl.load({pointer} + {offsets}, mask={dim_var('mask', tile.dim)}, other=0.0).to(COMPUTE)"
-
-
-def whole_offsets(row: str, dim: str) -> str:
-    """Offsets of all of a [rows, dim] vector along its dim (a split head's ``full_<dim>`` indices)."""
-    return f"{row}[:, None] * {dim_var('dim', dim)} + {dim_var('full', dim)}[None, :]"
-
-
-def whole_vector(tile: Tile, pointer: str, row: str) -> str:
-    """Load all of a vector along its dim (one a split head's matmul contracts) as ``full_<tile>``."""
-    var = prefixed("full", tile.names[0])
-    mask = dim_var("mask_full", tile.dim)
-    return f"{var} = tl.load({pointer} + {whole_offsets(row, tile.dim)}, mask={mask}, other=0.0).to(COMPUTE)"
-
-
-def weight_offsets(tile: Tile, gate: int, whole_rows: bool = False) -> tuple[str, str]:
-    """(offsets, mask) of one gate of an on-chip weight.
-
-    ``whole_rows``: a matrix's contracted dim is read whole (``full_<dim>``), as a split head needs.
-    """
-    if tile.kind == "weight_scalar":
-        return "head", ""
-    if tile.kind == "weight_vector":
-        gate_offset = f" + {gate} * {dim_var('dim', tile.dim)}" if gate else ""
-        offsets = f"head * ({_size(tile.gates, tile.dim)}){gate_offset} + {dim_var('cols', tile.dim)}"
-        return offsets, dim_var("in", tile.dim)
-    x, y = tile.dim, tile.contracted  # a matrix tile is [TILE_y, TILE_x]; entry [k, j] multiplies v[k] into [j]
-    k = dim_var("full" if whole_rows else "cols", y)
-    size_x, size_y, cols_x = dim_var("dim", x), dim_var("dim", y), dim_var("cols", x)
+def dot_weight_offsets(w: DotWeight, gate: int) -> tuple[str, str]:
+    """(offsets, mask) of one gate of an on-chip ``[contracted, result]`` weight tile."""
+    x, y = w.result, w.contracted  # entry [k, j] multiplies v[k] into [j]
+    size_x, size_y, cols_x, cols_y = dim_var("dim", x), dim_var("dim", y), dim_var("cols", x), dim_var("cols", y)
     per_gate = f"{size_x} * {size_y}"
     gate_offset = f" + {gate} * {per_gate}" if gate else ""
-    if tile.transposed:  # W[..., x, y] used as W @ v: entry [k, j] is W[j, k]
-        inner = f"{k}[:, None] + {cols_x}[None, :] * {size_y}"
+    if w.transposed:  # W[..., x, y] used as W @ v: entry [k, j] is W[j, k]
+        inner = f"{cols_y}[:, None] + {cols_x}[None, :] * {size_y}"
     else:  # W[y, x] used as v @ W
-        inner = f"{k}[:, None] * {size_x} + {cols_x}[None, :]"
-    head_size = per_gate if tile.gates == 1 else f"{tile.gates} * {per_gate}"
-    k_mask = dim_var("in_full" if whole_rows else "in", y)
-    return f"head * ({head_size}){gate_offset} + {inner}", f"{k_mask}[:, None] & {dim_var('in', x)}[None, :]"
+        inner = f"{cols_y}[:, None] * {size_x} + {cols_x}[None, :]"
+    count = len(w.names)
+    head_size = per_gate if count == 1 else f"{count} * {per_gate}"
+    mask = f"{dim_var('in', y)}[:, None] & {dim_var('in', x)}[None, :]"
+    return f"head * ({head_size}){gate_offset} + {inner}", mask
+
+
+def _weight_pieces(step: SequentialStep, pieces: dict) -> None:
+    """Loads of every weight tile; gradient accumulators and stores of the weights read pointwise (a
+    dot's weight gets its gradient from the launcher, as one contraction over all steps)."""
+    for w in step.layout.dot_weights if not step.split else ():  # the step kernels stream these
+        for g, var in enumerate(w.names):
+            offs, mask = dot_weight_offsets(w, g)
+            pieces["weight_loads"].append(
+                f"{var} = tl.load({pointer('ptr', w.weight)} + {offs}, mask={mask}, other=0.0).to(DOT_DTYPE)"
+            )
+    summed = step.weight_sums()  # the launcher sums these from stored cotangents
+    for d in step.ir.weights:
+        if d.name not in step.layout.pointwise_weights:
+            continue
+        tile = step.tiles[d.name]
+        dims = tile.space.dims
+        for gate in tile.space.gates():
+            var = tile.name(gate)
+            offs, mask = offsets(tile.space, gate, "head", batched=False), weight_mask(tile.space)
+            masked = f", mask={mask}, other=0.0" if mask else ""
+            lead = "[" + ", ".join(["None"] + [":"] * len(dims)) + "]" if dims else ""
+            load = f"tl.load({pointer('ptr', d.name)} + {offs}{masked}).to(COMPUTE){lead}"
+            pieces["weight_loads"].append(f"{var} = {load}")
+            if d.name in summed:
+                continue
+            blocks = ", ".join(["BLOCK_B"] + [dim_var("TILE", x) for x in dims])
+            acc = prefixed("acc", var)
+            pieces["accumulator_inits"].append(f"{acc} = tl.zeros([{blocks}], dtype=COMPUTE)")
+            reduced = f"tl.sum({acc}, axis=0{'' if dims else ', keep_dims=True'})"
+            store_mask = f", mask={mask}" if mask else ""
+            grad = pointer("grad_ptr", d.name)
+            pieces["weight_grad_stores"].append(f"tl.atomic_add({grad} + {offs}, {reduced}{store_mask})")
 
 
 def step_pieces(step: SequentialStep) -> dict[str, list[str]]:
     """The lines of a step that do not depend on where the states live: the weights, inputs and
     outputs, the recomputed atoms and the backward pass (``leaves``: the cotangent per leaf gate).
 
-    A split step (``step.split``) reads matrices with whole contracted rows, reads the inputs a
-    matmul contracts whole as well (``full_<tile>``), and adds the gradients of scalar inputs and
-    of contracted inputs atomically, since every program of a head holds a part of their sum.
+    A step kernel (``step.split``) streams the matmuls' weights and vectors (``base_<input>`` says
+    where an input's rows start), and adds the gradients of scalar inputs and of contracted inputs
+    atomically, since every program of a head holds a part of their sum.
     """
     ir, tiles = step.ir, step.tiles
     contracted = step.contracted_leaves() if step.split else []
     pieces: dict = {k: [] for k in ("weight_loads", "accumulator_inits", "accumulate", "weight_grad_stores")}
-    for d in ir.weights:
-        name, tile = d.name, tiles[d.name]
-        for g, var in enumerate(tile.names):
-            offsets, mask = weight_offsets(tile, g, whole_rows=step.split)
-            masked = f", mask={mask}, other=0.0" if mask else ""
-            suffix = "[None, :]" if tile.kind == "weight_vector" else ""
-            load = f"tl.load({pointer('ptr', name)} + {offsets}{masked}).to(COMPUTE){suffix}"
-            pieces["weight_loads"].append(f"{var} = {load}")
-            acc = prefixed("acc", var)
-            if tile.kind == "matrix":
-                k = dim_var("FULL" if step.split else "TILE", tile.contracted)
-                shape, reduced = f"[{k}, {dim_var('TILE', tile.dim)}]", acc
-            elif tile.kind == "weight_vector":
-                shape, reduced = f"[BLOCK_B, {dim_var('TILE', tile.dim)}]", f"tl.sum({acc}, axis=0)"
-            else:
-                shape, reduced = "[1, 1]", f"tl.sum(tl.sum({acc}, axis=1), axis=0)"
-            pieces["accumulator_inits"].append(f"{acc} = tl.zeros({shape}, dtype=COMPUTE)")
-            store_mask = f", mask={mask}" if mask else ""
-            pieces["weight_grad_stores"].append(
-                f"tl.atomic_add({pointer('grad_ptr', name)} + {offsets}, {reduced}{store_mask})"
-            )
-
     pieces["input_loads"] = [
-        f"{var} = {load_tile(tiles[d.name], g, pointer('ptr', d.name))}"
+        f"{tiles[d.name].name(g)} = {load_tile(step, tiles[d.name], g, pointer('ptr', d.name))}"
         for d in ir.inputs
-        for g, var in enumerate(tiles[d.name].names)
+        for g in tiles[d.name].space.gates()
     ]
     for d in ir.inputs:
-        if d.name in contracted:
-            pieces["input_loads"].append(whole_vector(tiles[d.name], pointer("ptr", d.name), "row"))
+        if d.name in contracted:  # where each batch row's vector starts, for the streamed matmuls
+            (dim,) = tiles[d.name].space.dims
+            base = derived("base", user=d.name)
+            pieces["input_loads"].append(f"{base} = {pointer('ptr', d.name)} + row * {dim_var('dim', dim)}")
     pieces["output_stores"], pieces["seed_loads"] = [], []
     for r in ir.outputs:
-        dim = split_shape(step.plan, r.shape)[1]
-        offsets = f"row[:, None] * {dim_var('dim', dim)} + {dim_var('cols', dim)}[None, :]"
-        value, out, mask = step.output_variable(r.name), pointer("out_ptr", r.name), dim_var("mask", dim)
-        pieces["output_stores"].append(f"tl.store({out} + {offsets}, {value}.to({out}.dtype.element_ty), mask={mask})")
-        seed, grad = step.output_seed(r.name), pointer("out_grad_ptr", r.name)
-        pieces["seed_loads"].append(f"{seed} = tl.load({grad} + {offsets}, mask={mask}, other=0.0).to(COMPUTE)")
+        space = step.result_space(r)
+        for gate in space.gates():
+            out = pointer("out_ptr", r.name)
+            value = f"{step.output_variable(r.name, gate)}.to({out}.dtype.element_ty)"
+            pieces["output_stores"].append(store_tile(step, space, gate, out, "row", value))
+            seed = derived("do", user=r.name, gate=gate_index(space, gate))
+            mask, grad = step.mask(space), pointer("out_grad_ptr", r.name)
+            pieces["seed_loads"].append(
+                f"{seed} = tl.load({grad} + {offsets(space, gate, 'row')}, mask={mask}, other=0.0).to(COMPUTE)"
+            )
     pieces["atom_lines"] = step.atom_lines()
     pieces["result_lines"] = step.result_lines()
-    pieces["backward_lines"], leaves = step.backward_lines()
+    pieces["backward_lines"], leaves = backward_lines(step)
     pieces["leaves"] = leaves
+    pieces["gradient_stores"] = gradient_stores(step, leaves)
+    _weight_pieces(step, pieces)
     pieces["input_grad_stores"] = []
     for d in ir.inputs:
         name, tile = d.name, tiles[d.name]
-        grad = pointer("grad_ptr", name)
-        for g, var in enumerate(tile.names):
+        for g in tile.space.gates():
             value = leaves.get((name, g))
             if value is None:
                 continue  # no gradient flows: the buffer starts at zero
-            if tile.kind == "row_scalar" and step.split:
-                line = f"tl.atomic_add({grad} + row[:, None], {value}, mask=row_mask)"
-            elif name in contracted:
-                offsets = vector_offsets("row", tile, g)
-                line = f"tl.atomic_add({grad} + {offsets}, {value}, mask={dim_var('mask', tile.dim)})"
-            elif tile.kind == "row_scalar":
-                line = f"tl.store({grad} + row[:, None], {value}, mask=row_mask)"
-            else:
-                line = f"tl.store({grad} + {vector_offsets('row', tile, g)}, {value}, mask={dim_var('mask', tile.dim)})"
-            pieces["input_grad_stores"].append(line)
-        for partial in step.exchanged.get(name, []):  # a matmul's part, summed over this program's slice
-            pieces["input_grad_stores"].append(
-                f"tl.atomic_add({grad} + {whole_offsets('row', tile.dim)}, {partial}, "
-                f"mask={dim_var('mask_full', tile.dim)})"
-            )
+            offs, mask = offsets(tile.space, g, "row"), step.mask(tile.space)
+            atomic = name in contracted or (step.split and not tile.space.dims)
+            verb = "tl.atomic_add" if atomic else "tl.store"
+            pieces["input_grad_stores"].append(f"{verb}({pointer('grad_ptr', name)} + {offs}, {value}, mask={mask})")
     for d in ir.weights:
-        for g, var in enumerate(tiles[d.name].names):
+        tile = tiles[d.name]
+        for g in tile.space.gates():
             value = leaves.get((d.name, g))
-            if tiles[d.name].kind != "matrix" and value is not None:
-                pieces["accumulate"].append(f"{prefixed('acc', var)} += {value}")
+            if value is not None and d.name not in step.weight_sums():
+                pieces["accumulate"].append(f"{prefixed('acc', tile.name(g))} += {value}")
     return pieces
 
 
 def pointer_names(step: SequentialStep, *groups: tuple[str, str]) -> list[str]:
     """Pointer argument names: per (kind, role), :func:`pointer` of every tensor of that kind.
 
-    Kinds: ``inputs``, ``weights``, ``states``, ``outputs``, and ``exchanged`` (the states a split
-    step exchanges, known once ``step.backward_lines()`` ran). Distinct by construction: tensors
-    of one kind have distinct names, and each group has its own role.
+    Kinds: ``inputs``, ``weights``, ``states``, ``outputs``, ``exchanged`` (the states a split step
+    exchanges, known once ``step_pieces(step)`` ran) and ``dots`` (each dot's stored cotangent and
+    computed operand, for its weight's gradient; the role is not used). Distinct by construction:
+    tensors of one kind have distinct names, each group has its own role, and the dots' pointers
+    are the template's own (``a5_cotangent_ptr``).
 
     Example:
         >>> from rnnc.compiler import analyse_source
@@ -246,4 +209,38 @@ def pointer_names(step: SequentialStep, *groups: tuple[str, str]) -> list[str]:
     ir = step.ir
     names = {kind: [t.name for t in getattr(ir, kind)] for kind in ("inputs", "weights", "states", "outputs")}
     names["exchanged"] = sorted(n for n in step.exchanged if n in names["states"])
-    return [pointer(role, name) for kind, role in groups for name in names[kind]]
+    found = [pointer(role, name) for kind, role in groups if kind != "dots" for name in names[kind]]
+    if any(kind == "dots" for kind, _ in groups):  # the stores for the dots' weight gradients
+        for g in step.dot_gradients():
+            found += [p for p in (g.cotangent_pointer, g.operand_pointer) if p]
+    return found
+
+
+# where each row's sequence starts and how long it is; steps: the longest of this program's rows
+SEQUENCES = """if VARLEN:  # sequence b of the batch: rows seq_starts[b] up to seq_starts[b + 1] of the packed inputs
+    bos = tl.load(seq_starts + rows, mask=batch_mask, other=0).to(tl.int64)
+    length = tl.load(seq_starts + rows + 1, mask=batch_mask, other=0).to(tl.int64) - bos
+    steps = tl.max(length, axis=0)
+else:
+    bos = rows.to(tl.int64) * T
+    length = tl.zeros([BLOCK_B], dtype=tl.int64) + T
+    steps = T"""
+
+
+def _spaces(step: SequentialStep) -> list[tuple[str, ...]]:
+    return sorted(step.spaces, key=lambda s: (len(s), s))
+
+
+def masks(step: SequentialStep, rows: str) -> list[str]:
+    """Every tile space's mask over batch rows ``rows`` (``batch_mask``, or ``live`` within a step)."""
+    return [space_mask(step, dims, rows) for dims in _spaces(step)]
+
+
+def prologue(step: SequentialStep, first: str = PROLOGUE, sliced: bool = False) -> str:
+    """The kernel's opening lines: program ids and rows, then per dim its lanes (``sliced``: a split
+    head's slice of it), then per tile space its mask and zeros. Render it after every other line,
+    since those name the spaces they use."""
+    lines = [first] + [dim_prologue(d, sliced) for d in step.layout.dims]
+    for dims in _spaces(step):
+        lines += space_prologue(step, dims)
+    return "\n".join(lines)

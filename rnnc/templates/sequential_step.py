@@ -1,18 +1,18 @@
-"""The lines of one time step of a sequential cell, forward and backward, as Triton source.
+"""The lines of one forward time step of a sequential cell, as Triton source.
 
-The forward step computes the structural atoms in order (``tl.dot`` against the
-on-chip weights; a split part is one of the unrolled gate tiles), then the new
-states and the outputs. The backward step recomputes the atoms, evaluates every
-sympy partial derivative of the Plan once (common subexpressions shared), and
-propagates the cotangents of the new states and outputs back through the
-pointwise expressions and the structural atoms to the step's inputs, the weight
-accumulators and the previous states.
+The step computes the structural atoms in order, then the new states and the
+outputs. A matmul of an on-chip weight matrix with a batch tile is a ``tl.dot``
+(operands cast to ``DOT_DTYPE``, float32 or wider accumulation); any other
+contraction (``e @ h`` to a scalar, ``q @ S`` of a matrix state, ``outer``) places
+both operands in a joint tile, multiplies and sums over the contracted axis; a
+``sum`` is ``tl.sum`` over its axes; a part of a split is one of the unrolled
+gate tiles. Backward (``sequential_backward.py``) recomputes these lines.
 
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> step = SequentialStep(analyse_source(open("examples/elman.rnn").read()))
     >>> step.atom_lines()[0]
-    'a4 = tl.dot(s_h, r_R, input_precision=DOT_PRECISION)  # R @ h'
+    'a4 = tl.dot(s_h.to(DOT_DTYPE), r_R, input_precision=DOT_PRECISION)  # R @ h'
 """
 
 from __future__ import annotations
@@ -20,26 +20,42 @@ from __future__ import annotations
 import sympy
 
 from rnnc.compiler import Plan
-from rnnc.compiler.shapes import dim_symbol
-from rnnc.templates.names import comment, derived, prefixed
-from rnnc.templates.sequential_tiles import Tile, dim_var, gate_of, plan_layout, split_shape, unsupported
+from rnnc.templates.names import comment, derived, internal, prefixed
+from rnnc.templates.sequential_dots import DotGradients
+from rnnc.templates.sequential_layout import plan_layout
+from rnnc.templates.sequential_tiles import (
+    REDUCTIONS,
+    Contraction,
+    Space,
+    Tile,
+    atom_gate,
+    dim_var,
+    gate_index,
+    place,
+    space_of,
+    statement_of,
+    unsupported,
+)
 from rnnc.templates.triton_printer import to_triton
 
 
 class _Names(dict):
-    """Printer table: every symbol left in a step's expressions is a kernel variable; it prints as itself."""
+    """Printer table: a dim (read as a number) prints as its ``size_<dim>`` tile; every symbol the template
+    made (a placed tile, a common subexpression) is named ``names.internal(code)`` and prints as ``code``,
+    so that no dim's name can meet one."""
 
     def __missing__(self, key):
-        return key
+        return key[1:] if key.startswith("@") else key
 
 
-class SequentialStep:
+class SequentialStep(DotGradients):
     """Everything the sequential template needs to know about one cell's step.
 
-    ``split``: each program owns a slice of every dim (a head split over programs). The
-    vector a matmul contracts must then be a state or an input, read whole from memory
-    (``full_<tile>``), and the cotangent a matmul sends back to it is a partial sum over
-    this program's slice, kept apart in ``exchanged`` for the other programs to add.
+    ``split``: the step kernels, one launch per step, where each program owns a slice of every
+    dim (all of it when the head is not split). The vector a matmul contracts must then be a
+    state or an input, streamed from memory with the weights (``sequential_stream.py``), and the
+    cotangent a matmul sends back to it is a partial sum over this program's slice, written for
+    the other programs to add (``exchanged``).
     """
 
     def __init__(self, plan: Plan, split: bool = False):
@@ -48,149 +64,290 @@ class SequentialStep:
         self.ir = plan.ir
         self.layout = plan_layout(plan)
         self.tiles = self.layout.tiles
-        self.names = _Names()
-        # a dim read as a number is its size_<dim> tile: replaced like the views, so that no user name is left
-        self._dims = {
-            dim_symbol(d): sympy.Symbol(dim_var("size", d), positive=True, integer=True) for d in self.ir.dims
-        }
+        self.names = _Names({d: dim_var("size", d) for d in self.ir.dims})  # a dim read as a number
+        self.spaces: dict[tuple[str, ...], int] = {}  # tile spaces whose mask and zeros the kernel uses, numbered
         self._temp = 0
-        self.exchanged: dict[str, list[str]] = {}  # split: leaf -> its matmul cotangents (filled by backward_lines)
+        self.exchanged: dict[str, list[str]] = {}  # split: leaf -> its matmul cotangents (filled by backward)
+        self.dot_cotangents: dict[int, dict] = {}  # dot atom -> {gate: its result's cotangent} (backward)
+        self.sources: dict[str, str] = {}  # "dot i" / "weight w" -> where the launcher finds its dY (stores)
+        if split:
+            self._check_split()
 
-    # --- expressions --------------------------------------------------------------------------
-    def _at_gate(self, expr: sympy.Expr, gates: int, gate: int) -> sympy.Expr:
-        """``expr`` with each view symbol replaced by the variable holding its atom at ``gate``, and each
-        dim by its ``size_<dim>`` tile."""
-        table = dict(self._dims)
+    # --- spaces and expressions ---------------------------------------------------------------
+    def arg_space(self, index: int, arg: int) -> Space:
+        """The index space of argument ``arg`` of atom ``index``."""
+        atom = self.ir.atoms[index]
+        return space_of(self.plan, atom.arg_shapes[arg], atom.name)
+
+    def result_space(self, result) -> Space:
+        """The index space of an update or an output."""
+        return space_of(self.plan, result.shape, result.name)
+
+    def mask(self, space: Space) -> str:
+        """The ``[BLOCK_B, ...]`` mask of a batch tile of ``space`` (rows and lanes in range)."""
+        return self.space_var("mask", space.dims)
+
+    def zero(self, space: Space) -> str:
+        """A ``[BLOCK_B, ...]`` tile of zeros of ``space``."""
+        return self.space_var("zero", space.dims)
+
+    def space_var(self, role: str, dims: tuple[str, ...]) -> str:
+        """The ``mask`` or ``zero`` variable of a tile space: ``row_mask`` (no dims), the dim's
+        ``mask_H``, or for several dims ``space<n>_mask`` (numbered in first use: a name made of
+        several dims' names could meet one dim's)."""
+        number = self.spaces.setdefault(dims, sum(1 for d in self.spaces if len(d) > 1) if len(dims) > 1 else 0)
+        if not dims:
+            return f"row_{role}"
+        if len(dims) == 1:
+            return dim_var(role, dims[0])
+        return f"space{number}_{role}"
+
+    def at_gate(self, expr: sympy.Expr, space: Space, gate: tuple[int, ...]) -> tuple[sympy.Expr, bool]:
+        """``expr`` with each view replaced by its atom's variable placed in ``space`` at ``gate``, and
+        whether some view alone fills the whole batch tile (else the value needs broadcasting)."""
+        table, full = {}, False
         for symbol in self.ir.view_symbols(expr):
-            tile = self.tiles[self.ir.view(symbol).atom]
-            if tile.kind == "matrix":
-                raise unsupported(self.plan, f"weight {self.ir.view(symbol).atom} is used pointwise and as a matrix")
-            table[symbol] = sympy.Symbol(gate_of(tile, gates, gate), real=True)
-        return expr.xreplace(table)
+            view = self.ir.view(symbol)
+            tile = self.tiles[view.atom]
+            code = place(tile.name(atom_gate(tile.space, view.axes, space, gate)), tile.space, view.axes, space)
+            table[symbol] = sympy.Symbol(internal(code), real=True)
+            covered = sum(1 for a in tile.space.axes if a.dim)
+            full |= tile.batched and covered == len(space.dims)
+        return expr.xreplace(table), full
 
-    def _is_tile(self, expr: sympy.Expr, dim: str | None) -> bool:
-        """True when ``expr`` reads a batch tile of its own shape ([BLOCK_B, BLOCK_dim] or [BLOCK_B, 1])."""
-        kind = "vector" if dim else "row_scalar"
-        free = {s.name for s in expr.free_symbols}
-        return any(t.kind == kind and t.dim == dim and free & set(t.names) for t in self.tiles.values())
-
-    def _fill(self, code: str, expr: sympy.Expr, dim: str | None) -> str:
-        """``code`` broadcast to a full tile when the expression alone would not be one."""
-        if self._is_tile(expr, dim):
-            return code
-        return f"{dim_var('zero', dim) if dim else 'row_zero'} + ({code})"
+    def code(self, expr: sympy.Expr) -> str:
+        """Triton source of an expression already at a gate."""
+        return to_triton(expr, self.names)
 
     def _cse(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> tuple[list[str], list[sympy.Expr]]:
         """Common subexpressions of ``named`` as assignment lines, and the reduced expressions."""
         exprs = [e for _, e in named]
         start = self._temp
-        common, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(prefix, start=start), order="none")
+        symbols = sympy.numbered_symbols(internal(prefix), start=start, real=True)
+        common, reduced = sympy.cse(exprs, symbols=symbols, order="none")
         self._temp += len(common)
-        lines = [f"{sym.name} = {to_triton(value, self.names)}" for sym, value in common]
+        lines = [f"{self.names[sym.name]} = {self.code(value)}" for sym, value in common]
         return lines, reduced
 
-    def mask(self, dim: str | None) -> str:
-        """The [BLOCK_B, ...] mask of a tile along ``dim`` (batch rows only for a row scalar)."""
-        return dim_var("mask", dim) if dim else "row_mask"
-
     # --- forward ------------------------------------------------------------------------------
-    def arg_variable(self, index: int, arg_index: int, gate: int) -> str:
-        """The variable of argument ``arg_index`` of atom ``index`` at ``gate`` (after atom_lines)."""
+    def arg_variable(self, index: int, arg: int, gate: tuple[int, ...]) -> str:
+        """The code of argument ``arg`` of atom ``index`` at ``gate`` (after atom_lines): a tile of its
+        whole space, zero in padded lanes."""
         atom = self.ir.atoms[index]
-        arg = atom.args[arg_index]
-        gates, _ = split_shape(self.plan, atom.arg_shapes[arg_index])
-        direct = self._at_gate(arg, gates, gate)
-        if isinstance(direct, sympy.Symbol):
-            return direct.name
-        return f"a{index}_arg{arg_index}" + (f"_{gate}" if gates > 1 else "")
+        space = self.arg_space(index, arg)
+        value, full = self.at_gate(atom.args[arg], space, gate)
+        if isinstance(value, sympy.Symbol) and full:
+            return self.names[value.name]
+        return self._arg_name(index, arg, space, gate)
 
-    def matmul_vector(self, index: int, side: int) -> str:
-        """The variable of the vector that matmul atom ``index`` contracts (its argument ``side``)."""
-        if not self.split:
-            return self.arg_variable(index, side, 0)
+    def _arg_name(self, index: int, arg: int, space: Space, gate: tuple[int, ...]) -> str:
+        return f"a{index}_arg{arg}" + "".join(f"_{g}" for g, a in zip(gate, space.axes) if a.gates > 1)
+
+    def computed_args(self, index: int) -> list[tuple[int, tuple[int, ...], str]]:
+        """(arg, gate, line) for the arguments of atom ``index`` that are computed, not read as they are."""
         atom = self.ir.atoms[index]
-        value = self._at_gate(atom.args[side], 1, 0)
-        whole = {self.tiles[d.name].names[0] for d in (*self.ir.states, *self.ir.inputs)}
-        if not isinstance(value, sympy.Symbol) or value.name not in whole:
-            raise unsupported(
-                self.plan,
-                f"a split head needs each matmul to contract a state or an input, and {atom.name} "
-                f"contracts {atom.args[side]}",
-            )
-        return prefixed("full", value.name)
-
-    def contracted_leaves(self) -> list[str]:
-        """Names of the states and inputs the matmuls contract (a split head reads these whole)."""
-        found = set()
-        for i, atom in enumerate(self.ir.atoms):
-            if atom.op == "matmul":
-                side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
-                self.matmul_vector(i, side)  # a split head checks that it is a state or an input
-                found.add(self.ir.view(atom.args[side]).atom)
-        return sorted(found)
+        contraction = self.layout.contractions.get(index)
+        out = []
+        if atom.op == "part":
+            return out  # a part is one gate of its parent, read as it is
+        for j, arg in enumerate(atom.args):
+            if contraction is not None and contraction.kind == "dot" and j != contraction.operand:
+                continue  # the on-chip weight
+            space = self.arg_space(index, j)
+            for gate in space.gates():
+                value, full = self.at_gate(arg, space, gate)
+                if isinstance(value, sympy.Symbol) and full:
+                    continue
+                line = (
+                    f"{self._arg_name(index, j, space, gate)} = tl.where({self.mask(space)}, {self.code(value)}, 0.0)"
+                )
+                out.append((j, gate, line))
+        return out
 
     def atom_lines(self) -> list[str]:
         """Compute every structural atom of the step, in order."""
         lines: list[str] = []
+        if self.split:  # the step kernels stream every dot's weights and vector from memory, first
+            from rnnc.templates.sequential_stream import stream_forward
+
+            lines += stream_forward(self)
         for i, atom in enumerate(self.ir.atoms):
-            if atom.is_leaf:
+            if atom.is_leaf or (self.split and self.layout.contractions.get(i, Contraction("")).kind == "dot"):
                 continue
+            lines += [line for _, _, line in self.computed_args(i)]
             tile = self.tiles[atom.name]
-            for j, (arg, shape) in enumerate(zip(atom.args, atom.arg_shapes)):
-                if atom.op == "matmul" and len(shape) >= 2:
-                    continue  # the on-chip weight
-                gates, dim = split_shape(self.plan, shape)
-                for g in range(gates):
-                    value = self._at_gate(arg, gates, g)
-                    if not isinstance(value, sympy.Symbol):
-                        code = self._fill(to_triton(value, self.names), value, dim)
-                        lines.append(f"{self.arg_variable(i, j, g)} = {code}")
-            if atom.op == "matmul":
-                side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
-                matrix = self.tiles[self.ir.view(atom.args[1 - side]).atom]
-                for g in range(tile.gates):
-                    v = self.matmul_vector(i, side)
-                    lines.append(
-                        f"{tile.names[g]} = tl.dot({v}, {gate_of(matrix, tile.gates, g)}, "
-                        f"input_precision=DOT_PRECISION)  # {comment(atom.name)}"
-                        + (f", gate {g}" if tile.gates > 1 else "")
-                    )
-            else:  # part: one gate of its argument
-                lines.append(f"{tile.names[0]} = {self.arg_variable(i, 0, atom.params[1])}  # {comment(atom.name)}")
+            if atom.op == "part":
+                lines += self._part_lines(i, tile)
+            elif atom.op in REDUCTIONS:
+                lines += self._reduce_lines(i, tile)
+            elif self.layout.contractions[i].kind == "dot":
+                lines += self._dot_lines(i, tile, self.layout.contractions[i])
+            else:
+                lines += self._generic_lines(i, tile, self.layout.contractions[i])
         return lines
 
-    def new_state(self, name: str) -> str:
-        """The variable of a state's new value."""
-        return derived("new", user=name)
+    def part_gate(self, index: int, gate: tuple[int, ...]) -> tuple[int, ...]:
+        """The parent's gate that gate ``gate`` of part atom ``index`` is."""
+        axis, part, count, drop = self.ir.atoms[index].params
+        parent = self.arg_space(index, 0)
+        per_part = parent.axes[axis].gates // count
+        if drop:
+            return gate[:axis] + (part,) + gate[axis:]
+        return gate[:axis] + (part * per_part + gate[axis],) + gate[axis + 1 :]
 
-    def output_variable(self, name: str) -> str:
-        """The variable of an output's value."""
-        return derived("out_value", user=name)
+    def _part_lines(self, index: int, tile: Tile) -> list[str]:
+        atom = self.ir.atoms[index]
+        parent = self.tiles[self.ir.view(atom.args[0]).atom]
+        return [
+            f"{tile.name(g)} = {parent.name(self.part_gate(index, g))}  # {comment(atom.name)}"
+            for g in tile.space.gates()
+        ]
 
-    def state_seed(self, name: str) -> str:
-        """The variable of the cotangent of a state after the step (the backward pass's carry)."""
-        return derived("ds", user=name)
+    def sum_axes(self, index: int) -> list[int]:
+        """The argument axes that sum atom ``index`` reduces."""
+        atom = self.ir.atoms[index]
+        return [atom.params[0]] if atom.params else list(range(len(atom.arg_shapes[0])))
 
-    def output_seed(self, name: str) -> str:
-        """The variable of an output's cotangent at the step."""
-        return derived("do", user=name)
+    def sum_gates(self, index: int, gate: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The argument gates that add into gate ``gate`` of sum atom ``index``."""
+        axes = self.sum_axes(index)
+        space = self.arg_space(index, 0)
+        return [g for g in space.gates() if tuple(x for k, x in enumerate(g) if k not in axes) == gate]
+
+    def _reduce_lines(self, index: int, tile: Tile) -> list[str]:
+        """``sum``: tl.sum over the reduced lanes (zero in padded ones) and gates; ``max``/``min``: tl.max
+        or tl.min over the lanes in range (padded ones set to -inf / +inf), then zero in padded lanes."""
+        atom = self.ir.atoms[index]
+        space = self.arg_space(index, 0)
+        positions = [space.position(a) for a in self.sum_axes(index) if space.axes[a].dim]
+        reduce, join, pad = {
+            "sum": ("tl.sum", " + ", None),
+            "max": ("tl.max", "tl.maximum", "-float('inf')"),
+            "min": ("tl.min", "tl.minimum", "float('inf')"),
+        }[atom.op]
+        lines = []
+        for gate in tile.space.gates():
+            terms = []
+            for g in self.sum_gates(index, gate):
+                code = self.arg_variable(index, 0, g)
+                if pad is not None and positions:
+                    code = f"tl.where({self.mask(space)}, {code}, {pad})"
+                for p in sorted(positions, reverse=True):
+                    code = f"{reduce}({code}, axis={1 + p})"
+                terms.append(code)
+            value = terms[0]
+            for term in terms[1:]:
+                value = f"{value}{join}{term}" if pad is None else f"{join}({value}, {term})"
+            if pad is not None:
+                value = f"tl.where({self.mask(tile.space)}, {value}, 0.0)"
+            lines.append(f"{tile.name(gate)} = {value}  # {comment(atom.name)}")
+        return lines
+
+    def joint_gates(self, index: int, gate: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The joint-space gates of contraction ``index`` whose product adds into result gate ``gate``."""
+        c = self.layout.contractions[index]
+        return [g for g in c.joint.gates() if self.result_gate(c, g) == gate]
+
+    @staticmethod
+    def result_gate(c: Contraction, joint_gate: tuple[int, ...]) -> tuple[int, ...]:
+        """The result's gate of a joint-space gate (the contracted axis dropped)."""
+        return tuple(g for k, g in enumerate(joint_gate) if k != c.k)
+
+    def operand_gates(self, index: int, joint_gate: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The gates of both arguments that a joint-space gate multiplies."""
+        c = self.layout.contractions[index]
+        sa, sb = self.arg_space(index, 0), self.arg_space(index, 1)
+        return atom_gate(sa, c.a_axes, c.joint, joint_gate), atom_gate(sb, c.b_axes, c.joint, joint_gate)
+
+    def _generic_lines(self, index: int, tile: Tile, c: Contraction) -> list[str]:
+        sa, sb = self.arg_space(index, 0), self.arg_space(index, 1)
+        k = c.joint.position(c.k) if c.k is not None else None
+        lines = []
+        for gate in tile.space.gates():
+            terms = []
+            for jg in self.joint_gates(index, gate):
+                ga, gb = self.operand_gates(index, jg)
+                a = place(self.arg_variable(index, 0, ga), sa, c.a_axes, c.joint)
+                b = place(self.arg_variable(index, 1, gb), sb, c.b_axes, c.joint)
+                terms.append(f"{a} * {b}" if k is None else f"tl.sum({a} * {b}, axis={1 + k})")
+            lines.append(f"{tile.name(gate)} = {' + '.join(terms)}  # {self.ir.atoms[index].name}")
+        return lines
+
+    def dot_shape(self, index: int) -> tuple[str | None, bool]:
+        """(the dim besides the contracted one of a dot's operand, or None, and whether that operand holds
+        its contracted dim first, so that it is permuted to put it last)."""
+        c = self.layout.contractions[index]
+        space = self.arg_space(index, c.operand)
+        dims = space.dims
+        if len(dims) == 1:
+            return None, False
+        k_first = dims[0] == c.weight.contracted and c.operand == 1  # W @ S: S is [K, X]
+        return (dims[1] if k_first else dims[0]), k_first
+
+    def _dot_lines(self, index: int, tile: Tile, c: Contraction) -> list[str]:
+        atom = self.ir.atoms[index]
+        other, k_first = self.dot_shape(index)
+        w = c.weight
+        lines = []
+        for gate in tile.space.gates():
+            (jg,) = self.joint_gates(index, gate)  # the contracted axis of a dot is one plain dim
+            ga, gb = self.operand_gates(index, jg)
+            operand_gate, weight_gate = (ga, gb) if c.operand == 0 else (gb, ga)
+            weight = w.names[w.gates.gates().index(weight_gate[: len(w.gates.axes)])]
+            v = self.matmul_vector(index, operand_gate)
+            label = f"  # {comment(atom.name)}" + (
+                f", gate {gate_index(tile.space, gate)}" if len(tile.space.gates()) > 1 else ""
+            )
+            if other is None:
+                lines.append(f"{tile.name(gate)} = {dot(v, weight, weight=True)}{label}")
+                continue
+            rows = f"BLOCK_B * {dim_var('TILE', other)}"
+            if k_first:
+                v = f"tl.permute({v}, (0, 2, 1))"
+            product = dot(f"tl.reshape({v}, [{rows}, {dim_var('TILE', w.contracted)}])", weight, weight=True)
+            value = f"tl.reshape({product}, [BLOCK_B, {dim_var('TILE', other)}, {dim_var('TILE', w.result)}])"
+            if c.operand == 1:  # W @ S: the product is [X, M], the result [M, X]
+                value = f"tl.permute({value}, (0, 2, 1))"
+            lines.append(f"{tile.name(gate)} = {value}{label}")
+        return lines
+
+    def matmul_vector(self, index: int, gate: tuple[int, ...]) -> str:
+        """The code of the operand that dot atom ``index`` contracts, at ``gate``."""
+        return self.arg_variable(index, self.layout.contractions[index].operand, gate)
+
+    def new_state(self, name: str, gate: tuple[int, ...] = ()) -> str:
+        """The variable of a state's new value (at ``gate``)."""
+        return prefixed("new", self.tiles[name].name(gate or self.tiles[name].space.gates()[0]))
+
+    def state_seed(self, name: str, gate: tuple[int, ...]) -> str:
+        """The variable of a state's cotangent (``ds_<state>``) at ``gate``."""
+        return derived("ds", user=name, gate=gate_index(self.tiles[name].space, gate))
+
+    def output_variable(self, name: str, gate: tuple[int, ...] = ()) -> str:
+        """The variable of an output's value (at ``gate``)."""
+        space = self.result_space(next(r for r in self.ir.outputs if r.name == name))
+        return derived("out", "value", user=name, gate=gate_index(space, gate) if gate else None)
 
     def result_lines(self) -> list[str]:
-        """New states (zero in padded lanes, so that no NaN reaches a tl.dot) and outputs."""
-        named = [(self.new_state(r.name), self._at_gate(r.expr, 1, 0)) for r in self.ir.updates]
-        named += [(self.output_variable(r.name), self._at_gate(r.expr, 1, 0)) for r in self.ir.outputs]
+        """New states (zero in padded lanes, so that no NaN reaches a contraction) and outputs."""
+        named, where = [], []
+        for kind, results in (("update", self.ir.updates), ("output", self.ir.outputs)):
+            for r in results:
+                space = self.result_space(r)
+                for gate in space.gates():
+                    value, full = self.at_gate(r.expr, space, gate)
+                    var = self.new_state(r.name, gate) if kind == "update" else self.output_variable(r.name, gate)
+                    named.append((var, value))
+                    where.append((kind, space, full))
         lines, reduced = self._cse(named, "f")
         done: dict[sympy.Expr, str] = {}
-        results = (*self.ir.updates, *self.ir.outputs)
-        new_states = {self.new_state(r.name) for r in self.ir.updates}
-        for (var, _), value, result in zip(named, reduced, results):
-            _, dim = split_shape(self.plan, result.shape)
+        for (var, _), value, (kind, space, full) in zip(named, reduced, where):
             if value in done:
                 lines.append(f"{var} = {done[value]}")
                 continue
-            code = self._fill(to_triton(value, self.names), value, dim)
-            if var in new_states:
-                code = f"tl.where({self.mask(dim)}, {code}, 0.0)"
+            code = self.code(value)
+            if kind == "update" or not full:  # padded lanes of a state stay zero; an output is a whole tile
+                code = f"tl.where({self.mask(space)}, {code}, 0.0)"
             lines.append(f"{var} = {code}")
             done[value] = var
         return lines
@@ -199,132 +356,50 @@ class SequentialStep:
         """(name, tile) of every state."""
         return [(d.name, self.tiles[d.name]) for d in self.ir.states]
 
-    # --- backward -----------------------------------------------------------------------------
-    def _derivative_entries(self) -> list[tuple[tuple, str, sympy.Expr]]:
-        """(key, view label, derivative at the key's gate) for every pointwise expression of the step.
-
-        Keys: ("update", state) and ("output", name) for the results, ("arg", atom index, arg index, gate).
-        """
-        derivatives = self.plan.derivatives
-        entries = []
-        for kind, results in (("update", self.ir.updates), ("output", self.ir.outputs)):
-            for r in results:
-                for label, d in derivatives.of(kind, r.name).wrt:
-                    entries.append(((kind, r.name), label, self._at_gate(d, 1, 0)))
+    # --- a head split over programs -----------------------------------------------------------
+    def _check_split(self) -> None:
+        """A split head covers vector tiles, and matmuls of on-chip weights with states or inputs."""
         for i, atom in enumerate(self.ir.atoms):
-            for j, shape in enumerate(atom.arg_shapes):
-                if atom.op == "matmul" and len(shape) >= 2:
-                    continue
-                gates, _ = split_shape(self.plan, shape)
-                used = [atom.params[1]] if atom.op == "part" else range(gates)
-                for g in used:
-                    for label, d in derivatives.of("arg", atom.name, j).wrt:
-                        entries.append((("arg", i, j, g), label, self._at_gate(d, gates, g)))
-        return [e for e in entries if e[2] != 0]
-
-    def backward_lines(self) -> tuple[list[str], dict[tuple[str, int], str | None]]:
-        """Lines that turn the seeds (``ds_<state>``, ``do_<output>``) into cotangents.
-
-        Returns the lines and, per (leaf, gate), the variable holding that leaf's cotangent
-        (reduced to the leaf's tile shape), or None where it is zero. Structural atoms are
-        consumed here; weight matrices get ``acc_r_<weight>[_gate] += ...`` lines.
-        """
-        entries = self._derivative_entries()
-        self.exchanged = {}
-        lines, reduced = self._cse([(str(k), e) for k, _, e in entries], "q")
-        # per key: (view label, derivative code, whether the derivative is a constant)
-        derivative_code: dict[tuple, list[tuple[str, str, bool]]] = {}
-        named: dict[str, str] = {}  # printed derivative -> its variable
-        for (key, label, _), value in zip(entries, reduced):
-            code = "1" if value == 1 else to_triton(value, self.names)
-            if not (value.is_number or isinstance(value, sympy.Symbol)):
-                if code not in named:
-                    named[code] = f"q_{len(named)}"
-                    lines.append(f"{named[code]} = {code}")
-                code = named[code]
-            derivative_code.setdefault(key, []).append((label, code, bool(value.is_number)))
-        # pending cotangent terms per (atom, gate): (seed, derivative code, constant?, expression dim, target kind)
-        grads: dict[tuple[str, int], list[tuple[str, str, bool, str | None, str]]] = {}
-
-        def propagate(key, seed: str, gate: int, dim: str | None) -> None:
-            for label, code, constant in derivative_code.get(key, []):
-                atom = self.ir.view(label).atom
-                tile = self.tiles[atom]
-                target = (atom, gate if tile.gates > 1 else 0)
-                grads.setdefault(target, []).append((seed, code, constant, dim, tile.kind))
-
-        rendered: dict[str, str] = {}
-
-        def cotangent(atom: str, gate: int, var: str) -> str | None:
-            """Assign the sum of an atom's pending terms to ``var`` (or reuse an equal sum); None if zero."""
-            terms = grads.pop((atom, gate), [])
-            if not terms:
-                return None
-            text = " + ".join(_render_terms(terms, self.mask))
-            if text not in rendered:
-                gates = f", gate {gate}" if self.tiles[atom].gates > 1 else ""
-                lines.append(f"{var} = {text}  # d {comment(atom)}{gates}")
-                rendered[text] = var
-            return rendered[text]
-
-        seeds = (("update", self.ir.updates, self.state_seed), ("output", self.ir.outputs, self.output_seed))
-        for kind, results, seed in seeds:
-            for r in results:
-                _, dim = split_shape(self.plan, r.shape)
-                propagate((kind, r.name), seed(r.name), 0, dim)
-        for i in reversed(range(len(self.ir.atoms))):
-            atom = self.ir.atoms[i]
-            if atom.is_leaf:
-                continue
             tile = self.tiles[atom.name]
-            cotangents = [cotangent(atom.name, g, prefixed("d", var)) for g, var in enumerate(tile.names)]
-            if not any(cotangents):
+            dot_only = atom.op == "weight" and atom.name not in self.layout.pointwise_weights
+            reduces = atom.op in REDUCTIONS and self.arg_space(i, 0).dims
+            if (len(tile.space.dims) > 1 and not dot_only) or reduces:
+                raise unsupported(
+                    self.plan,
+                    f"a split head needs vectors along one dim, and {atom.name} is not",
+                    statement_of(self.ir, atom.name),
+                )
+            c = self.layout.contractions.get(i)
+            if c is None:
                 continue
-            if atom.op == "part":
-                _, dim = split_shape(self.plan, atom.arg_shapes[0])
-                propagate(("arg", i, 0, atom.params[1]), cotangents[0], atom.params[1], dim)
-                continue
-            side = 1 if len(atom.arg_shapes[0]) >= 2 else 0
-            matrix = self.tiles[self.ir.view(atom.args[1 - side]).atom]
-            v = self.matmul_vector(i, side)
-            _, v_dim = split_shape(self.plan, atom.arg_shapes[side])
-            dots = []
-            for g, d in enumerate(cotangents):
-                if d is None:
-                    continue
-                weight = gate_of(matrix, tile.gates, g)
-                dots.append(f"tl.dot({d}, tl.trans({weight}), input_precision=DOT_PRECISION)")
-                lines.append(f"{prefixed('acc', weight)} += tl.dot(tl.trans({v}), {d}, input_precision=DOT_PRECISION)")
-            lines.append(f"d_a{i}_v = {' + '.join(dots)}  # d of the vector in {comment(atom.name)}")
-            if self.split:  # a partial sum over this program's slice: the exchange adds the others'
-                self.exchanged.setdefault(self.ir.view(atom.args[side]).atom, []).append(f"d_a{i}_v")
-            else:
-                propagate(("arg", i, side, 0), f"d_a{i}_v", 0, v_dim)
-        leaves = {}
-        for atom in self.ir.atoms:
-            if atom.is_leaf and self.tiles[atom.name].kind != "matrix":
-                for g, var in enumerate(self.tiles[atom.name].names):
-                    leaves[(atom.name, g)] = cotangent(atom.name, g, prefixed("d", var))
-        return lines, leaves
+            operand = atom.args[c.operand] if c.kind == "dot" else None
+            leaf = self.ir.view(operand).atom if isinstance(operand, sympy.Symbol) else None
+            kinds = {d.name for d in (*self.ir.states, *self.ir.inputs)}
+            if c.kind != "dot" or leaf not in kinds or len(self.arg_space(i, c.operand).axes) != 1:
+                raise unsupported(
+                    self.plan,
+                    f"a split head needs each matmul to contract a state or an input, and {atom.name} "
+                    f"contracts {operand if operand is not None else atom.args[0]}",
+                    statement_of(self.ir, atom.name),
+                )
+
+    def contracted_leaves(self) -> list[str]:
+        """Names of the states and inputs the matmuls contract (the step kernels stream these)."""
+        found = set()
+        for i, c in self.layout.contractions.items():
+            if c.kind == "dot":
+                found.add(self.ir.view(self.ir.atoms[i].args[c.operand]).atom)
+        return sorted(found)
 
 
-def _render_terms(terms, mask) -> list[str]:
-    """Sum the seeds that share a derivative, mask, and reduce to the target's shape."""
-    groups: dict[tuple, list[str]] = {}
-    for seed, code, constant, dim, kind in terms:
-        groups.setdefault((code, constant, dim, kind), []).append(seed)
-    out = []
-    for (code, constant, dim, kind), seeds in groups.items():
-        seed = seeds[0] if len(seeds) == 1 else f"({' + '.join(seeds)})"
-        if code == "1":
-            term = seed
-        elif constant:  # seeds are zero in padded lanes already
-            term = f"{seed} * {code}"
-        else:  # a derivative may be inf or NaN in padded lanes, where the seed is zero
-            term = f"tl.where({mask(dim)}, {seed} * {code}, 0.0)"
-        if kind == "row_scalar" and dim:
-            term = f"tl.sum({term}, axis=1, keep_dims=True)"
-        elif kind == "weight_scalar":
-            term = f"tl.sum(tl.sum({term}, axis=1, keep_dims=True), axis=0, keep_dims=True)"
-        out.append(term)
-    return out
+def dot(a: str, b: str, weight: bool = False) -> str:
+    """``tl.dot`` with both operands in ``DOT_DTYPE``, accumulated in float32 or wider; ``weight``: ``b`` is
+    an on-chip weight tile, loaded in ``DOT_DTYPE`` already.
+
+    Example:
+        >>> dot("s_h", "r_R", weight=True), dot("tl.trans(s_h)", "d")
+        ('tl.dot(s_h.to(DOT_DTYPE), r_R, input_precision=DOT_PRECISION)', \
+'tl.dot(tl.trans(s_h).to(DOT_DTYPE), d.to(DOT_DTYPE), input_precision=DOT_PRECISION)')
+    """
+    b = b if weight else f"{b}.to(DOT_DTYPE)"
+    return f"tl.dot({a}.to(DOT_DTYPE), {b}, input_precision=DOT_PRECISION)"

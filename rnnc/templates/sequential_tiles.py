@@ -1,72 +1,113 @@
 """How each tensor of a sequential cell lives on chip: the tile layout the sequential template uses.
 
-A program owns a block of batch rows of one head and walks time. Every value of
-the step is a *vector* along one dim (a ``[BLOCK_B, TILE_<dim>]`` tile), a
-*row scalar* (``[BLOCK_B, 1]``, a scalar input), a *weight vector*
-(``[1, TILE_<dim>]``), a *weight scalar*, or a *matrix* kept on chip for
-``tl.dot``. Leading axes of constant size (the gates of ``x: [4, H]``) are
-unrolled: ``x`` becomes four tiles ``x_x_0 .. x_x_3``. Every variable that carries a
-cell's name is made by :mod:`rnnc.templates.names` (an input ``x_0`` is ``x_x__0``).
+A program owns a block of batch rows of one head and walks time. Each axis of a
+value is either a *dim* (``H``: a tile axis of ``TILE_H`` lanes, masked), a
+*constant* (``4``: unrolled into one variable per entry, the gates of
+``x: [4, H]``), or both (``2*H``: two unrolled halves of ``TILE_H`` lanes). A value is
+then one Triton tensor per gate, ``[BLOCK_B, TILE_<dim>...]`` with its dims in
+order (``[BLOCK_B]`` for a scalar per row); a weight has no batch rows, so its
+leading axis is 1. A view places a value into an expression's index space by
+``tl.permute`` and ``None`` axes, as NumPy broadcasting would. Every variable that
+carries a cell's name is made by :mod:`rnnc.templates.names` (an input ``x_0`` is
+``x_x__0``, gate 0 of ``x`` is ``x_x_0``); the template's own are :func:`own_name`.
 
 Example:
     >>> from rnnc.compiler import analyse_source
+    >>> from rnnc.templates.sequential_layout import plan_layout
     >>> layout = plan_layout(analyse_source(open("examples/lstm.rnn").read()))
-    >>> layout.tiles["x"].names, layout.tiles["R"].kind, layout.dims
-    (['x_x_0', 'x_x_1', 'x_x_2', 'x_x_3'], 'matrix', ['H'])
+    >>> layout.tiles["x"].variables(), layout.dims
+    (['x_x_0', 'x_x_1', 'x_x_2', 'x_x_3'], ['H'])
+    >>> layout.contractions[5].kind, layout.contractions[5].weight.names[0]
+    ('dot', 'r_R_0')
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 import sympy
 
 from rnnc.compiler import Plan
-from rnnc.compiler.ir import IR, Atom
-from rnnc.errors import BackendError
+from rnnc.compiler.ir import IR
+from rnnc.errors import BackendError, LocatedBackendError, Span
 from rnnc.templates.names import derived
 
+REDUCTIONS = ("sum", "max", "min")  # reductions over an axis of a value, or all of them
 
-@dataclass
-class Tile:
-    """One atom on chip.
 
-    ``kind``: ``vector``, ``row_scalar``, ``weight_vector``, ``weight_scalar`` or
-    ``matrix``. ``dim`` is the last axis' dim (for a matrix, the result's dim),
-    ``contracted`` a matrix's contracted dim, ``gates`` the unrolled leading
-    sizes' product and ``names`` one variable per gate. A matrix tile is always
-    ``[TILE_<contracted>, TILE_<dim>]``, so that ``tl.dot(v, tile)`` applies it.
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a value on chip: ``gates`` unrolled entries of ``dim`` lanes each (no dim: one lane)."""
+
+    gates: int = 1
+    dim: str | None = None
+
+
+@dataclass(frozen=True)
+class Space:
+    """An index space as laid out on chip.
+
+    Example:
+        >>> space = Space((Axis(4), Axis(1, "H")))
+        >>> space.dims, space.gates(), Space((Axis(2, "K"),)).gates()
+        (('H',), [(0, 0), (1, 0), (2, 0), (3, 0)], [(0,), (1,)])
     """
 
-    kind: str
-    dim: str | None
-    gates: int
-    names: list[str]
-    contracted: str | None = None
-    transposed: bool = False  # a matrix weight W[..., dim, contracted] used as W @ v
+    axes: tuple[Axis, ...]
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """The tiled dims in axis order: the tile is ``[BLOCK_B, *(BLOCK_d for d in dims)]``."""
+        return tuple(a.dim for a in self.axes if a.dim)
+
+    def gates(self) -> list[tuple[int, ...]]:
+        """Every combination of the unrolled entries, one index per axis (0 where an axis has none)."""
+        return list(itertools.product(*(range(a.gates) for a in self.axes)))
+
+    def position(self, axis: int) -> int | None:
+        """The tile axis (after the batch axis) of axis ``axis``, or None for a constant axis."""
+        if self.axes[axis].dim is None:
+            return None
+        return sum(1 for a in self.axes[:axis] if a.dim)
 
 
-@dataclass
-class Layout:
-    """Every atom's tile and the dims the kernel masks."""
+def gate_index(space: Space, gate: tuple[int, ...]) -> int | None:
+    """The row-major index of gate ``gate`` among the unrolled entries, None when nothing is unrolled.
 
-    tiles: dict[str, Tile]
-    dims: list[str]
+    Example:
+        >>> gate_index(Space((Axis(2), Axis(3, "H"))), (1, 2)), gate_index(Space((Axis(1, "H"),)), (0,))
+        (5, None)
+    """
+    if all(a.gates == 1 for a in space.axes):
+        return None
+    index = 0
+    for g, a in zip(gate, space.axes):
+        index = index * a.gates + g
+    return index
+
+
+def own_name(stem: str, space: Space, gate: tuple[int, ...]) -> str:
+    """A template variable of its own (``a5``, ``d_a5_arg0``) at gate ``gate``: ``stem`` or ``stem_INDEX``.
+
+    Such names carry no cell name, so they cannot meet one (``rnnc.templates.names``).
+    """
+    index = gate_index(space, gate)
+    return stem if index is None else f"{stem}_{index}"
 
 
 # what each dim's kernel variables hold (dim_var's roles)
 DIM_ROLES = {
     "dim": "its size, a kernel argument",
     "TILE": "the tile width along it, a power of two (a constexpr)",
-    "FULL": "a split head: the width of a tile that holds all of it (a constexpr)",
     "cols": "the indices of the program's tile",
     "in": "which of those exist (the tile is padded)",
     "mask": "[BLOCK_B, TILE] mask: batch row and index exist",
     "zero": "[BLOCK_B, TILE] zeros in COMPUTE",
-    "size": "the dim read as a number in the cell's math, a [1, 1] tile in COMPUTE",
-    "full": "a split head: all of its indices",
-    "in_full": "a split head: which of all its indices exist",
-    "mask_full": "a split head: [BLOCK_B, FULL] mask",
+    "size": "the dim read as a number in the cell's math, a [1] tile in COMPUTE",
+    "piece": "a streamed matmul: the indices of one BLOCK_K piece of the contracted dim",
+    "in_piece": "a streamed matmul: which of those exist",
+    "mask_piece": "a streamed matmul: [BLOCK_B, BLOCK_K] mask",
 }
 
 
@@ -74,136 +115,179 @@ def dim_var(role: str, dim: str) -> str:
     """The kernel variable ``role`` (one of :data:`DIM_ROLES`) of dim ``dim``.
 
     Example:
-        >>> dim_var("mask", "H"), dim_var("TILE", "B"), dim_var("in_full", "d_k")
-        ('mask_H', 'TILE_B', 'in_full_d__k')
+        >>> dim_var("mask", "H"), dim_var("TILE", "B"), dim_var("in_piece", "d_k")
+        ('mask_H', 'TILE_B', 'in_piece_d__k')
     """
     if role not in DIM_ROLES:
         raise ValueError(f"a dim variable's role is one of {sorted(DIM_ROLES)}, has {role!r}")
     return derived(role, user=dim)
 
 
-def unsupported(plan: Plan, why: str) -> BackendError:
-    """The error for a cell the sequential template does not cover."""
-    return BackendError(f"the Triton sequential template does not cover cell {plan.ir.cell} yet: {why}")
+@dataclass
+class Tile:
+    """One atom on chip: its kind (``state``, ``input``, ``weight`` or ``value``), space and variables.
+
+    ``role``: for a state, input or weight the role word of its variables (``s``, ``x``, ``w``:
+    ``s_h``, ``x_x_0``, made by ``rnnc.templates.names``); for a computed value its own stem (``a5``).
+    """
+
+    atom: str
+    kind: str
+    space: Space
+    role: str
+    batched: bool = True  # batch rows; a weight is the same for every row (a leading axis of 1), as its parts
+
+    def name(self, gate: tuple[int, ...]) -> str:
+        """The variable holding gate ``gate``."""
+        if self.kind == "value":
+            return own_name(self.role, self.space, gate)
+        return derived(self.role, user=self.atom, gate=gate_index(self.space, gate))
+
+    def variables(self) -> list[str]:
+        """Every gate's variable, in gate order."""
+        return [self.name(g) for g in self.space.gates()]
 
 
-def split_shape(plan: Plan, shape) -> tuple[int, str | None]:
-    """(gates, dim) of a shape ``[*constants, dim]``; ``(1, None)`` for a scalar."""
-    if not shape:
-        return 1, None
-    *lead, last = shape
-    if not isinstance(last, sympy.Symbol) or any(not sympy.sympify(d).is_Integer for d in lead):
-        raise unsupported(plan, f"a shape {list(shape)} is not [constant sizes..., dim]")
-    gates = 1
-    for d in lead:
-        gates *= int(d)
-    return gates, last.name
+@dataclass
+class DotWeight:
+    """A weight matrix kept on chip for ``tl.dot``, one ``[BLOCK_<contracted>, BLOCK_<result>]`` tile per gate.
+
+    ``transposed``: the tile is the transpose of the weight's last two axes as stored.
+    """
+
+    weight: str
+    contracted: str
+    result: str
+    transposed: bool
+    gates: Space  # the weight's leading constant axes
+    names: list[str]
 
 
-def matrix_weights(plan: Plan) -> dict[str, tuple[str, str, bool]]:
-    """Weights used as the matrix of a matmul: name -> (result dim, contracted dim, transposed)."""
-    ir = plan.ir
-    found: dict[str, tuple[str, str, bool]] = {}
-    for atom in ir.atoms:
-        if atom.op != "matmul":
-            continue
-        ranks = [len(s) for s in atom.arg_shapes]
-        for side, arg in enumerate(atom.args):
-            if ranks[side] < 2:
-                continue
-            view = ir.view(arg) if isinstance(arg, sympy.Symbol) and arg.name in dict(ir.views) else None
-            leaf = ir.atom(view.atom) if view is not None else None
-            if leaf is None or leaf.op != "weight" or not view.is_plain():
-                raise unsupported(plan, f"the matrix of {atom.name} is not a weight (needs weight @ vector)")
-            other = ranks[1 - side]
-            if other != 1 or (side == 1 and ranks[0] != 1) or (side == 1 and ranks[1] != 2):
-                raise unsupported(plan, f"{atom.name} is not weight @ vector or vector @ weight")
-            *lead, rows, cols = leaf.shape
-            if not (isinstance(rows, sympy.Symbol) and isinstance(cols, sympy.Symbol)):
-                raise unsupported(plan, f"weight {leaf.name} is {list(leaf.shape)}: needs [..., dim, dim]")
-            entry = (rows.name, cols.name, True) if side == 0 else (cols.name, rows.name, False)
-            if found.get(leaf.name, entry) != entry:
-                raise unsupported(plan, f"weight {leaf.name} is used in two ways")
-            found[leaf.name] = entry
-    return found
+@dataclass
+class Contraction:
+    """How one ``@`` (or ``outer``) is computed.
+
+    ``dot``: ``tl.dot`` of the batch-side operand (argument ``operand``) with an on-chip weight;
+    ``generic``: both operands placed in a joint space (``joint``; ``a_axes`` and ``b_axes`` place
+    them there) multiplied, and summed over the contracted axis ``k`` (None for ``outer``).
+    """
+
+    kind: str
+    operand: int = 0
+    weight: DotWeight | None = None
+    joint: Space | None = None
+    a_axes: tuple[int, ...] = ()
+    b_axes: tuple[int, ...] = ()
+    k: int | None = None
 
 
-def _leaf_tile(plan: Plan, atom: Atom, matrices: dict) -> Tile:
-    name = atom.name
-    if atom.op == "weight" and name in matrices:
-        dim, contracted, transposed = matrices[name]
-        gates = 1
-        for d in atom.shape[:-2]:
-            if not sympy.sympify(d).is_Integer:
-                raise unsupported(plan, f"weight {name} is {list(atom.shape)}: needs [constants..., dim, dim]")
-            gates *= int(d)
-        return Tile("matrix", dim, gates, _gate_names("r", name, gates), contracted, transposed)
-    gates, dim = split_shape(plan, atom.shape)
-    if atom.op == "state":
-        if dim is None or gates != 1:
-            raise unsupported(plan, f"state {name} is {list(atom.shape)}: needs a vector [dim]")
-        return Tile("vector", dim, 1, _gate_names("s", name, 1))
-    if atom.op == "input":
-        kind = "vector" if dim else "row_scalar"
-        return Tile(kind, dim, gates, _gate_names("x", name, gates))
-    kind = "weight_vector" if dim else "weight_scalar"
-    return Tile(kind, dim, gates, _gate_names("w", name, gates))
+@dataclass
+class Layout:
+    """Every atom's tile, how every contraction runs, and the dims the kernel masks."""
+
+    tiles: dict[str, Tile]
+    contractions: dict[int, Contraction]
+    dot_weights: list[DotWeight]
+    dims: list[str]
+    pointwise_weights: set[str] = field(default_factory=set)  # weights read outside a tl.dot
+    row_dots: bool = False  # some tl.dot has the batch rows as its M side (BLOCK_B >= 16)
 
 
-def _gate_names(role: str, name: str, gates: int) -> list[str]:
-    """One variable per gate of a leaf: ``<role>_<name>`` or ``<role>_<name>_<gate>``."""
-    if gates == 1:
-        return [derived(role, user=name)]
-    return [derived(role, user=name, gate=g) for g in range(gates)]
+def unsupported(plan: Plan, why: str, span: Span | None = None) -> BackendError:
+    """The error for a cell the sequential template does not cover: located (FILE:LINE:COL, the line and a
+    caret) at ``span``, the statement that needs what is missing, when one is known."""
+    message = f"the Triton sequential template does not cover cell {plan.ir.cell} yet: {why}"
+    return LocatedBackendError(message, span) if span is not None else BackendError(message)
 
 
-def plan_layout(plan: Plan) -> Layout:
-    """The tile of every atom, or a BackendError naming what does not fit the template."""
-    ir: IR = plan.ir
-    if plan.strategy != "sequential":
-        raise unsupported(plan, f"its strategy is {plan.strategy}")
-    for _, view in ir.views:
-        if not view.is_plain():
-            raise unsupported(plan, f"view {view.label()} inserts or permutes axes")
-    matrices = matrix_weights(plan)
-    tiles: dict[str, Tile] = {}
-    for i, atom in enumerate(ir.atoms):
-        if atom.is_leaf:
-            tiles[atom.name] = _leaf_tile(plan, atom, matrices)
-        elif atom.op in ("matmul", "part"):
-            gates, dim = split_shape(plan, atom.shape)
-            if dim is None:
-                raise unsupported(plan, f"{atom.name} is a scalar per step")
-            # a computed atom's variables are the template's own (a4, a4_0, ...): no user name in them
-            variables = [f"a{i}"] if gates == 1 else [f"a{i}_{g}" for g in range(gates)]
-            tiles[atom.name] = Tile("vector", dim, gates, variables)
-        else:
-            raise unsupported(plan, f"it uses {atom.op} ({atom.name}); the template has @ and splits")
-        if atom.op == "part":
-            axis, _, count, drop = atom.params
-            arg_gates, _ = split_shape(plan, atom.arg_shapes[0])
-            if axis != 0 or not drop or arg_gates != count:
-                raise unsupported(plan, f"{atom.name} splits other than one gate per part along the first axis")
+def statement_of(ir: IR, atom: str) -> Span | None:
+    """The span of the first update or output that reads ``atom`` (through any chain of atoms)."""
+    views = dict(ir.views)
+    atoms = {a.name: a for a in ir.atoms}
+
+    def reads(expr, seen) -> bool:
+        for symbol in ir.view_symbols(expr):
+            name = views[symbol.name].atom
+            if name == atom:
+                return True
+            if name not in seen:
+                seen.add(name)
+                if any(reads(arg, seen) for arg in atoms[name].args):
+                    return True
+        return False
+
     for result in (*ir.updates, *ir.outputs):
-        gates, dim = split_shape(plan, result.shape)
-        if gates != 1 or dim is None:
-            raise unsupported(plan, f"{result.name} is {list(result.shape)}: needs a vector [dim]")
-    dims = sorted({t.dim for t in tiles.values() if t.dim} | {t.contracted for t in tiles.values() if t.contracted})
-    return Layout(tiles, dims)
+        if reads(result.expr, set()):
+            return result.span
+    decl = next((d for d in ir.decls if d.name == atom), None)
+    return decl.span if decl is not None else None
 
 
-def gate_of(tile: Tile, expression_gates: int, gate: int) -> str:
-    """The variable that holds ``tile`` at gate ``gate`` of an expression with ``expression_gates`` gates.
+def space_of(plan: Plan, shape, atom: str) -> Space:
+    """The on-chip space of a shape, or a located BackendError for an axis that is not a dim, a
+    constant or a constant times a dim."""
+    axes = []
+    for extent in shape:
+        e = sympy.sympify(extent)
+        coeff, rest = e.as_coeff_Mul()
+        if e.is_Integer:
+            axes.append(Axis(int(e)))
+        elif isinstance(e, sympy.Symbol):
+            axes.append(Axis(1, e.name))
+        elif coeff.is_Integer and coeff > 1 and isinstance(rest, sympy.Symbol):
+            axes.append(Axis(int(coeff), rest.name))
+        else:
+            raise unsupported(
+                plan,
+                f"an axis of size {e} (in {atom}) needs to be a dim, a constant or a constant times a dim",
+                statement_of(plan.ir, atom),
+            )
+    return Space(tuple(axes))
 
-    Plain broadcasting: a tile without gates is the same at every gate.
+
+def atom_gate(atom: Space, view_axes: tuple[int, ...], expr: Space, gate: tuple[int, ...]) -> tuple[int, ...]:
+    """The gate of an atom that a view reads at gate ``gate`` of the expression (broadcast axes: 0)."""
+    n = len(expr.axes)
+    return tuple(gate[n + v] if a.gates > 1 else 0 for a, v in zip(atom.axes, view_axes))
+
+
+def _targets(atom: Space, view_axes: tuple[int, ...], expr: Space) -> list[int]:
+    n = len(expr.axes)
+    return [expr.position(n + v) for a, v in zip(atom.axes, view_axes) if a.dim]
+
+
+def place(code: str, atom: Space, view_axes: tuple[int, ...], expr: Space) -> str:
+    """``code`` (a tile of ``atom``) placed in ``expr``'s tile: its dims permuted into order, ``None`` elsewhere.
 
     Example:
-        >>> gates = Tile("vector", "H", 4, ["a_0", "a_1", "a_2", "a_3"])
-        >>> gate_of(gates, 4, 2), gate_of(Tile("vector", "H", 1, ["h"]), 4, 2)
-        ('a_2', 'h')
+        >>> K, V = Axis(1, "K"), Axis(1, "V")
+        >>> place("s_S", Space((K, V)), (-1, -2), Space((V, K))), place("g", Space((K,)), (-2,), Space((K, V)))
+        ('tl.permute(s_S, (0, 2, 1))', 'g[:, :, None]')
     """
-    if tile.gates == 1:
-        return tile.names[0]
-    if tile.gates != expression_gates:
-        raise BackendError(f"a tile with {tile.gates} gates read in an expression with {expression_gates}")
-    return tile.names[gate]
+    targets = _targets(atom, view_axes, expr)
+    order = sorted(range(len(targets)), key=lambda k: targets[k])
+    if order != list(range(len(targets))):
+        code = f"tl.permute({code}, (0, {', '.join(str(1 + k) for k in order)}))"
+    rank = len(expr.dims)
+    if len(targets) == rank:
+        return code
+    slots = [":"] + [":" if p in targets else "None" for p in range(rank)]
+    return f"{code}[{', '.join(slots)}]"
+
+
+def unplace(code: str, atom: Space, view_axes: tuple[int, ...], expr: Space) -> str:
+    """The adjoint of :func:`place`: ``code`` (a tile of ``expr``) summed and permuted back onto ``atom``'s dims.
+
+    Example:
+        >>> K, V = Axis(1, "K"), Axis(1, "V")
+        >>> unplace("d", Space((K,)), (-2,), Space((K, V))), unplace("d", Space(()), (), Space((K,)))
+        ('tl.sum(d, axis=2)', 'tl.sum(d, axis=1)')
+    """
+    targets = _targets(atom, view_axes, expr)
+    for p in reversed(range(len(expr.dims))):
+        if p not in targets:
+            code = f"tl.sum({code}, axis={1 + p})"
+    ranks = [sorted(targets).index(t) for t in targets]
+    if ranks != list(range(len(ranks))):
+        code = f"tl.permute({code}, (0, {', '.join(str(1 + r) for r in ranks)}))"
+    return code
