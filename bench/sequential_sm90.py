@@ -44,15 +44,19 @@ def _cuobjdump() -> str:
 def _signature(fn, cell, constexprs: dict, dtype: str = "bfloat16") -> dict:
     """Pointer dtypes by the launcher's conventions: inputs, weights and outputs in the call's dtype
     (``*bf16`` for bfloat16), the rest (states, saved states, gradient buffers) in float32."""
+    from rnnc.templates.names import derived, parse
+
     ir = cell.plan.ir
-    sixteen = {f"{d.name}_ptr" for d in (*ir.inputs, *ir.weights)} | {f"{o.name}_out_ptr" for o in ir.outputs}
+    sixteen = {derived("ptr", user=d.name) for d in (*ir.inputs, *ir.weights)}
+    sixteen |= {derived("out_ptr", user=o.name) for o in ir.outputs}
     signature = {}
     for name in fn.arg_names:
+        parsed = parse(name)
         if name in constexprs:
             signature[name] = "constexpr"
         elif name == "seq_starts":  # the cu_seqlens of a packed batch
             signature[name] = "*i64"
-        elif name.endswith("_ptr"):
+        elif name.endswith("_ptr") or (parsed is not None and parsed.role[-1] == "ptr"):
             signature[name] = POINTERS[dtype] if name in sixteen else "*fp32"
         else:
             signature[name] = "i32"
@@ -118,7 +122,7 @@ def measure(name, head, heads, B, T, folder, pin=None, dtype="bfloat16", precisi
     )
     call = bind(ir, tensors, None)
     tiles = kernels.tiles(call)
-    constexprs = {k: v for k, v in tiles.items() if k.startswith(("BLOCK_", "FULL_"))}
+    constexprs = {k: v for k, v in tiles.items() if k in ("BLOCK_B", "BLOCK_K") or k.startswith("TILE_")}
     dot = {"bfloat16": tl.bfloat16, "float16": tl.float16, "float32": tl.float32}[dtype]
     constexprs.update(COMPUTE=tl.float32, DOT_DTYPE=dot, DOT_PRECISION=precision, STORE_STATES=True)
     constexprs["VARLEN"] = False
