@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import sympy
 
+from rnnc.templates.sequential_tiles import REDUCTIONS, statement_of, unsupported
+
 
 @dataclass(frozen=True)
 class DotGradient:
@@ -43,8 +45,9 @@ class DotGradient:
 
 
 class DotGradients:
-    """The dots' stored cotangents and operands, as a mixin of ``SequentialStep`` (``layout``, ``ir``,
-    ``tiles`` and the ``sources`` that ``gradient_stores`` fills)."""
+    """The dots' stored cotangents and operands, and what the step kernels need of the dots, as a mixin
+    of ``SequentialStep`` (``layout``, ``ir``, ``tiles``, ``plan`` and the ``sources`` that
+    ``gradient_stores`` fills)."""
 
     def dot_pointers(self, index: int) -> tuple[str, str | None]:
         """The pointers of dot ``index``'s stored result cotangents and (where computed) its operand."""
@@ -89,3 +92,38 @@ class DotGradients:
     def weight_sums(self) -> dict[str, str]:
         """Weights read pointwise whose gradient the launcher sums from a stored tensor: name -> source."""
         return {k.split(" ", 1)[1]: v for k, v in sorted(self.sources.items()) if k.startswith("weight ")}
+
+    # --- a head split over programs -----------------------------------------------------------
+    def _check_split(self) -> None:
+        """A split head covers vector tiles, and matmuls of on-chip weights with states or inputs."""
+        for i, atom in enumerate(self.ir.atoms):
+            tile = self.tiles[atom.name]
+            dot_only = atom.op == "weight" and atom.name not in self.layout.pointwise_weights
+            reduces = atom.op in REDUCTIONS and self.arg_space(i, 0).dims
+            if (len(tile.space.dims) > 1 and not dot_only) or reduces:
+                raise unsupported(
+                    self.plan,
+                    f"a split head needs vectors along one dim, and {atom.name} is not",
+                    statement_of(self.ir, atom.name),
+                )
+            c = self.layout.contractions.get(i)
+            if c is None:
+                continue
+            operand = atom.args[c.operand] if c.kind == "dot" else None
+            leaf = self.ir.view(operand).atom if isinstance(operand, sympy.Symbol) else None
+            kinds = {d.name for d in (*self.ir.states, *self.ir.inputs)}
+            if c.kind != "dot" or leaf not in kinds or len(self.arg_space(i, c.operand).axes) != 1:
+                raise unsupported(
+                    self.plan,
+                    f"a split head needs each matmul to contract a state or an input, and {atom.name} "
+                    f"contracts {operand if operand is not None else atom.args[0]}",
+                    statement_of(self.ir, atom.name),
+                )
+
+    def contracted_leaves(self) -> list[str]:
+        """Names of the states and inputs the matmuls contract (the step kernels stream these)."""
+        found = set()
+        for i, c in self.layout.contractions.items():
+            if c.kind == "dot":
+                found.add(self.ir.view(self.ir.atoms[i].args[c.operand]).atom)
+        return sorted(found)

@@ -33,8 +33,6 @@ from rnnc.templates.sequential_tiles import (
     gate_index,
     place,
     space_of,
-    statement_of,
-    unsupported,
 )
 from rnnc.templates.triton_printer import to_triton
 
@@ -355,41 +353,6 @@ class SequentialStep(DotGradients):
     def states(self) -> list[tuple[str, Tile]]:
         """(name, tile) of every state."""
         return [(d.name, self.tiles[d.name]) for d in self.ir.states]
-
-    # --- a head split over programs -----------------------------------------------------------
-    def _check_split(self) -> None:
-        """A split head covers vector tiles, and matmuls of on-chip weights with states or inputs."""
-        for i, atom in enumerate(self.ir.atoms):
-            tile = self.tiles[atom.name]
-            dot_only = atom.op == "weight" and atom.name not in self.layout.pointwise_weights
-            reduces = atom.op in REDUCTIONS and self.arg_space(i, 0).dims
-            if (len(tile.space.dims) > 1 and not dot_only) or reduces:
-                raise unsupported(
-                    self.plan,
-                    f"a split head needs vectors along one dim, and {atom.name} is not",
-                    statement_of(self.ir, atom.name),
-                )
-            c = self.layout.contractions.get(i)
-            if c is None:
-                continue
-            operand = atom.args[c.operand] if c.kind == "dot" else None
-            leaf = self.ir.view(operand).atom if isinstance(operand, sympy.Symbol) else None
-            kinds = {d.name for d in (*self.ir.states, *self.ir.inputs)}
-            if c.kind != "dot" or leaf not in kinds or len(self.arg_space(i, c.operand).axes) != 1:
-                raise unsupported(
-                    self.plan,
-                    f"a split head needs each matmul to contract a state or an input, and {atom.name} "
-                    f"contracts {operand if operand is not None else atom.args[0]}",
-                    statement_of(self.ir, atom.name),
-                )
-
-    def contracted_leaves(self) -> list[str]:
-        """Names of the states and inputs the matmuls contract (the step kernels stream these)."""
-        found = set()
-        for i, c in self.layout.contractions.items():
-            if c.kind == "dot":
-                found.add(self.ir.view(self.ir.atoms[i].args[c.operand]).atom)
-        return sorted(found)
 
 
 def dot(a: str, b: str, weight: bool = False) -> str:
