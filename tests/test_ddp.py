@@ -4,6 +4,7 @@ gradients on the whole batch (the loss is a mean, so the halves' mean is the who
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -23,7 +24,14 @@ def _layer():
 
 def _worker(rank: int, world: int, folder: str) -> None:
     os.chdir(ROOT)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: no lookup of the machine's own name
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(minutes=5),
+    )
     try:
         x, target = torch.load(f"{folder}/data.pt")
         half = x.shape[0] // world
@@ -32,6 +40,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
         torch.nn.functional.mse_loss(y, target[rank * half : (rank + 1) * half]).backward()
         grads = {name: p.grad for name, p in model.module.named_parameters()}
         torch.save(grads, f"{folder}/grads{rank}.pt")
+        dist.barrier()  # neither process tears the group down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
