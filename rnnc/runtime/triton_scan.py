@@ -1,5 +1,17 @@
 """Running the scan strategy's Triton kernels, with a torch.autograd.Function around them.
 
+:class:`ScanStageKernels` runs one scan stage of a Plan: a whole scan cell, or the scan stage
+that a chunked cell runs before its chunked stage (the stabilised mLSTM's running maximum
+``m``). :meth:`ScanStageKernels.run` returns the stage's outputs, the per-step values of the
+states it carries to a later stage (``[B, T, NH, *shape]``: the new value at every step) and
+its final states, all connected to autograd: the cotangents of the carried values flow back
+into the scan's reverse pass. :func:`previous_values` turns a carried trajectory into the
+previous value at every step, which a later stage reads as ``s`` (the trajectory is ``s'``).
+
+Variable-length batches: with ``cu_seqlens`` (``[N + 1]``, as flash-linear-attention takes
+them) the inputs are packed ``[1, total_T, NH, *shape]`` and initial and final states are
+``[N, NH, *shape]``; each sequence runs alone from its own initial state.
+
 Example (the interpreter runs it on CPU when TRITON_INTERPRET=1):
     >>> from rnnc.compiler import analyse_source
     >>> kernels = ScanKernels(analyse_source(open("examples/hgrn.rnn").read()))
@@ -14,145 +26,276 @@ import math
 import torch
 import triton
 
-from rnnc.runtime.arguments import Call
-from rnnc.runtime.custom_ops import run_kernels
-from rnnc.runtime.launch import (
-    GeneratedKernels,
-    bind_for_triton,
-    leaf_gradient_buffers,
-    on_gpu,
-    output_cotangents,
-    output_shape,
-    pow2_at_least,
-    state_cotangents,
-    triton_dtype,
-)
-from rnnc.templates.scan_codegen import render_scan
+from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.launch import GeneratedKernels, on_gpu, output_shape, pow2_at_least, triton_dtype
+from rnnc.templates.scan_codegen import render_scan, scan_stage
+
+STAGE_TILES = {"BLOCK_C": 256, "BLOCK_T": 32, "num_warps": 4}  # a scan stage before another strategy, on a GPU
+TILE_KEYS = ("BLOCK_C", "BLOCK_T", "num_warps", "num_stages")
 
 
 def _interpreter_tiles(call: Call, sizes: tuple[int, ...]) -> dict:
     """Small power-of-two tiles for the interpreter, which runs programs one at a time.
 
-    Up to 1024 state entries per program: one program then owns all of Mamba's D = 64, N = 16,
+    Up to 1024 entries per program: one program then owns all of Mamba's D = 64, N = 16,
     so B and C are read once per step (a program that owns a block of D re-reads them).
     Chunks of 16 steps, longer beyond 4096 steps so that there are at most 256 chunks: the
     interpreter's cost is per operation (Mamba at T = 65,536: 16 steps a chunk take 4 times as
     long as 256)."""
     rest = math.prod(pow2_at_least(n) for n in sizes[1:])
-    block_first = min(pow2_at_least(sizes[0]), max(1, 1024 // rest))
+    block_first = min(pow2_at_least(sizes[0] if sizes else 1), max(1, 1024 // rest))
     block_t = min(pow2_at_least(call.T), max(16, min(256, pow2_at_least(call.T) // 256)))
     return {"BLOCK_C": block_first * rest, "BLOCK_T": max(block_t, 2), "num_warps": 4}
 
 
-def _axis_blocks(axes: list[str], sizes: tuple[int, ...], block_c: int) -> dict:
-    """BLOCK_<axis> of each state axis from the tiling's BLOCK_C (state entries per program).
+def axis_blocks(module, sizes: tuple[int, ...], block_c: int) -> dict:
+    """BLOCK_<axis> of each tile axis from the tiling's BLOCK_C (entries per program).
 
-    A program owns every entry of the axes after the first (padded to powers of two) and as many
-    entries of the first axis as BLOCK_C leaves room for, at least one.
+    A program owns every entry of the axes but the parallel one (padded to powers of two) and
+    as many entries of the parallel axis as BLOCK_C leaves room for, at least one.
 
     Example:
-        >>> _axis_blocks(["ax0", "ax1"], (24, 16), 512)
-        {'BLOCK_ax0': 32, 'BLOCK_ax1': 16}
+        >>> from rnnc.compiler import analyse_source
+        >>> module = render_scan(analyse_source(open("examples/mamba.rnn").read()))
+        >>> axis_blocks(module, (24, 16), 512)
+        {'BLOCK_D': 32, 'BLOCK_N': 16}
     """
-    rest = math.prod(pow2_at_least(n) for n in sizes[1:])
-    first = min(pow2_at_least(sizes[0]), pow2_at_least(max(1, block_c // rest)))
-    return {f"BLOCK_{axes[0]}": first, **{f"BLOCK_{a}": pow2_at_least(n) for a, n in zip(axes[1:], sizes[1:])}}
+    blocks = {a.block: pow2_at_least(n) for a, n in zip(module.axes, sizes)}
+    if module.parallel is not None:
+        rest = math.prod(b for i, b in enumerate(blocks.values()) if i != module.parallel)
+        axis = module.axes[module.parallel]
+        blocks[axis.block] = min(blocks[axis.block], pow2_at_least(max(1, block_c // rest)))
+    return blocks
 
 
-class ScanKernels(GeneratedKernels):
-    """The generated kernels of one scan cell and the code that launches them."""
+class ScanStageKernels(GeneratedKernels):
+    """The generated kernels of one scan stage of a Plan (by default the cell's only stage)."""
 
     strategy = "scan"
-    render = staticmethod(render_scan)
+
+    def __init__(self, plan, stage=None):
+        self.stage = scan_stage(plan, stage)
+        super().__init__(plan)
+
+    def render(self, plan):
+        """The stage's module."""
+        return render_scan(plan, self.stage)
 
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
-        """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter."""
-        if on_gpu(call):
-            return self.model_params(call)
-        return _interpreter_tiles(call, sizes)
+        """Launch parameters: on a GPU the tiling model's choice (or ``rnnc tune``'s winner), in the
+        interpreter small tiles; pinned ones (``Cell.use_tiling``) on top of either.
 
-    def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
+        Example:
+            >>> import torch
+            >>> from rnnc.compiler import analyse_source
+            >>> kernels = ScanKernels(analyse_source(open("examples/hgrn.rnn").read()))
+            >>> x = torch.zeros(1, 40, 1, 24)
+            >>> call = bind(kernels.plan.ir, {"x": x, "g": x}, None)
+            >>> kernels.tiles(call, (24,))
+            {'BLOCK_C': 32, 'BLOCK_T': 16, 'num_warps': 4, 'num_stages': 1}
+            >>> kernels.pinned = {"BLOCK_T": 8, "num_warps": 8}; kernels.tiles(call, (24,))
+            {'BLOCK_C': 32, 'BLOCK_T': 8, 'num_warps': 8, 'num_stages': 1}
+        """
+        if self.plan.strategy != "scan":  # the tiling model and the pins are the later stage's
+            base = STAGE_TILES if on_gpu(call) else _interpreter_tiles(call, sizes)
+            return {**base, "num_stages": 1}
+        tiles = {"num_stages": 1} if on_gpu(call) else {**_interpreter_tiles(call, sizes), "num_stages": 1}
+        tiles.update({k: v for k, v in self.model_params(call).items() if k in TILE_KEYS})
+        return tiles
 
-    def _blocks(self, call: Call):
-        sizes = call.shape_of(self.plan.ir.states[0].shape)
-        tiles = self.tiles(call, sizes)
-        blocks = _axis_blocks(self.module.axes, sizes, tiles["BLOCK_C"])
-        grid = (triton.cdiv(sizes[0], blocks[f"BLOCK_{self.module.axes[0]}"]), call.B * call.NH)
-        return sizes, tiles, blocks, grid
+    def sizes(self, call: Call) -> tuple[int, ...]:
+        """The length of each tile axis for a call."""
+        return call.shape_of(tuple(a.dim for a in self.module.axes))
 
-    def forward(self, call: Call, flat: list, needs_grad: bool):
-        """Outputs, final states and (when ``needs_grad``) every step's states, for backward."""
+    def run(self, call: Call, flat: list[torch.Tensor], cu_seqlens: torch.Tensor | None = None):
+        """(outputs, carried trajectories, final states), each a dict by name; autograd flows through all.
+
+        ``flat`` holds every input and weight of the cell (in declaration order) and the initial
+        states of the stage's states (``[B, NH, *shape]``, or ``[N, NH, *shape]`` with ``cu_seqlens``).
+        """
+        module = self.module
+        results = _ScanFunction.apply(self, call, cu_seqlens, *flat)
+        n_out, n_st = len(module.outputs), len(module.states)
+        outputs = dict(zip(module.outputs, results[:n_out]))
+        by_name = dict(zip(module.states, results[n_out : n_out + n_st]))
+        finals = {d.name: by_name[d.name] for d in self.plan.ir.states if d.name in by_name}  # declaration order
+        carried = dict(zip(module.carries, results[n_out + n_st :]))
+        return outputs, carried, finals
+
+    def flat_arguments(self, call: Call, sequences: int | None = None) -> list[torch.Tensor]:
+        """Inputs, weights (contiguous) and the stage's initial states (compute dtype; zeros where not given)."""
         ir = self.plan.ir
+        flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
+        flat += [call.weights[d.name].contiguous() for d in ir.weights]
+        decls = {d.name: d for d in ir.states}
+        for s in self.module.states:
+            shape = (sequences or call.B, call.NH, *call.shape_of(decls[s].shape))
+            given = call.states.get(s)
+            if given is not None and tuple(given.shape) != shape:
+                raise ValueError(f"state {s}: needs shape {list(shape)}, has {list(given.shape)}")
+            flat.append(
+                given.to(call.compute_dtype).contiguous()
+                if given is not None
+                else torch.zeros(shape, dtype=call.compute_dtype, device=call.device)
+            )
+        return flat
+
+    def __call__(self, tensors: dict, state: dict | None, cu_seqlens: torch.Tensor | None = None):
+        ir = self.plan.ir
+        if cu_seqlens is None:
+            call = bind(ir, tensors, state)
+            outputs, _, finals = self.run(call, self.flat_arguments(call))
+            return outputs, finals
+        call = bind(ir, tensors, None)
+        seq = checked_seqlens(cu_seqlens, call)
+        given = dict(state or {})
+        unknown = sorted(set(given) - {d.name for d in ir.states})
+        if unknown:
+            raise ValueError(f"cell {ir.cell} has no state {unknown[0]!r}")
+        call.states = {k: v for k, v in given.items()}
+        outputs, _, finals = self.run(call, self.flat_arguments(call, len(seq) - 1), seq)
+        return outputs, finals
+
+
+class ScanKernels(ScanStageKernels):
+    """The kernels of a scan cell (its one stage)."""
+
+
+def checked_seqlens(cu_seqlens, call: Call) -> torch.Tensor:
+    """``cu_seqlens`` as int64 on the call's device, checked against the packed inputs.
+
+    Example:
+        >>> import torch
+        >>> from rnnc.compiler import lower_source
+        >>> ir = lower_source(open("examples/hgrn.rnn").read())
+        >>> call = bind(ir, {"x": torch.zeros(1, 5, 1, 2), "g": torch.zeros(1, 5, 1, 2)}, None)
+        >>> checked_seqlens(torch.tensor([0, 2, 4]), call)
+        Traceback (most recent call last):
+        ...
+        ValueError: cu_seqlens: needs to end at the packed length 5, ends at 4
+    """
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError("cu_seqlens: needs a 1-D integer tensor [N + 1] of sequence starts, has " + repr(cu_seqlens))
+    if cu_seqlens.is_floating_point():
+        raise ValueError(f"cu_seqlens: needs an integer tensor, has {cu_seqlens.dtype}")
+    if call.B != 1:
+        raise ValueError(f"cu_seqlens: needs inputs packed as [1, total_T, NH, ...], has a batch of {call.B}")
+    seq = cu_seqlens.to(device=call.device, dtype=torch.int64).contiguous()
+    if int(seq[0]) != 0:
+        raise ValueError(f"cu_seqlens: needs to start at 0, starts at {int(seq[0])}")
+    if int(seq[-1]) != call.T:
+        raise ValueError(f"cu_seqlens: needs to end at the packed length {call.T}, ends at {int(seq[-1])}")
+    if bool((seq[1:] < seq[:-1]).any()):
+        raise ValueError("cu_seqlens: needs to be non-decreasing")
+    return seq
+
+
+def previous_values(trajectory: torch.Tensor, initial: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+    """The previous value at every step, from the new values ``[B, T, NH, *shape]`` and the initial states.
+
+    Example:
+        >>> new = torch.arange(1.0, 5.0).reshape(1, 4, 1)
+        >>> previous_values(new, torch.zeros(1, 1))[0, :, 0].tolist()
+        [0.0, 1.0, 2.0, 3.0]
+        >>> previous_values(new, torch.tensor([[9.0], [7.0]]), torch.tensor([0, 1, 4]))[0, :, 0].tolist()
+        [9.0, 7.0, 2.0, 3.0]
+    """
+    if cu_seqlens is None:
+        return torch.cat([initial.unsqueeze(1).to(trajectory.dtype), trajectory[:, :-1]], dim=1)
+    starts = cu_seqlens[:-1].to(device=trajectory.device, dtype=torch.int64)
+    lengths = cu_seqlens[1:].to(device=trajectory.device, dtype=torch.int64) - starts
+    shifted = torch.cat([trajectory[:, :1], trajectory[:, :-1]], dim=1)
+    first = torch.zeros(trajectory.shape[1], dtype=torch.bool, device=trajectory.device)
+    first[starts[lengths > 0]] = True
+    which = torch.cumsum(first.long(), 0) - 1  # the sequence of each row
+    firsts = initial[torch.nonzero(lengths > 0).flatten()][which.clamp(min=0)].to(trajectory.dtype).unsqueeze(0)
+    mask = first.reshape(1, -1, *([1] * (trajectory.dim() - 2)))
+    return torch.where(mask, firsts, shifted)
+
+
+def _placeholder(device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, dtype=torch.int64, device=device)
+
+
+class _ScanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kernels: ScanStageKernels, call: Call, seq, *flat):
+        module, ir = kernels.module, kernels.plan.ir
         n_in, n_w = len(ir.inputs), len(ir.weights)
-        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
-        sizes, tiles, blocks, grid = self._blocks(call)
+        initial = flat[n_in + n_w :]
+        sizes = kernels.sizes(call)
+        tiles = kernels.tiles(call, sizes)
+        blocks = axis_blocks(module, sizes, tiles["BLOCK_C"])
         compute = call.compute_dtype
-        store = needs_grad
+        store = any(ctx.needs_input_grad[3:]) or bool(module.carries)
+        sequences = call.B if seq is None else len(seq) - 1
+        outs = {o.name: o for o in ir.outputs}
         outputs = [
-            torch.full(output_shape(call, o), float("nan"), dtype=call.dtype, device=call.device) for o in ir.outputs
+            torch.full(output_shape(call, outs[o]), float("nan"), dtype=call.dtype, device=call.device)
+            for o in module.outputs
         ]
         finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
+        decls = {d.name: d for d in ir.states}
         saved = [
-            torch.empty(
-                (call.B, call.T, call.NH, math.prod(sizes)) if store else (1,), dtype=compute, device=call.device
-            )
-            for _ in initial
-        ]
-        self.kernels.forward_kernel[grid](
-            *inputs,
-            *weights,
-            *initial,
-            *outputs,
-            *finals,
-            *saved,
-            call.T,
-            call.NH,
-            *sizes,
-            COMPUTE=triton_dtype(compute),
-            **blocks,
-            BLOCK_T=tiles["BLOCK_T"],
-            STORE_STATES=store,
-            num_warps=tiles.get("num_warps", 4),
+            torch.empty((call.B, call.T, call.NH, *call.shape_of(decls[s].shape)) if store else (1,), dtype=compute,
+                        device=call.device)
+            for s in module.states
+        ]  # fmt: skip
+        parallel = module.axes[module.parallel] if module.parallel is not None else None
+        programs = triton.cdiv(sizes[module.parallel], blocks[parallel.block]) if parallel is not None else 1
+        grid = (programs, sequences * call.NH)
+        scalars = [*sizes, *(call.dims[d] for d in module.dims_read)]
+        seq_arg = seq if seq is not None else _placeholder(call.device)
+        kernels.kernels.forward_kernel[grid](
+            *flat, *outputs, *finals, *saved, seq_arg, call.T, call.NH, *scalars,
+            COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], STORE_STATES=store,
+            VARLEN=seq is not None, num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
+        )  # fmt: skip
+        ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid, ctx.scalars = (
+            kernels,
+            call,
+            tiles,
+            blocks,
+            grid,
+            scalars,
         )
-        return outputs, finals, saved if store else []
+        ctx.seq = seq
+        ctx.save_for_backward(*flat, *saved)
+        carried = [saved[module.states.index(s)] for s in module.carries]
+        return (*outputs, *finals, *carried)
 
-    def saved_like(self, call: Call, flat: list, needs_grad: bool) -> list:
-        """Stand-ins shaped like what :meth:`forward` saves."""
-        ir = self.plan.ir
-        if not needs_grad:
-            return []
-        channels = math.prod(call.shape_of(ir.states[0].shape))
-        return [flat[0].new_empty((call.B, call.T, call.NH, channels), dtype=call.compute_dtype) for _ in ir.states]
-
-    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list) -> list:
-        """Cotangents of inputs, weights and initial states (a None cotangent counts as zero)."""
-        ir = self.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
-        sizes, tiles, blocks, grid = self._blocks(call)
+    @staticmethod
+    def backward(ctx, *grads):
+        kernels, call, tiles, blocks, grid = ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid
+        module, ir = kernels.module, kernels.plan.ir
+        n_in, n_w, n_st = len(ir.inputs), len(ir.weights), len(module.states)
+        saved_tensors = ctx.saved_tensors
+        inputs, weights = saved_tensors[:n_in], saved_tensors[n_in : n_in + n_w]
+        initial = saved_tensors[n_in + n_w : n_in + n_w + n_st]
+        saved = saved_tensors[n_in + n_w + n_st :]
         compute = call.compute_dtype
-        d_out, d_fin = output_cotangents(call, ir, d_outputs), state_cotangents(d_finals, initial)
-        d_in, d_w = leaf_gradient_buffers(inputs, compute), leaf_gradient_buffers(weights, compute)
+        n_out = len(module.outputs)
+
+        def cotangent(g, shape):
+            return (
+                g.to(compute) if g is not None else torch.zeros(shape, dtype=compute, device=call.device)
+            ).contiguous()
+
+        outs = {o.name: o for o in ir.outputs}
+        d_out = [cotangent(g, output_shape(call, outs[o])) for g, o in zip(grads[:n_out], module.outputs)]
+        d_fin = [cotangent(g, s.shape) for g, s in zip(grads[n_out : n_out + n_st], initial)]
+        d_traj = [cotangent(g, saved[module.states.index(s)].shape)
+                  for g, s in zip(grads[n_out + n_st :], module.carries)]  # fmt: skip
+        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
+        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
-        self.kernels.backward_kernel[grid](
-            *inputs,
-            *weights,
-            *initial,
-            *saved,
-            *d_out,
-            *d_fin,
-            *d_in,
-            *d_w,
-            *d_st,
-            call.T,
-            call.NH,
-            *sizes,
-            COMPUTE=triton_dtype(compute),
-            **blocks,
-            BLOCK_T=tiles["BLOCK_T"],
-            num_warps=tiles.get("num_warps", 4),
-        )
+        seq_arg = ctx.seq if ctx.seq is not None else _placeholder(call.device)
+        kernels.kernels.backward_kernel[grid](
+            *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_traj, *d_in, *d_w, *d_st,
+            seq_arg, call.T, call.NH, *ctx.scalars,
+            COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], VARLEN=ctx.seq is not None,
+            num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
+        )  # fmt: skip
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
-        return [*grads_in, *grads_w, *d_st]
+        return (None, None, None, *grads_in, *grads_w, *d_st)

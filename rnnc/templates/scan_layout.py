@@ -1,317 +1,291 @@
-"""Where every tensor of a scan cell sits in a program's tiles, and expressions rewritten over tiles.
+"""Where every tensor of a scan stage sits in a program's tiles, and the Plan's pieces lowered onto them.
 
-A scan program owns a block of the first state axis, all of the other state axes, and
-``BLOCK_T`` steps at a time: its tiles have one axis for time and one per state axis,
-``[BLOCK_T, BLOCK_D, BLOCK_N]`` for Mamba's ``S: [D, N]``. A tensor that spans fewer axes
-(an input ``u: [D]`` read as ``u[:, None]``, a weight that does not vary in time, a scalar
-per step) is loaded once in its own *layout* and kept with size-1 axes elsewhere
-(``[BLOCK_T, BLOCK_D, 1]``), so that Triton's broadcasting does what the views say.
-Every view of a leaf in an expression becomes that one tile; ``E @ V`` (a reduction over
-the state's last axis, Mamba's ``S @ C``) becomes a symbol ``m_k`` whose tile is a
-``tl.sum`` over that axis.
+A scan program owns, for one (sequence, head), ``BLOCK_T`` steps at a time, a block of one
+*parallel* axis and all of every other axis. The axes are found by unification: each state
+axis, each output axis and each contracted axis (``q @ k``, ``sum(k * k)``) starts as a
+variable; a state read by a later component, a leaf read in several pieces, an outer product
+placing its vectors, a view, all tie variables together, and each class left is one *tile
+axis*. A tile is a Triton tensor ``[BLOCK_T, BLOCK_<axis>, ...]`` with size 1 along the axes
+its tensor does not span (a weight also along time), so Triton's broadcasting does what the
+views say. A reduction inside a step becomes a named tile (``r_0 = tl.sum(...)``) over the axes
+it contracts, which the program owns whole. The parallel axis is one that every state and every
+output spans and no reduction contracts: programs split it (Mamba's ``D``); a stage without
+one (Aaren's scalar states) runs one program per (sequence, head).
 
-Names: the state axes are ``ax0``, ``ax1``, ... whatever the dims are called (a layout over
-several axes is named after all of them, ``ax0_ax1``), and every variable that carries a
-cell's name comes from :mod:`rnnc.templates.names`, so none meets another or the kernels' own.
+This module only lowers pieces; what runs as a scan is the compiler's decision. What it
+cannot lower raises a BackendError located at the component or output, naming the piece.
 
 Example:
     >>> from rnnc.compiler import analyse_source
-    >>> tiles = Tiles(analyse_source(open("examples/mamba.rnn").read()))
-    >>> [(a.name, str(a.dim)) for a in tiles.axes], tiles.full, tiles.layout_name((1,))
-    ([('ax0', 'D'), ('ax1', 'N')], (0, 1), 'ax1')
-    >>> tiles.flatten(tiles.plan.transitions[0].a, tiles.full)
-    exp(wt_A*x_dt)
-    >>> tiles.leaf_axes["dt"], tiles.tile_shape((0,), time=False)
-    ((0,), '[1, BLOCK_ax0, 1]')
+    >>> space = TileSpace(analyse_source(open("examples/mamba.rnn").read()))
+    >>> [a.name for a in space.axes], space.parallel, space.leaf("dt").axes
+    (['D', 'N'], 0, (0,))
+    >>> space.pieces[0]["a"], space.pieces[0]["b"]
+    (exp(wt_A*x_dt), x_B*x_dt*x_u)
+    >>> space.outputs[0].expr, space.reductions[0].expr
+    (r_0 + wt_Dskip*x_u, new_S*x_C)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import sympy
 
 from rnnc.compiler import Plan
-from rnnc.compiler.nested import show, varying_axes
-from rnnc.compiler.shapes import same_dim, same_shape
-from rnnc.compiler.shapes import show as show_shape
-from rnnc.compiler.symbols import STRUCTURAL, Matmul, Placed
-from rnnc.errors import BackendError
-from rnnc.templates.names import derived
-
-
-def unsupported(plan: Plan, why: str) -> BackendError:
-    """The error for a scan cell the template does not cover, saying why.
-
-    Example:
-        >>> from rnnc.compiler import analyse_source
-        >>> str(unsupported(analyse_source(open("examples/hgrn.rnn").read()), "a reason"))
-        'the Triton scan template does not cover cell hgrn yet: a reason'
-    """
-    return BackendError(f"the Triton scan template does not cover cell {plan.ir.cell} yet: {why}")
+from rnnc.compiler.components import Stage
+from rnnc.compiler.nested import show
+from rnnc.templates.scan_names import Identifiers
+from rnnc.templates.scan_unify import AxisWalk
 
 
 @dataclass(frozen=True)
-class Axis:
-    """One state axis: its dim, and the names the kernels give its size, block, indices and mask.
-
-    Example:
-        >>> x = Axis("ax1", sympy.Symbol("N"))
-        >>> x.size, x.block, x.index, x.valid
-        ('dim_ax1', 'BLOCK_ax1', 'i_ax1', 'ok_ax1')
-    """
+class TileAxis:
+    """One axis of the tile space: its dim and its kernel names (size argument, block, indices, mask)."""
 
     name: str
     dim: sympy.Expr
+    size: str
+    block: str
+    index: str
+    valid: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The tile axes a tensor spans (sorted) and whether it varies in time (a weight does not)."""
+
+    axes: tuple[int, ...]
+    time: bool = True
+
+    def union(self, other: Layout) -> Layout:
+        """The layout of a product of tensors in both layouts.
+
+        Example:
+            >>> Layout((0,), False).union(Layout((1,)))
+            Layout(axes=(0, 1), time=True)
+        """
+        return Layout(tuple(sorted(set(self.axes) | set(other.axes))), self.time or other.time)
+
+
+SCALAR = Layout((), False)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A tensor the kernel loads: an input, a weight (or a part of one), or a state's old or new value.
+
+    ``name`` is unique per leaf (the stem of its offsets); ``source`` is the declared tensor it
+    reads (its pointers); ``part`` is ``(axis, index, count, drop)`` for a part of ``source``;
+    ``shared`` says that other leaves read the same tensor (so gradients add, never overwrite).
+    """
+
+    name: str
+    kind: str  # input, weight, old, new
+    symbol: sympy.Symbol
+    axes: tuple[int, ...]  # the tile axis of each of the tensor's own axes, in its order
+    source: str = ""
+    part: tuple[int, int, int, int] | None = None
+    shared: bool = False
 
     @property
-    def size(self) -> str:
-        """The kernel argument holding the axis's length."""
-        return f"dim_{self.name}"
-
-    @property
-    def block(self) -> str:
-        """The constexpr tile size along the axis."""
-        return f"BLOCK_{self.name}"
-
-    @property
-    def index(self) -> str:
-        """The vector of the program's indices along the axis."""
-        return f"i_{self.name}"
-
-    @property
-    def valid(self) -> str:
-        """The mask of those indices that exist (the tile is padded to a power of two)."""
-        return f"ok_{self.name}"
+    def layout(self) -> Layout:
+        """The leaf's layout."""
+        return Layout(tuple(sorted(self.axes)), self.kind != "weight")
 
 
 @dataclass(frozen=True)
 class Reduction:
-    """``E @ V`` of an output: ``E`` over the state's axes, ``V`` over its last axis, in tile symbols."""
+    """``symbol = op(expr)`` over the tile ``axes``: a reduction inside a step (``q @ k``, ``sum(k * k)``)."""
 
-    symbol: sympy.Symbol  # m_k: the product's tile
-    left: sympy.Expr  # E, in the full space
-    right: sympy.Expr  # V, in the space of the last axis
-    space: tuple[int, ...]  # the state axes of the expression that reads m_k
-    label: str  # E @ V as the cell writes it
-
-
-def _axis_names(shape) -> list[str]:
-    """``ax0``, ``ax1``, ...: named by position, an axis's variables cannot meet anything a user named."""
-    return [f"ax{i}" for i in range(len(shape))]
+    symbol: sympy.Symbol
+    op: str
+    expr: sympy.Expr
+    axes: tuple[int, ...]
+    label: str
 
 
-class Tiles:
-    """The tile space of one scan cell: its state axes, the layout of every leaf, the tile symbols."""
+@dataclass(frozen=True)
+class OutputTile:
+    """An output: its name, the tile axis of each of its own axes, its tile expression, how the cell writes it."""
 
-    def __init__(self, plan: Plan):
-        ir = plan.ir
+    name: str
+    axes: tuple[int, ...]
+    expr: sympy.Expr
+    label: str
+
+    @property
+    def layout(self) -> Layout:
+        """The output's layout (it varies in time)."""
+        return Layout(tuple(sorted(self.axes)))
+
+
+class TileSpace(AxisWalk):
+    """The tile axes of one scan stage, every leaf's place, and the stage's pieces as tile expressions.
+
+    ``pieces[i]`` holds component ``stage.components[i]``'s pieces: ``a``, ``b`` (elementwise,
+    max-plus) or ``m`` (n x n entries) and ``b`` (n entries) for a coupled component.
+    """
+
+    def __init__(self, plan: Plan, stage: Stage | None = None, names: Identifiers | None = None):
         self.plan = plan
-        shape = ir.states[0].shape
-        if any(not same_shape(d.shape, shape) for d in ir.states):
-            shapes = ", ".join(f"{d.name} {show_shape(d.shape)}" for d in ir.states)
-            raise unsupported(plan, f"it needs states of one shape, has {shapes}")
-        self.axes = [Axis(n, d) for n, d in zip(_axis_names(shape), shape)]
-        self.rank = len(shape)
-        self.full = tuple(range(self.rank))
-        self.leaf_axes: dict[str, tuple[int, ...]] = {}  # leaf name -> the state axes it spans
-        self.matmuls: list[Reduction] = []
-        self.new_states = {d.name: sympy.Symbol(derived("s", user=d.name), real=True) for d in ir.states}
-        # the new value of a state in nested expressions (a name no leaf can have), read as its tile
-        self.markers = {d.name: sympy.Symbol(f"{d.name}'", real=True) for d in ir.states}
-        # a dim read as a number: a COMPUTE tile (value_ax0), so that sqrt(D) is exact in fp64
-        self.dims = {str(a.dim): a for a in self.axes if isinstance(a.dim, sympy.Symbol)}
-        self.dims_read: set[str] = set()  # names of the axes whose dims the expressions read
+        self.stage = stage if stage is not None else plan.stages[0]
+        ir = plan.ir
+        self.components = [plan.components[i] for i in self.stage.components]
+        states = [s for c in self.components for s in c.states]
+        super().__init__({d.name: d for d in ir.decls}, states, names or Identifiers(), ir.cell, ir.dims)
+        raw_pieces = [self._component_pieces(c) for c in self.components]
+        raw_outputs = [self._output(name, expr) for name, expr in self.stage.output_exprs]
+        placed = self.merge_occurrences()
+        raw_pieces = [_substitute(p, placed) for p in raw_pieces]
+        raw_outputs = [(n, sp, e.xreplace(placed)) for n, sp, e in raw_outputs]
+        self.raw = [(s, op, e.xreplace(placed), vs, label) for s, op, e, vs, label in self.raw]
+        self._resolve(raw_pieces, raw_outputs)
 
-    # --- names and shapes of layouts ------------------------------------------------------------
-    def layout_name(self, axes: tuple[int, ...]) -> str:
-        """``ax0_ax1`` for a tensor over both axes of a ``[D, N]`` state, ``scalar`` for one over none.
+    # --- the stage's pieces ---------------------------------------------------------------------
+    def _component_pieces(self, c) -> dict:
+        label = f"component {c.index + 1}, {', '.join(c.states)} ({c.kind})"
+        if c.kind == "coupled":
+            self.where = (label, c.span)
+            first = self.state_vars[c.states[0]]
+            for s in c.states[1:]:
+                for v, w in zip(first, self.state_vars[s]):
+                    self.unify(v, w)
+            space = self.state_vars[c.states[0]]
+            m = [[self._piece(f"{label}, M[{i}][{j}]", e, space, c.span) for j, e in enumerate(row)]
+                 for i, row in enumerate(c.coupled.m)]  # fmt: skip
+            b = [self._piece(f"{label}, b[{i}]", e, space, c.span) for i, e in enumerate(c.coupled.b)]
+            return {"m": m, "b": b}
+        if c.kind == "elementwise":
+            (piece,) = c.affine
+        elif c.kind == "maxplus":
+            piece = c.maxplus
+        else:
+            self.where = (label, c.span)
+            raise self.refuse(f"a {c.kind} component is no scan")
+        space = self.state_vars[piece.state]
+        return {"a": self._piece(f"{label}, a", piece.a, space, c.span),
+                "b": self._piece(f"{label}, b", piece.b, space, c.span)}  # fmt: skip
 
-        Example:
-            >>> _mamba().layout_name((0, 1)), _mamba().layout_name(())
-            ('ax0_ax1', 'scalar')
-        """
-        return "_".join(self.axes[a].name for a in axes) or "scalar"
+    def _output(self, name: str, expr: sympy.Expr):
+        decl = next(o for o in self.plan.ir.outputs if o.name == name)
+        space = [self.fresh(d) for d in decl.shape]
+        self.tensors.append(space)
+        return name, space, self._piece(f"output {name}", expr, space, decl.span)
 
-    def tile_shape(self, axes: tuple[int, ...], time: bool = True) -> str:
-        """The tile shape of a layout, as Triton source: size 1 along the axes it does not span.
+    def _piece(self, what: str, expr: sympy.Expr, space: list[int], span) -> sympy.Expr:
+        self.where = (f"{what} = {show(expr)}", span)
+        lowered = self.walk(sympy.sympify(expr), space)
+        if self.conflicts():
+            raise self.refuse("it would put two axes of one tensor along one tile axis")
+        self.where = None
+        return lowered
 
-        Example:
-            >>> _mamba().tile_shape((1,)), _mamba().tile_shape((0, 1), time=False)
-            ('[BLOCK_T, 1, BLOCK_ax1]', '[1, BLOCK_ax0, BLOCK_ax1]')
-        """
-        blocks = [self.axes[a].block if a in axes else "1" for a in self.full]
-        return "[" + ", ".join(["BLOCK_T" if time else "1", *blocks]) + "]"
+    # --- resolution -----------------------------------------------------------------------------
+    def _resolve(self, raw_pieces, raw_outputs) -> None:
+        tensor_vars = [v for vs in self.tensors for v in vs] + [v for *_, vs, _ in self.raw for v in vs]
+        used = {self.find(v) for v in tensor_vars}
+        order = []  # axes in the order they appear: the states', then the outputs', then the rest
+        for v in [v for s in self.states for v in self.state_vars[s]] + [v for _, sp, _ in raw_outputs for v in sp]:
+            if self.find(v) not in order:
+                order.append(self.find(v))
+        order += [r for r in dict.fromkeys(self.find(v) for v in range(len(self.parent))) if r not in order]
+        order = [r for r in order if r in used]
+        index = {r: i for i, r in enumerate(order)}
+        dims = [self.dim[r] for r in order]
+        if any(d is None for d in dims):  # pragma: no cover - every axis ends at a leaf
+            raise self.refuse("an axis has no size")
+        plain = [str(d) if isinstance(d, sympy.Symbol) else "" for d in dims]
+        self.axes = []
+        for i, d in enumerate(dims):
+            stem = plain[i] if plain[i] and plain.count(plain[i]) == 1 else f"ax{i}"  # D, N; ax1 for [2], [D, D]
+            names = [self.names.get((role, i), f"{role}_{stem}") for role in ("dim", "BLOCK", "i", "ok")]
+            self.axes.append(TileAxis(stem, d, *names))
 
-    def spread(self, position: int) -> str:
-        """The indexing that puts a vector at tile axis ``position`` (0 is time).
+        def place(vars_: list[int]) -> tuple[int, ...]:
+            return tuple(index[self.find(v)] for v in vars_)
 
-        Example:
-            >>> _mamba().spread(0), _mamba().spread(2)
-            ('[:, None, None]', '[None, None, :]')
-        """
-        slots = ["None"] * (self.rank + 1)
-        slots[position] = ":"
-        return "[" + ", ".join(slots) + "]"
+        self._leaves: dict[tuple, Leaf] = {}
+        for s in self.states:
+            for kind in ("old", "new"):
+                symbol = self.state_symbol(s, kind == "new")
+                self._leaves[(kind, s, None, 0)] = Leaf(s, kind, symbol, place(self.state_vars[s]), s)
+        for (source, part), placements in self.placements.items():
+            kind = self.decls[source].kind
+            shared = len(placements) > 1 or sum(key[0] == source for key in self.placements) > 1
+            for i, vars_ in enumerate(placements):
+                symbol = self.leaf_symbol(source, kind, part, i)
+                stem = symbol.name.split("_", 1)[1]
+                self._leaves[(kind, source, part, i)] = Leaf(stem, kind, symbol, place(vars_), source, part, shared)
+        self.layouts = {leaf.symbol: leaf.layout for leaf in self._leaves.values()}
+        self.layouts.update({sympy.Symbol(self.names.get(("value", d), f"value_{d}"), positive=True): SCALAR
+                             for d in self.dims_read})  # fmt: skip
+        self.dims_read = sorted(self.dims_read)
+        # reductions: named in order, the same reduction met twice (q @ k in three pieces) computed once
+        self.reductions: list[Reduction] = []
+        rename: dict[sympy.Symbol, sympy.Symbol] = {}
+        seen: dict[tuple, sympy.Symbol] = {}
+        for symbol, op, expr, vars_, label in self.raw:
+            expr = expr.xreplace(rename)
+            axes = tuple(sorted({index[self.find(v)] for v in vars_}))
+            key = (op, expr, axes)
+            if key not in seen:
+                count = len(self.reductions)
+                name = sympy.Symbol(self.names.get(("reduction", count), f"r_{count}"), real=True)
+                seen[key] = name
+                self.reductions.append(Reduction(name, op, expr, axes, label))
+                full = self.layout_of(expr)
+                self.layouts[name] = Layout(tuple(a for a in full.axes if a not in axes), full.time)
+            rename[symbol] = seen[key]
+        self.pieces = [_substitute(p, rename) for p in raw_pieces]
+        labels = dict(self.stage.output_exprs)
+        self.outputs = [OutputTile(n, place(sp), e.xreplace(rename), show(labels[n])) for n, sp, e in raw_outputs]
+        self.parallel = self._parallel_axis()
 
-    def offsets(self, axes: tuple[int, ...]) -> str:
-        """Offsets of a layout's entries inside one block of its own shape (row-major).
+    def _parallel_axis(self) -> int | None:
+        """The axis programs split: spanned by every state and output, contracted by no reduction."""
+        reduced = {a for r in self.reductions for a in r.axes}
+        spans = [set(self.leaf(s).axes) for s in self.states] + [set(o.axes) for o in self.outputs]
+        first = self.leaf(self.states[0]).axes if self.states else ()
+        for a in first:
+            if a not in reduced and all(a in axes for axes in spans):
+                return a
+        return None
 
-        Example:
-            >>> _mamba().offsets((0, 1))
-            'i_ax0[None, :, None] * dim_ax1 + i_ax1[None, None, :]'
-        """
-        if not axes:
-            return f"tl.zeros({self.tile_shape((), time=False)}, dtype=tl.int32)"
-        terms = []
-        for i, a in enumerate(axes):
-            strides = [self.axes[b].size for b in axes[i + 1 :]]
-            terms.append(" * ".join([f"{self.axes[a].index}{self.spread(a + 1)}", *strides]))
-        return " + ".join(terms)
+    # --- queries --------------------------------------------------------------------------------
+    def leaf(self, name: str, kind: str | None = None) -> Leaf:
+        """The leaf of a declared tensor, whole, at its first placement (a state's ``old`` value
+        unless ``kind`` says ``new``)."""
+        decl_kind = self.decls[name].kind
+        return self._leaves[(kind or ("old" if decl_kind == "state" else decl_kind), name, None, 0)]
 
-    def valid(self, axes: tuple[int, ...]) -> str:
-        """The mask of a layout's entries inside the shape (padding off).
+    def leaves(self, kind: str) -> list[Leaf]:
+        """The leaves of one kind (input, weight, old, new), in declaration order, then part, then placement."""
+        order = {d.name: i for i, d in enumerate(self.plan.ir.decls)}
+        keys = sorted((k for k in self._leaves if k[0] == kind),
+                      key=lambda k: (order[k[1]], k[2] is not None, k[2] or (), k[3]))  # fmt: skip
+        return [self._leaves[k] for k in keys]
 
-        Example:
-            >>> _mamba().valid((1,))
-            'ok_ax1[None, None, :]'
-        """
-        if not axes:
-            return f"{self.layout('offs', ())} == 0"
-        return " & ".join(f"{self.axes[a].valid}{self.spread(a + 1)}" for a in axes)
-
-    def size(self, axes: tuple[int, ...]) -> str:
-        """The number of entries of a layout.
-
-        Example:
-            >>> _mamba().size((0, 1)), _mamba().size(())
-            ('dim_ax0 * dim_ax1', '1')
-        """
-        return " * ".join(self.axes[a].size for a in axes) or "1"
-
-    def layout(self, what: str, axes: tuple[int, ...]) -> str:
-        """The kernel variable ``what`` (offs, valid, size, mask, zero) of a layout.
-
-        Example:
-            >>> _mamba().layout("mask", (0, 1))
-            'mask_ax0_ax1'
-        """
-        return f"{what}_{self.layout_name(axes)}"
-
-    # --- expressions over tiles -----------------------------------------------------------------
-    def tile_symbol(self, name: str, next_step: bool = False) -> sympy.Symbol:
-        """The tile of leaf ``name``: ``x_u`` for an input (``nx_u`` at the next step), ``wt_A`` for a weight.
-
-        Example:
-            >>> _mamba().tile_symbol("dt", next_step=True), _mamba().tile_symbol("A")
-            (nx_dt, wt_A)
-        """
-        kind = self.plan.ir.atom(name).op
-        role = {"input": "nx" if next_step else "x", "weight": "wt"}[kind]
-        return sympy.Symbol(derived(role, user=name), real=True)
-
-    def flatten(self, expr: sympy.Expr, space: tuple[int, ...], products: bool = True) -> sympy.Expr:
-        """``expr`` (nested form, index space over the state axes ``space``) in tile symbols.
-
-        ``products``: whether ``E @ V`` may appear (in outputs, not in state updates).
-
-        Example:
-            >>> tiles = _mamba()
-            >>> tiles.flatten(tiles.plan.transitions[0].b, tiles.full)
-            x_B*x_dt*x_u
-        """
-        if isinstance(expr, Placed):
-            inner = expr.args[0]
-            if not isinstance(inner, sympy.Symbol):
-                raise unsupported(self.plan, f"it places {show(inner)} into other axes (only leaves so far)")
-            return self._leaf(inner.name, tuple(int(a) for a in expr.args[1]), space)
-        if isinstance(expr, sympy.Symbol):
-            if expr.name.endswith("'") and expr.name[:-1] in self.markers:
-                if space != self.full:
-                    raise unsupported(self.plan, f"it reads state {expr.name[:-1]} in fewer axes than it has")
-                return self.new_states[expr.name[:-1]]
-            if expr.name in self.dims:
-                self.dims_read.add(self.dims[expr.name].name)
-                return sympy.Symbol(f"value_{self.dims[expr.name].name}", positive=True)
-            if expr.name in self.plan.ir.dims:
-                raise unsupported(self.plan, f"it reads dim {expr.name} as a number, which is no state axis")
-            rank = len(self.plan.ir.atom(expr.name).shape)
-            return self._leaf(expr.name, tuple(range(-rank, 0)), space)
-        if isinstance(expr, Matmul) and products:
-            return self._matmul(expr, space)
-        if isinstance(expr, STRUCTURAL):
-            raise unsupported(self.plan, f"it uses {show(expr)} (only pointwise updates and E @ V outputs so far)")
-        if not expr.args:
-            return expr
-        return expr.func(*[self.flatten(a, space, products) for a in expr.args])
-
-    def _leaf(self, name: str, axes: tuple[int, ...], space: tuple[int, ...]) -> sympy.Expr:
-        atom = self.plan.ir.atom(name)
-        if atom.op == "state":
-            raise unsupported(self.plan, f"an output reads the previous value of state {name}")
-        if len(axes) > len(space):
-            raise unsupported(self.plan, f"{name} needs {len(axes)} axes, the expression reading it has {len(space)}")
-        placed = tuple(space[len(space) + a] for a in axes)
-        for i, a in enumerate(placed):
-            if not same_dim(atom.shape[i], self.axes[a].dim):
-                raise unsupported(
-                    self.plan,
-                    f"{name} {show_shape(atom.shape)} needs its axis {i} to lie along a state axis, "
-                    f"lies along {self.axes[a].dim}",
-                )
-        if list(placed) != sorted(placed):
-            raise unsupported(self.plan, f"it reads {name} with its axes permuted")
-        if self.leaf_axes.setdefault(name, placed) != placed:
-            raise unsupported(self.plan, f"it reads {name} along two different sets of state axes")
-        return self.tile_symbol(name)
-
-    def _matmul(self, expr: sympy.Expr, space: tuple[int, ...]) -> sympy.Expr:
-        ranks = {d.name: len(d.shape) for d in self.plan.ir.decls}
-        ranks.update({s.name: self.rank for s in self.markers.values()})
-        left, right = expr.args
-        rank_left, rank_right = varying_axes(left, ranks)[0], varying_axes(right, ranks)[0]
-        result = self.full[self.rank - rank_left : -1]
-        if rank_right != 1 or not 1 <= rank_left <= self.rank or tuple(space[len(space) - len(result) :]) != result:
-            raise unsupported(
-                self.plan,
-                f"{show(expr)} needs to contract the state's last axis with a vector "
-                f"(ranks {rank_left} @ {rank_right} here)",
-            )
-        pair = (self.flatten(left, self.full), self.flatten(right, self.full[-1:]))
-        for m in self.matmuls:
-            if (m.left, m.right, m.space) == (*pair, space):
-                return m.symbol
-        symbol = sympy.Symbol(f"m_{len(self.matmuls)}", real=True)
-        self.matmuls.append(Reduction(symbol, *pair, space, show(expr)))
-        return symbol
-
-    def output_space(self, name: str, shape) -> tuple[int, ...]:
-        """The state axes an output spans: all of them, or all but the last (``S @ C`` outputs).
+    def layout_of(self, expr: sympy.Expr) -> Layout:
+        """The layout of a tile expression: the union of its symbols' layouts.
 
         Example:
-            >>> from rnnc.compiler.shapes import dim_symbol
-            >>> _mamba().output_space("y", (dim_symbol("D"),))
-            (0,)
+            >>> from rnnc.compiler import analyse_source
+            >>> space = TileSpace(analyse_source(open("examples/mamba.rnn").read()))
+            >>> space.layout_of(space.pieces[0]["a"])
+            Layout(axes=(0, 1), time=True)
         """
-        state_shape = tuple(a.dim for a in self.axes)
-        for space in (self.full, self.full[:-1]):
-            if same_shape(shape, state_shape[: len(space)]):
-                return space
-        raise unsupported(
-            self.plan,
-            f"output {name} is {show_shape(shape)}; the scan template needs {show_shape(state_shape)} "
-            f"or {show_shape(state_shape[:-1])}",
-        )
+        layout = SCALAR
+        for s in sympy.sympify(expr).free_symbols:
+            layout = layout.union(self.layouts[s])
+        return layout
 
 
-def _mamba() -> Tiles:
-    """Mamba's tiles, fresh each call (for the examples)."""
-    return Tiles(_mamba_plan())
-
-
-@lru_cache(maxsize=1)
-def _mamba_plan() -> Plan:
-    from rnnc.compiler import analyse_source
-
-    return analyse_source(open("examples/mamba.rnn").read())
+def _substitute(pieces: dict, rename: dict) -> dict:
+    out = {}
+    for key, value in pieces.items():
+        if isinstance(value, list):
+            out[key] = [_substitute({"x": v}, rename)["x"] for v in value]
+        else:
+            out[key] = value.xreplace(rename)
+    return out
