@@ -14,6 +14,7 @@ import functools
 import pytest
 import torch
 from conftest import PAPER_CELLS
+from interpreter_scan import fast_scan
 from refs import paper_data, paper_loops, paper_loops_vector
 from refs.check import functional_grads, functional_weights, rel_err
 
@@ -23,6 +24,12 @@ pytest.importorskip("triton")
 
 LOOPS = {**paper_loops.LOOPS, **paper_loops_vector.LOOPS}
 CASES = [(1, torch.float64, 1e-9), (19, torch.float64, 1e-9), (37, torch.float64, 1e-9), (19, torch.float32, 1e-4)]
+
+
+@pytest.fixture(autouse=True)
+def _fast_interpreter_scan():
+    with fast_scan():  # the scan kernels' arithmetic, slice by slice (tests/interpreter_scan.py)
+        yield
 
 
 @functools.cache

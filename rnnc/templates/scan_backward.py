@@ -64,7 +64,7 @@ def backward_lines(program: ScanProgram) -> BackwardLines:
             g = grads.take(step.symbol)
             if g is not None:
                 symbol = grads.emit(program.name("g", step.symbol.name), g, program.layouts[step.symbol])
-                grads.propagate([(symbol, step.expr)])
+                grads.propagate([(_reduction_cotangent(program, grads, step, symbol), step.expr)])
         else:
             _component(program, grads, step)
     stores, setup, finish = [], [], []
@@ -112,6 +112,27 @@ def backward_lines(program: ScanProgram) -> BackwardLines:
             setup.append(f"    {program.name('initial', s)} = tl.load({at}, mask={valid}, other=0.0).to(COMPUTE)")
         finish.append(f"    tl.store({program.state_at(s, 'd_st')}, {program.name('dcarry', s)}, mask={valid})")
     return BackwardLines(setup, loads + head + body + stores, finish)
+
+
+def _reduction_cotangent(program: ScanProgram, grads: Gradients, r, g: sympy.Symbol) -> sympy.Expr:
+    """The cotangent of a reduction's operand: ``g`` itself for a sum; for a max or min, ``g`` shared
+    evenly by the entries that attain it (as ``torch.amax`` splits ties)."""
+    if r.op == "sum":
+        return g
+    layout = grads.layout_of(r.expr)
+    full = Layout(tuple(sorted(set(layout.axes) | set(r.axes))), layout.time)
+    value = grads.emit(program.fresh("e"), r.expr, layout)
+    hit = program.fresh("hit")
+    mask = program.mask(full)
+    grads.used |= {r.symbol}
+    grads.lines.append(f"{INDENT}{hit} = tl.where({mask} & ({value.name} == {r.symbol.name}), 1.0, 0.0).to(COMPUTE)")
+    count = hit
+    for a in r.axes:
+        count = f"tl.sum({count}, axis={a + 1}, keep_dims=True)"
+    share = sympy.Symbol(program.fresh("share"), real=True)
+    grads.lines.append(f"{INDENT}{share.name} = {hit} / {count}  # ties share the cotangent evenly")
+    grads.layouts[share] = full
+    return g * share
 
 
 def _component(program: ScanProgram, grads: Gradients, position: int) -> None:

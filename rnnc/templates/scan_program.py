@@ -219,7 +219,8 @@ class ScanProgram:
         """The line computing a reduction inside a step."""
         layout = self.space.layout_of(r.expr)
         full = Layout(tuple(sorted(set(layout.axes) | set(r.axes))), layout.time)
-        text = f"tl.where({self.mask(full)}, {self.src(r.expr)}, 0.0)"
+        fill = {"sum": "0.0", "max": '-float("inf")', "min": 'float("inf")'}[r.op]  # padding changes nothing
+        text = f"tl.where({self.mask(full)}, {self.src(r.expr)}, {fill})"
         for a in r.axes:
             text = f"tl.{r.op}({text}, axis={a + 1}, keep_dims=True)"
         return f"{INDENT}{r.symbol.name} = {text}  # {r.label}"

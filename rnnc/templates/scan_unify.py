@@ -20,8 +20,10 @@ import sympy
 from rnnc.compiler.nested import show
 from rnnc.compiler.shapes import same_dim
 from rnnc.compiler.shapes import show as show_shape
-from rnnc.compiler.symbols import STRUCTURAL, Matmul, Outer, Part, Placed, ReduceSum
+from rnnc.compiler.symbols import REDUCTIONS, STRUCTURAL, Matmul, Outer, Part, Placed
 from rnnc.errors import LocatedBackendError
+
+REDUCTION_OPS = {cls: op for op, cls in REDUCTIONS.items()}  # ReduceSum -> "sum", ReduceMax -> "max"...
 
 
 class _Conflict(Exception):
@@ -112,7 +114,7 @@ class AxisWalk:
             return max(ra, rb, 2) - (ra == 1) - (rb == 1)
         if isinstance(expr, Outer):
             return sum(self.rank(a) for a in expr.args)
-        if isinstance(expr, ReduceSum):
+        if type(expr) in REDUCTION_OPS:
             return 0 if int(expr.args[1]) < 0 else self.rank(expr.args[0]) - 1
         if isinstance(expr, Part):
             return self.rank(expr.args[0]) - int(expr.args[4])
@@ -133,14 +135,14 @@ class AxisWalk:
             return self.walk(a, own[:ra]) * self.walk(b, own[ra:])
         if isinstance(expr, Matmul):
             return self._matmul(expr, space)
-        if isinstance(expr, ReduceSum):
+        if type(expr) in REDUCTION_OPS:
             x, axis = expr.args[0], int(expr.args[1])
             own = [self.fresh() for _ in range(self.rank(x))]
             reduced = own if axis < 0 else [own[axis]]
             kept = [] if axis < 0 else own[:axis] + own[axis + 1 :]
             for v, w in zip(kept, space[len(space) - len(kept) :]):
                 self.unify(v, w)
-            return self._reduction("sum", self.walk(x, own), reduced, show(expr))
+            return self._reduction(REDUCTION_OPS[type(expr)], self.walk(x, own), reduced, show(expr))
         if isinstance(expr, Part):
             return self._part(expr, space)
         if isinstance(expr, STRUCTURAL):
