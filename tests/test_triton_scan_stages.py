@@ -94,7 +94,9 @@ def test_packed_sequences_run_as_if_alone(cell):
         if cell == "mamba":
             tensors["dt"].copy_(torch.nn.functional.softplus(tensors["dt"]))
             tensors["A"].copy_(-tensors["A"].abs())
-    initial = {k: torch.randn(len(lengths), *v.shape[1:], dtype=torch.float64, requires_grad=True) for k, v in states.items()}
+    initial = {
+        k: torch.randn(len(lengths), *v.shape[1:], dtype=torch.float64, requires_grad=True) for k, v in states.items()
+    }
     seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     kernels = ScanKernels(triton_cell.plan)
     packed_out, packed_fin = kernels({k: v for k, v in tensors.items()}, initial, cu_seqlens=seqlens)
