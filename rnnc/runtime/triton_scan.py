@@ -140,6 +140,78 @@ class ScanStageKernels(GeneratedKernels):
             )
         return flat
 
+    def _launch(self, call: Call):
+        """(tile sizes, launch parameters, BLOCK_<axis>, grid rows per sequence and head) of a call."""
+        module = self.module
+        sizes = self.sizes(call)
+        tiles = self.tiles(call, sizes)
+        blocks = axis_blocks(module, sizes, tiles["BLOCK_C"])
+        parallel = module.axes[module.parallel] if module.parallel is not None else None
+        programs = triton.cdiv(sizes[module.parallel], blocks[parallel.block]) if parallel is not None else 1
+        scalars = [*sizes, *(call.dims[d] for d in module.dims_read)]
+        return tiles, blocks, programs, scalars
+
+    def saved_like(self, call: Call, flat: list, needs_grad: bool) -> list:
+        """Empty tensors shaped like what :meth:`forward` saves: every step's value of each state."""
+        if not (needs_grad or self.module.carries):
+            return []
+        decls = {d.name: d for d in self.plan.ir.states}
+        shapes = [(call.B, call.T, call.NH, *call.shape_of(decls[s].shape)) for s in self.module.states]
+        return [flat[0].new_empty(shape, dtype=call.compute_dtype) for shape in shapes]
+
+    def forward(self, call: Call, flat: list, needs_grad: bool, seq=None):
+        """(outputs, finals, saved): ``saved`` holds every step's new value of each state (the carried
+        trajectories among them), written when a gradient is wanted or a later stage reads them."""
+        module, ir = self.module, self.plan.ir
+        tiles, blocks, programs, scalars = self._launch(call)
+        compute = call.compute_dtype
+        store = needs_grad or bool(module.carries)
+        sequences = call.B if seq is None else len(seq) - 1
+        outs = {o.name: o for o in ir.outputs}
+        outputs = [torch.full(output_shape(call, outs[o]), float("nan"), dtype=call.dtype, device=call.device)
+                   for o in module.outputs]  # fmt: skip
+        initial = flat[len(ir.inputs) + len(ir.weights) :]
+        finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
+        saved = self.saved_like(call, flat, needs_grad) if store else []
+        placeholder = _placeholder(call.device)
+        seq_arg = seq if seq is not None else placeholder
+        self.kernels.forward_kernel[(programs, sequences * call.NH)](
+            *flat, *outputs, *finals, *(saved or [placeholder] * len(initial)), seq_arg, call.T, call.NH, *scalars,
+            COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], STORE_STATES=store,
+            VARLEN=seq is not None, num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
+        )  # fmt: skip
+        return outputs, finals, saved
+
+    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list, d_carried=(), seq=None):
+        """Cotangents of every flat argument (inputs, weights, initial states); a None cotangent is zero."""
+        module, ir = self.module, self.plan.ir
+        tiles, blocks, programs, scalars = self._launch(call)
+        compute = call.compute_dtype
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
+        sequences = call.B if seq is None else len(seq) - 1
+
+        def cotangent(g, shape):
+            zeros = g is None
+            return (torch.zeros(shape, dtype=compute, device=call.device) if zeros else g.to(compute)).contiguous()
+
+        outs = {o.name: o for o in ir.outputs}
+        d_out = [cotangent(g, output_shape(call, outs[o])) for g, o in zip(d_outputs, module.outputs)]
+        d_fin = [cotangent(g, s.shape) for g, s in zip(d_finals, initial)]
+        d_traj = [cotangent(g, saved[module.states.index(s)].shape) for g, s in zip(d_carried, module.carries)]
+        d_traj += [cotangent(None, saved[module.states.index(s)].shape) for s in module.carries[len(d_traj) :]]
+        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
+        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
+        d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
+        seq_arg = seq if seq is not None else _placeholder(call.device)
+        self.kernels.backward_kernel[(programs, sequences * call.NH)](
+            *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_traj, *d_in, *d_w, *d_st,
+            seq_arg, call.T, call.NH, *scalars,
+            COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], VARLEN=seq is not None,
+            num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
+        )  # fmt: skip
+        return [*(g.to(x.dtype) for g, x in zip(d_in, inputs)), *(g.to(w.dtype) for g, w in zip(d_w, weights)), *d_st]
+
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens: torch.Tensor | None = None):
         ir = self.plan.ir
         if cu_seqlens is None:
@@ -218,84 +290,23 @@ def _placeholder(device: torch.device) -> torch.Tensor:
 
 
 class _ScanFunction(torch.autograd.Function):
+    """Autograd around :meth:`ScanStageKernels.forward` and :meth:`ScanStageKernels.backward`,
+    with the carried trajectories as results too."""
+
     @staticmethod
     def forward(ctx, kernels: ScanStageKernels, call: Call, seq, *flat):
-        module, ir = kernels.module, kernels.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        initial = flat[n_in + n_w :]
-        sizes = kernels.sizes(call)
-        tiles = kernels.tiles(call, sizes)
-        blocks = axis_blocks(module, sizes, tiles["BLOCK_C"])
-        compute = call.compute_dtype
-        store = any(ctx.needs_input_grad[3:]) or bool(module.carries)
-        sequences = call.B if seq is None else len(seq) - 1
-        outs = {o.name: o for o in ir.outputs}
-        outputs = [
-            torch.full(output_shape(call, outs[o]), float("nan"), dtype=call.dtype, device=call.device)
-            for o in module.outputs
-        ]
-        finals = [torch.full(s.shape, float("nan"), dtype=compute, device=call.device) for s in initial]
-        decls = {d.name: d for d in ir.states}
-        saved = [
-            torch.empty((call.B, call.T, call.NH, *call.shape_of(decls[s].shape)) if store else (1,), dtype=compute,
-                        device=call.device)
-            for s in module.states
-        ]  # fmt: skip
-        parallel = module.axes[module.parallel] if module.parallel is not None else None
-        programs = triton.cdiv(sizes[module.parallel], blocks[parallel.block]) if parallel is not None else 1
-        grid = (programs, sequences * call.NH)
-        scalars = [*sizes, *(call.dims[d] for d in module.dims_read)]
-        seq_arg = seq if seq is not None else _placeholder(call.device)
-        kernels.kernels.forward_kernel[grid](
-            *flat, *outputs, *finals, *saved, seq_arg, call.T, call.NH, *scalars,
-            COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], STORE_STATES=store,
-            VARLEN=seq is not None, num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
-        )  # fmt: skip
-        ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid, ctx.scalars = (
-            kernels,
-            call,
-            tiles,
-            blocks,
-            grid,
-            scalars,
-        )
-        ctx.seq = seq
+        needs_grad = any(ctx.needs_input_grad[3:])
+        outputs, finals, saved = kernels.forward(call, list(flat), needs_grad, seq)
+        ctx.kernels, ctx.call, ctx.seq, ctx.n_out, ctx.n_flat = kernels, call, seq, len(outputs), len(flat)
         ctx.save_for_backward(*flat, *saved)
-        carried = [saved[module.states.index(s)] for s in module.carries]
+        carried = [saved[kernels.module.states.index(s)] for s in kernels.module.carries]
         return (*outputs, *finals, *carried)
 
     @staticmethod
     def backward(ctx, *grads):
-        kernels, call, tiles, blocks, grid = ctx.kernels, ctx.call, ctx.tiles, ctx.blocks, ctx.grid
-        module, ir = kernels.module, kernels.plan.ir
-        n_in, n_w, n_st = len(ir.inputs), len(ir.weights), len(module.states)
-        saved_tensors = ctx.saved_tensors
-        inputs, weights = saved_tensors[:n_in], saved_tensors[n_in : n_in + n_w]
-        initial = saved_tensors[n_in + n_w : n_in + n_w + n_st]
-        saved = saved_tensors[n_in + n_w + n_st :]
-        compute = call.compute_dtype
-        n_out = len(module.outputs)
-
-        def cotangent(g, shape):
-            return (
-                g.to(compute) if g is not None else torch.zeros(shape, dtype=compute, device=call.device)
-            ).contiguous()
-
-        outs = {o.name: o for o in ir.outputs}
-        d_out = [cotangent(g, output_shape(call, outs[o])) for g, o in zip(grads[:n_out], module.outputs)]
-        d_fin = [cotangent(g, s.shape) for g, s in zip(grads[n_out : n_out + n_st], initial)]
-        d_traj = [cotangent(g, saved[module.states.index(s)].shape)
-                  for g, s in zip(grads[n_out + n_st :], module.carries)]  # fmt: skip
-        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
-        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
-        d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
-        seq_arg = ctx.seq if ctx.seq is not None else _placeholder(call.device)
-        kernels.kernels.backward_kernel[grid](
-            *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_traj, *d_in, *d_w, *d_st,
-            seq_arg, call.T, call.NH, *ctx.scalars,
-            COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], VARLEN=ctx.seq is not None,
-            num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
-        )  # fmt: skip
-        grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
-        grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
-        return (None, None, None, *grads_in, *grads_w, *d_st)
+        kernels, n_out, n_fin = ctx.kernels, ctx.n_out, len(ctx.kernels.module.states)
+        tensors = ctx.saved_tensors
+        flat, saved = list(tensors[: ctx.n_flat]), list(tensors[ctx.n_flat :])
+        d_outputs, d_finals, d_carried = grads[:n_out], grads[n_out : n_out + n_fin], grads[n_out + n_fin :]
+        result = kernels.backward(ctx.call, flat, saved, list(d_outputs), list(d_finals), list(d_carried), ctx.seq)
+        return (None, None, None, *result)
