@@ -1,0 +1,94 @@
+"""The CPU path of scan cells: the PyTorch scans (both forms) against plain loops, and the reference
+backend's whole-sequence form against its step-by-step loop."""
+
+import pytest
+import torch
+from cells import all_gradients, random_call, rel_err
+from scan_cells import SOURCES, make
+
+import rnnc
+import rnnc.runtime.scan_torch as scan_torch
+
+
+@pytest.fixture(params=["two-level", "loop"])
+def form(request, monkeypatch):
+    """Each test runs with the small-problem form (two levels) and the large-problem one (a loop)."""
+    monkeypatch.setattr(scan_torch, "TWO_LEVEL_MAX", 1 << 30 if request.param == "two-level" else 0)
+    return request.param
+
+
+def _loop_affine(m, b, s0):
+    n, x, out = len(b), list(s0), [[] for _ in b]
+    for t in range(b[0].shape[1]):
+        x = [sum(m[i][j][:, t] * x[j] for j in range(n)) + b[i][:, t] for i in range(n)]
+        for i in range(n):
+            out[i].append(x[i])
+    return [torch.stack(o, 1) if o else b[0][:, :0] for o in out]
+
+
+def _fresh(*shape):
+    return torch.randn(*shape, dtype=torch.float64).requires_grad_()
+
+
+@pytest.mark.parametrize("T", [0, 1, 19, 37])
+@pytest.mark.parametrize("n", [1, 2])
+def test_affine_scan_matches_a_loop(form, T, n):
+    B, D = 3, 5
+    m = [[(0.6 * _fresh(B, T, D)).detach().requires_grad_() for _ in range(n)] for _ in range(n)]
+    b = [_fresh(B, T, D) for _ in range(n)]
+    s0 = [_fresh(B, D) for _ in range(n)]
+    leaves = [*(x for row in m for x in row), *b, *s0]
+    ours, theirs = scan_torch.linear_scan(m, b, s0), _loop_affine(m, b, s0)
+    for a, c in zip(ours, theirs):
+        assert rel_err(a, c) < 1e-12
+    if T:
+        w = [torch.randn(B, T, D, dtype=torch.float64) for _ in range(n)]
+        mine = torch.autograd.grad(sum((x * y).sum() for x, y in zip(ours, w)), leaves)
+        want = torch.autograd.grad(sum((x * y).sum() for x, y in zip(theirs, w)), leaves)
+        assert all(rel_err(x, y) < 1e-12 for x, y in zip(mine, want))
+
+
+@pytest.mark.parametrize("T", [1, 19, 37])
+def test_maxplus_scan_matches_a_loop_and_splits_ties(form, T):
+    B, D = 3, 4
+    a, b, m0 = _fresh(B, T, D), _fresh(B, T, D), _fresh(B, D)
+    with torch.no_grad():
+        b[:, 0, 0] = m0[:, 0] + a[:, 0, 0]  # a tie at the first step
+    m, ms = m0, []
+    for t in range(T):
+        m = torch.maximum(m + a[:, t], b[:, t])
+        ms.append(m)
+    theirs = torch.stack(ms, 1)
+    ours = scan_torch.maxplus_scan(a, b, m0)
+    assert rel_err(ours, theirs) < 1e-12
+    w = torch.randn(B, T, D, dtype=torch.float64)
+    mine = torch.autograd.grad((ours * w).sum(), [a, b, m0])
+    want = torch.autograd.grad((theirs * w).sum(), [a, b, m0])
+    assert all(rel_err(x, y) < 1e-12 for x, y in zip(mine, want))
+
+
+CELLS = {"hgrn": "examples/hgrn.rnn", "mamba": "examples/mamba.rnn", **SOURCES}
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_the_reference_runs_scan_cells_whole_and_agrees_with_its_step_loop(form, cell):
+    source = CELLS[cell]
+    fast = rnnc.compile(source, backend="reference")
+    assert fast._runner.fast is not None  # the whole-sequence form, not the step loop
+    loop = rnnc.compile(source, backend="reference-bptt")  # the step loop, with the sympy partials
+    ir = fast.plan.ir
+    dims = {d: 3 + i for i, d in enumerate(ir.dims)}
+    if cell in SOURCES:
+        tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
+    else:
+        tensors, states = random_call(ir, B=2, T=19, NH=2, dims=dims)
+    leaves = [*tensors.values(), *states.values()]
+    ours, theirs = fast(state=states, **tensors), loop(state=states, **tensors)
+    for k in theirs.outputs:
+        assert rel_err(ours.outputs[k], theirs.outputs[k]) < 1e-12, k
+    for k in theirs.state:
+        assert rel_err(ours.state[k], theirs.state[k]) < 1e-12, k
+    for mine, ref in zip(
+        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
+    ):
+        assert rel_err(mine, ref) < 1e-10
