@@ -109,7 +109,7 @@ def main(argv: list[str]) -> dict:
         rows.append({"cell": cell, "shape": shape.strip(), "results": results, "rnnc_over": ratio})
         print(f"{cell:8s} {shape:28s} " + "  ".join(f"{k} {v['cpu_ms']:8.1f} ms" for k, v in results.items()))
     report = {
-        "what": "scan cells on the reference backend, CPU, forward+backward, one thread; medians of interleaved repeats",
+        "what": "scan cells on the reference backend, CPU, forward+backward, one thread; medians of repeats",
         "smoke": smoke,
         "repeats": repeats,
         "torch": torch.__version__,
