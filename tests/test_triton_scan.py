@@ -237,3 +237,40 @@ def test_mamba_inference_reads_b_and_c_once(D, N):
     assert moved["load"] == ideal + (B - 1) * weights, (moved, ideal)
     assert moved["load"] <= 1.05 * ideal, moved["load"] / ideal
     assert moved["store"] == written
+
+
+def test_what_the_template_cannot_lower_is_a_located_error_naming_the_piece():
+    """A part of a state has no tile form (Triton cannot slice a tile): the error points at the
+    output that reads it, names the piece, and says why."""
+    text = "cell halves(D) {\n    input x: [2, D]\n    state h: [2, D]\n    lo, hi = h\n    emit y = lo * hi\n"
+    text += "    h = 0.5 * h + x\n}\n"
+    with pytest.raises(rnnc.errors.LocatedBackendError) as caught:
+        rnnc.compile(text, backend="triton")
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("<string>:5:5: error: the Triton scan template cannot run cell halves (output y = ")
+    assert lines[0].endswith("h[0]: only parts of inputs and weights have a tile form here")
+    assert lines[1:] == ["        emit y = lo * hi", "        ^^^^^^^^^^^^^^^^"]
+
+
+def test_several_components_render_deterministically():
+    from scan_cells import SOURCES
+
+    for name in ("aaren", "rwkv4", "lru"):
+        first = rnnc.compile(SOURCES[name], backend="triton").source
+        assert first == rnnc.compile(SOURCES[name], backend="triton").source
+        compile(first, f"<{name}>", "exec")  # the module parses
+
+
+def test_a_fused_projection_split_into_gates_runs():
+    """``z, c = W @ x`` splits a matmul: each part is a matmul of a part of W."""
+    text = "cell split(D) { input x: [D]; weight W: [2 * D, D]; state h: [D]\nz, c = W @ x\n"
+    text += "h = sigmoid(z) * h + c\nemit h }"
+    triton_cell, reference = rnnc.compile(text, backend="triton"), rnnc.compile(text, backend="reference")
+    tensors, states = random_call(triton_cell.plan.ir, B=2, T=5, NH=2, dims={"D": 3})
+    leaves = [*tensors.values(), *states.values()]
+    ours, theirs = triton_cell(state=states, **tensors), reference(state=states, **tensors)
+    assert rel_err(ours.h, theirs.h) < 1e-9
+    for mine, ref in zip(
+        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
+    ):
+        assert rel_err(mine, ref) < 1e-9

@@ -145,3 +145,35 @@ def test_cu_seqlens_errors_say_what_is_expected():
         kernels({"x": torch.zeros(2, 6, 1, 3), "g": torch.zeros(2, 6, 1, 3)}, None, cu_seqlens=torch.tensor([0, 6]))
     with pytest.raises(ValueError, match="state h: needs shape \\[2, 1, 3\\], has \\[1, 1, 3\\]"):
         kernels({"x": x, "g": x}, {"h": torch.zeros(1, 1, 3)}, cu_seqlens=torch.tensor([0, 2, 6]))
+
+
+@pytest.mark.parametrize("cell", ["mamba", "longhorn", "rwkv4"])
+def test_a_pinned_tiling_splits_the_parallel_axis_over_programs(cell):
+    """With BLOCK_C pinned small, programs split the parallel axis (D); inputs that span it are
+    stored, the others (Mamba's B and C, Longhorn's k and q) are added atomically across programs."""
+    source = SOURCES.get(cell) or f"examples/{cell}.rnn"
+    triton_cell, reference = rnnc.compile(source, backend="triton"), rnnc.compile(source, backend="reference")
+    triton_cell.use_tiling({"BLOCK_C": 4, "BLOCK_T": 8})
+    ir = triton_cell.plan.ir
+    dims = {d: {"D": 7, "N": 3}[d] for d in ir.dims}
+    if cell in SOURCES:
+        tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
+    else:
+        tensors, states = random_call(ir, B=2, T=19, NH=2, dims=dims)
+    module = triton_cell._triton.module
+    assert module.parallel is not None and module.axes[module.parallel].name == "D"
+    programs = triton_cell._triton._launch(bind(ir, tensors, states))[2]
+    assert programs == (7 if cell != "rwkv4" else 2)
+    leaves = [*tensors.values(), *states.values()]
+    ours, theirs = triton_cell(state=states, **tensors), reference(state=states, **tensors)
+    for k in theirs.outputs:
+        assert rel_err(ours.outputs[k], theirs.outputs[k]) < 1e-9, k
+    w = {k: torch.randn(v.shape, dtype=torch.float64) for k, v in {**theirs.outputs, **theirs.state}.items()}
+
+    def loss(out):
+        return sum((w[k] * v).sum() for k, v in {**out.outputs, **out.state}.items())
+
+    mine = torch.autograd.grad(loss(ours), leaves, allow_unused=True)
+    want = torch.autograd.grad(loss(theirs), leaves, allow_unused=True)
+    for leaf, a, b in zip(leaves, mine, want):
+        assert rel_err(torch.zeros_like(leaf) if a is None else a, torch.zeros_like(leaf) if b is None else b) < 1e-9

@@ -88,10 +88,10 @@ def matmul(a, b, ra: int, rb: int):
     """``a @ b`` with NumPy semantics on the own axes (einsum: no [.., I, K] product is formed)."""
     if ra == 1 and rb == 1:
         return torch.einsum("...k,...k->...", a, b)
-    if rb == 1:
-        return torch.einsum("...ik,...k->...i", a, b)
+    if rb == 1:  # b lines up with a's batch axes
+        return torch.einsum("...ik,...k->...i", a, lift(b, ra - 2))
     if ra == 1:
-        return torch.einsum("...k,...kj->...j", a, b)
+        return torch.einsum("...k,...kj->...j", lift(a, rb - 2), b)
     return torch.einsum("...ik,...kj->...ij", lift(a, max(rb - ra, 0)), lift(b, max(ra - rb, 0)))
 
 

@@ -198,6 +198,10 @@ class AxisWalk:
     def _part(self, expr: sympy.Expr, space: list[int]) -> sympy.Expr:
         x = expr.args[0]
         axis, index, count, drop = (int(a) for a in expr.args[1:])
+        if isinstance(x, Matmul):  # a part of W @ x along W's rows is (a part of W) @ x, and so on
+            pushed = self._part_of_matmul(x, axis, index, count, drop)
+            if pushed is not None:
+                return self.walk(pushed, space)
         decl = self.decls.get(x.name) if isinstance(x, sympy.Symbol) else None
         if decl is None or decl.kind == "state":
             raise self.refuse(f"{show(expr)}: only parts of inputs and weights have a tile form here")
@@ -209,6 +213,19 @@ class AxisWalk:
         own = space[len(space) - len(shape) :]
         part = (axis, index, count, drop)
         return self._occurrence((x.name, part), decl.kind, shape, own)
+
+    def _part_of_matmul(self, x: sympy.Expr, axis: int, index: int, count: int, drop: int):
+        """``Part(a @ b)`` as ``Part(a) @ b`` or ``a @ Part(b)`` where the split axis is one operand's own."""
+        a, b = x.args
+        ra, rb = self.rank(a), self.rank(b)
+        rank = max(ra, rb, 2) - (ra == 1) - (rb == 1)
+        if drop and rank - 1 == 0:
+            return None
+        if rb == 1 and ra >= 2 and axis >= rank - (ra - 1):  # a's rows (or batch): W @ x split along W's rows
+            return Matmul(Part(a, axis - (rank - (ra - 1)), index, count, drop), b)
+        if ra == 1 and rb == 2 and axis == rank - 1 and not drop:  # x @ W split along W's columns
+            return Matmul(a, Part(b, 1, index, count, drop))
+        return None
 
     def _occurrence(self, key: tuple, kind: str, shape, own: list[int]) -> sympy.Symbol:
         """A read of a leaf at ``own``: its own variables for now, merged into placements at the end."""
