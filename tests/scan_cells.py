@@ -1,10 +1,16 @@
-"""Scan cells written as their papers write them, for the scan kernels' tests, with their inputs.
+"""Scan cells of the scan kernels' tests beside examples/ (which has the papers' Aaren, RWKV-4, LRU,
+Longhorn...), and fresh inputs for any of them within each cell's domain.
 
-Each has a float64 loop in ``tests/refs/scan_loops.py`` (or ``tests/refs/loops.py`` for the zoo).
+Each cell here has a float64 loop in ``tests/refs/scan_loops.py``; the zoo's are ``tests/refs/loops.py``,
+the paper cells' ``tests/refs/paper_loops*.py``.
 """
 
 import torch
 from cells import random_call
+from refs import data, paper_data
+
+ZOO = ("hgrn", "mingru", "mamba")
+PAPER = ("aaren", "rwkv4", "longhorn", "lru", "ntm_memory", "expgate", "energy_norm")
 
 SOURCES = {
     # two chained scans: the second reads the first's new value
@@ -19,8 +25,8 @@ cell chained(D) {
     emit y = h * s
 }""",
     # LRU (Orvieto et al. 2023) with the complex diagonal lambda as a (re, im) pair of weights
-    "lru": """
-cell lru(H, N) {
+    "lru_pair": """
+cell lru_pair(H, N) {
     input u: [H]
     weight l_re: [N]
     weight l_im: [N]
@@ -36,57 +42,6 @@ cell lru(H, N) {
     x_re = re
     x_im = im
     emit y = C_re @ x_re - C_im @ x_im + D * u
-}""",
-    # Aaren (Feng et al. 2024): a running maximum, then two sums rescaled by exp(m - m')
-    "aaren": """
-cell aaren(K, V) {
-    input k: [K]
-    input v: [V]
-    weight q: [K]
-    state m: []
-    state c: []
-    state a: [V]
-    s = q @ k
-    m_new = max(m, s)
-    c = c * exp(m - m_new) + exp(s - m_new)
-    a = a * exp(m - m_new) + v * exp(s - m_new)
-    m = m_new
-    emit o = a / c
-}""",
-    # RWKV-4 (Peng et al. 2023), the official kernel's stable form; the output reads the old state
-    "rwkv4": """
-cell rwkv4(D) {
-    input r: [D]
-    input k: [D]
-    input v: [D]
-    weight w: [D]
-    weight u: [D]
-    state a: [D]
-    state b: [D]
-    state p: [D]
-    uk = u + k
-    q = max(p, uk)
-    wkv = (exp(p - q) * a + exp(uk - q) * v) / (exp(p - q) * b + exp(uk - q))
-    emit o = sigmoid(r) * wkv
-    pw = p - w
-    p_new = max(pw, k)
-    a = exp(pw - p_new) * a + exp(k - p_new) * v
-    b = exp(pw - p_new) * b + exp(k - p_new)
-    p = p_new
-}""",
-    # Longhorn (Liu et al. 2024): a reduction of the inputs inside the step
-    "longhorn": """
-cell longhorn(D, N) {
-    input x: [D]
-    input dt: [D]
-    input k: [N]
-    input q: [N]
-    weight Dskip: [D]
-    state S: [D, N]
-    beta = sigmoid(dt)
-    eps = beta / (1 + beta * sum(k * k))
-    S = (1 - outer(eps, k * k)) * S + outer(eps * x, k)
-    emit y = S @ q + Dskip * x
 }""",
     # scalar states: Adam's bias-corrected moving average (Kingma & Ba 2015)
     "ema": """
@@ -111,16 +66,26 @@ cell leaky_readout(D) {
 }
 
 
+def source(cell: str) -> str:
+    """The cell's text: one of SOURCES, or its file in examples/."""
+    return SOURCES[cell] if cell in SOURCES else open(f"examples/{cell}.rnn").read()
+
+
 def make(cell, ir, B, T, NH, dims, dtype):
-    """Fresh random inputs within each cell's domain (decays below 1, RWKV's w >= 0, EMA's p0 = 1)."""
+    """Fresh random inputs within each cell's domain (the zoo's and paper cells' own draws;
+    here: decays below 1, EMA's p0 = 1)."""
+    if cell in ZOO or cell in PAPER:
+        dims = {k: v for k, v in dims.items() if k in ir.dims}
+        maker = data.make if cell in ZOO else paper_data.make
+        tensors, states = maker(cell, B=B, T=T, NH=NH, dtype=torch.float64, **dims)
+        low = lambda x: x.detach().to(dtype).requires_grad_()  # noqa: E731
+        return {k: low(v) for k, v in tensors.items()}, {k: low(v) for k, v in states.items()}
     tensors, states = random_call(ir, B=B, T=T, NH=NH, dims=dims, dtype=dtype)
     with torch.no_grad():
-        if cell == "rwkv4":
-            tensors["w"].abs_()
         if cell == "ema":
             tensors["beta"].copy_(0.5 + 0.4 * torch.rand_like(tensors["beta"]))
             states["p"].copy_(0.5 + 0.5 * torch.rand_like(states["p"]))
-        if cell == "lru":  # |lambda| < 1
+        if cell == "lru_pair":  # |lambda| < 1
             radius = 0.5 + 0.4 * torch.rand_like(tensors["l_re"])
             angle = 6.0 * torch.rand_like(tensors["l_re"])
             tensors["l_re"].copy_(radius * torch.cos(angle))

@@ -3,8 +3,8 @@ backend's whole-sequence form against its step-by-step loop."""
 
 import pytest
 import torch
-from cells import all_gradients, random_call, rel_err
-from scan_cells import SOURCES, make
+from cells import all_gradients, rel_err
+from scan_cells import PAPER, SOURCES, ZOO, make, source
 
 import rnnc
 import rnnc.runtime.scan_torch as scan_torch
@@ -67,21 +67,15 @@ def test_maxplus_scan_matches_a_loop_and_splits_ties(form, T):
     assert all(rel_err(x, y) < 1e-12 for x, y in zip(mine, want))
 
 
-CELLS = {"hgrn": "examples/hgrn.rnn", "mamba": "examples/mamba.rnn", **SOURCES}
-
-
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted([*SOURCES, *ZOO, *PAPER]))
 def test_the_reference_runs_scan_cells_whole_and_agrees_with_its_step_loop(form, cell):
-    source = CELLS[cell]
-    fast = rnnc.compile(source, backend="reference")
+    text = source(cell)
+    fast = rnnc.compile(text, backend="reference")
     assert fast._runner.fast is not None  # the whole-sequence form, not the step loop
-    loop = rnnc.compile(source, backend="reference-bptt")  # the step loop, with the sympy partials
+    loop = rnnc.compile(text, backend="reference-bptt")  # the step loop, with the sympy partials
     ir = fast.plan.ir
     dims = {d: 3 + i for i, d in enumerate(ir.dims)}
-    if cell in SOURCES:
-        tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
-    else:
-        tensors, states = random_call(ir, B=2, T=19, NH=2, dims=dims)
+    tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
     leaves = [*tensors.values(), *states.values()]
     ours, theirs = fast(state=states, **tensors), loop(state=states, **tensors)
     for k in theirs.outputs:

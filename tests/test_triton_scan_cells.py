@@ -1,18 +1,19 @@
-"""Scan kernels on cells in the papers' spelling: several components, coupled pairs, max-plus,
-outputs of the previous state, reductions inside a step, scalar states.
+"""Scan kernels on cells beside the paper cells (which tests/test_paper_cells_triton.py checks):
+two chained scans, LRU's (re, im) pair with lambda given as weights, scalar states, an output of
+the previous state, and the zoo's HGRN, minGRU and Mamba.
 
-Under the interpreter, the Triton backend against float64 loops written from the papers
-(tests/refs/scan_loops.py, tests/refs/loops.py) and against the reference backend: outputs,
-final states and the gradient of every input, weight and initial state, 1e-9 in float64 and
-1e-4 in float32 (against the float64 loop on the same values), at T = 1, 19, 37 and odd dims.
+Under the interpreter, the Triton backend against float64 loops (tests/refs/scan_loops.py,
+tests/refs/loops.py) and against the reference backend: outputs, final states and the gradient
+of every input, weight and initial state, 1e-9 in float64 and 1e-4 in float32 (against the
+float64 loop on the same values), at T = 1, 19, 37 and odd dims.
 """
 
 import pytest
 import torch
 from interpreter_scan import fast_scan
-from refs import data, loops, scan_loops
+from refs import loops, scan_loops
 from refs.check import functional_weights, rel_err
-from scan_cells import SOURCES, make
+from scan_cells import SOURCES, make, source
 
 import rnnc
 
@@ -31,10 +32,7 @@ def _fast_interpreter_scan():
 
 
 def _inputs(cell, ir, T, dtype):
-    dims = {d: DIMS[d] for d in ir.dims}
-    if cell in ZOO:
-        return data.make(cell, B=2, T=T, NH=2, dtype=dtype, **dims)
-    return make(cell, ir, B=2, T=T, NH=2, dims=dims, dtype=dtype)
+    return make(cell, ir, B=2, T=T, NH=2, dims={d: DIMS[d] for d in ir.dims}, dtype=dtype)
 
 
 def _oracle(cell, tensors, states):
@@ -95,7 +93,7 @@ def test_scan_kernels_match_the_papers_loops(cell, T, dtype, tol):
 
 def test_components_run_in_one_kernel_in_their_order():
     """Aaren's three components (max-plus, then two elementwise) are one kernel, the running max first."""
-    text = rnnc.compile(SOURCES["aaren"], backend="triton").source
+    text = rnnc.compile(source("aaren"), backend="triton").source
     kernel = text[text.index("def forward_kernel(") : text.index("def backward_kernel(")]
     order = [kernel.index(f"new_{s} = ") for s in ("m", "c", "a")]
     assert order == sorted(order)

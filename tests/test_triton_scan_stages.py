@@ -7,7 +7,7 @@ import torch
 from cells import random_call
 from interpreter_scan import fast_scan
 from refs.check import rel_err
-from scan_cells import SOURCES, make
+from scan_cells import make, source
 
 import rnnc
 from rnnc.compiler import analyse_source
@@ -67,33 +67,15 @@ def test_a_stage_of_a_chunked_cell_refuses_to_run_as_the_whole_cell():
         ScanStageKernels(plan, plan.stages[1])
 
 
-VARLEN = {
-    "hgrn": "examples/hgrn.rnn",
-    "mamba": "examples/mamba.rnn",
-    "aaren": SOURCES["aaren"],
-    "rwkv4": SOURCES["rwkv4"],
-    "lru": SOURCES["lru"],
-}
-
-
-@pytest.mark.parametrize("cell", sorted(VARLEN))
+@pytest.mark.parametrize("cell", ["aaren", "hgrn", "lru", "mamba", "rwkv4"])
 def test_packed_sequences_run_as_if_alone(cell):
     """Lengths 1, 17, 0 and 9 packed into one batch equal each sequence run alone from its own
     initial state (the kernels read cu_seqlens), forward and every gradient; no value crosses."""
     lengths = [1, 17, 0, 9]
-    source = VARLEN[cell]
-    triton_cell = rnnc.compile(source, backend="triton")
+    triton_cell = rnnc.compile(source(cell), backend="triton")
     ir = triton_cell.plan.ir
     dims = {"D": 5, "N": 3, "K": 4, "V": 3, "H": 5}
-    dims = {d: dims[d] for d in ir.dims}
-    if cell in SOURCES:
-        tensors, states = make(cell, ir, B=1, T=sum(lengths), NH=2, dims=dims, dtype=torch.float64)
-    else:
-        tensors, states = random_call(ir, B=1, T=sum(lengths), NH=2, dims=dims)
-    with torch.no_grad():
-        if cell == "mamba":
-            tensors["dt"].copy_(torch.nn.functional.softplus(tensors["dt"]))
-            tensors["A"].copy_(-tensors["A"].abs())
+    tensors, states = make(cell, ir, B=1, T=sum(lengths), NH=2, dims=dims, dtype=torch.float64)
     initial = {
         k: torch.randn(len(lengths), *v.shape[1:], dtype=torch.float64, requires_grad=True) for k, v in states.items()
     }
@@ -151,15 +133,11 @@ def test_cu_seqlens_errors_say_what_is_expected():
 def test_a_pinned_tiling_splits_the_parallel_axis_over_programs(cell):
     """With BLOCK_C pinned small, programs split the parallel axis (D); inputs that span it are
     stored, the others (Mamba's B and C, Longhorn's k and q) are added atomically across programs."""
-    source = SOURCES.get(cell) or f"examples/{cell}.rnn"
-    triton_cell, reference = rnnc.compile(source, backend="triton"), rnnc.compile(source, backend="reference")
+    text = source(cell)
+    triton_cell, reference = rnnc.compile(text, backend="triton"), rnnc.compile(text, backend="reference")
     triton_cell.use_tiling({"BLOCK_C": 4, "BLOCK_T": 8})
     ir = triton_cell.plan.ir
-    dims = {d: {"D": 7, "N": 3}[d] for d in ir.dims}
-    if cell in SOURCES:
-        tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
-    else:
-        tensors, states = random_call(ir, B=2, T=19, NH=2, dims=dims)
+    tensors, states = make(cell, ir, B=2, T=19, NH=2, dims={"D": 7, "N": 3}, dtype=torch.float64)
     module = triton_cell._triton.module
     assert module.parallel is not None and module.axes[module.parallel].name == "D"
     programs = triton_cell._triton._launch(bind(ir, tensors, states))[2]

@@ -24,11 +24,13 @@ import sympy
 import torch
 
 from rnnc.compiler import Plan
+from rnnc.compiler.nested import varying_axes
 from rnnc.compiler.symbols import REDUCTIONS, STRUCTURAL, Matmul, Outer, Part, Placed
 from rnnc.runtime.arguments import bind
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.scan_names import Identifiers
+from rnnc.templates.scan_unify import leaf_ranks
 
 LEAD = 3  # batch, time and head axes before a tensor's own
 REDUCTION_OPS = {cls: op for op, cls in REDUCTIONS.items()}
@@ -129,6 +131,7 @@ class _Writer:
     def __init__(self, plan: Plan):
         self.ir = plan.ir
         self.decls = {d.name: d for d in plan.ir.decls}
+        self.ranks = leaf_ranks(self.decls)
         self.names = Identifiers(reserved=("inputs", "weights", "states", "shapes", "dims", "like", "torch", "F"))
         self.lines: list[str] = []
 
@@ -139,21 +142,7 @@ class _Writer:
         self.lines.append(f"    {text}")
 
     def rank(self, expr) -> int:
-        if isinstance(expr, sympy.Symbol):
-            name = expr.name[:-1] if expr.name.endswith("'") else expr.name
-            return len(self.decls[name].shape) if name in self.decls else 0
-        if isinstance(expr, Placed):
-            return -min(int(a) for a in expr.args[1])
-        if isinstance(expr, Matmul):
-            ra, rb = (self.rank(a) for a in expr.args)
-            return max(ra, rb, 2) - (ra == 1) - (rb == 1)
-        if isinstance(expr, Outer):
-            return sum(self.rank(a) for a in expr.args)
-        if type(expr) in REDUCTION_OPS:
-            return 0 if int(expr.args[1]) < 0 else self.rank(expr.args[0]) - 1
-        if isinstance(expr, Part):
-            return self.rank(expr.args[0]) - int(expr.args[4])
-        return max((self.rank(a) for a in expr.args if isinstance(a, sympy.Basic)), default=0)
+        return varying_axes(expr, self.ranks)[0]
 
     def value(self, expr, rank: int) -> str:
         """PyTorch source for ``expr`` in an index space of ``rank`` own axes."""

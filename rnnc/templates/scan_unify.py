@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sympy
 
-from rnnc.compiler.nested import show
+from rnnc.compiler.nested import show, varying_axes
 from rnnc.compiler.shapes import same_dim
 from rnnc.compiler.shapes import show as show_shape
 from rnnc.compiler.symbols import REDUCTIONS, STRUCTURAL, Matmul, Outer, Part, Placed
@@ -36,6 +36,7 @@ class AxisWalk:
     def __init__(self, decls: dict, states: list[str], names, cell: str = "", dims=()):
         self.decls = decls
         self.states = states
+        self.ranks = leaf_ranks(decls)
         self.names = names
         self.cell = cell
         self.dims = tuple(dims)
@@ -104,21 +105,7 @@ class AxisWalk:
     # --- walking --------------------------------------------------------------------------------
     def rank(self, expr: sympy.Expr) -> int:
         """The number of axes of a nested expression's own index space."""
-        if isinstance(expr, sympy.Symbol):
-            name = expr.name[:-1] if expr.name.endswith("'") else expr.name
-            return len(self.decls[name].shape) if name in self.decls else 0
-        if isinstance(expr, Placed):
-            return -min(int(a) for a in expr.args[1])
-        if isinstance(expr, Matmul):
-            ra, rb = (self.rank(a) for a in expr.args)
-            return max(ra, rb, 2) - (ra == 1) - (rb == 1)
-        if isinstance(expr, Outer):
-            return sum(self.rank(a) for a in expr.args)
-        if type(expr) in REDUCTION_OPS:
-            return 0 if int(expr.args[1]) < 0 else self.rank(expr.args[0]) - 1
-        if isinstance(expr, Part):
-            return self.rank(expr.args[0]) - int(expr.args[4])
-        return max((self.rank(a) for a in expr.args if isinstance(a, sympy.Basic)), default=0)
+        return varying_axes(expr, self.ranks)[0]
 
     def walk(self, expr: sympy.Expr, space: list[int]) -> sympy.Expr:
         """``expr`` as a tile expression; ``space`` holds the axis variables of its index space."""
@@ -262,6 +249,20 @@ class AxisWalk:
         """The tile symbol of an input (``x_u``) or weight (``wt_A``) leaf: a part, a later placement."""
         return sympy.Symbol(self.names.get(("leaf", source, part, placement), leaf_stem(kind, source, part, placement)),
                             real=True)  # fmt: skip
+
+
+def leaf_ranks(decls: dict) -> dict[str, int]:
+    """The rank of every declared tensor, and of each state's new value ``s'``.
+
+    Example:
+        >>> from rnnc.compiler import lower_source
+        >>> ir = lower_source(open("examples/mamba.rnn").read())
+        >>> leaf_ranks({d.name: d for d in ir.decls})["S'"]
+        2
+    """
+    ranks = {name: len(d.shape) for name, d in decls.items()}
+    ranks.update({name + "'": len(d.shape) for name, d in decls.items() if d.kind == "state"})
+    return ranks
 
 
 def leaf_stem(kind: str, source: str, part, placement: int) -> str:

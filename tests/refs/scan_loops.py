@@ -32,7 +32,7 @@ def chained(x, f, h0=None, s0=None):
     return {"y": _stack(ys, x, (B, NH, D))}, {"h": h, "s": s}
 
 
-def lru(u, l_re, l_im, B_re, B_im, C_re, C_im, D, x_re0=None, x_im0=None):
+def lru_pair(u, l_re, l_im, B_re, B_im, C_re, C_im, D, x_re0=None, x_im0=None):
     """LRU (Orvieto et al. 2023, eqs. 3-7) with the diagonal complex lambda given as (re, im) weights:
     x = lambda x + B u (complex), y = Re(C x) + D u, computed in complex arithmetic."""
     Bt, T, NH, H = u.shape
@@ -46,55 +46,6 @@ def lru(u, l_re, l_im, B_re, B_im, C_re, C_im, D, x_re0=None, x_im0=None):
         x = lam * x + (Bc * ut.unsqueeze(-2)).sum(-1)
         ys.append((Cc * x.unsqueeze(-2)).sum(-1).real + D * u[:, t])
     return {"y": _stack(ys, u, (Bt, NH, H))}, {"x_re": x.real, "x_im": x.imag}
-
-
-def aaren(k, v, q, m0=None, c0=None, a0=None):
-    """Aaren (Feng et al. 2024, Sec. 3.1): s = q.k, m = max(m, s), c and a rescaled by exp(m_old - m)."""
-    B, T, NH, _ = k.shape
-    V = v.shape[-1]
-    m, c, a = _init(m0, k, (B, NH)), _init(c0, k, (B, NH)), _init(a0, k, (B, NH, V))
-    outs = []
-    for t in range(T):
-        s = (q * k[:, t]).sum(-1)
-        m_new = torch.maximum(m, s)
-        c = c * torch.exp(m - m_new) + torch.exp(s - m_new)
-        a = a * torch.exp(m - m_new).unsqueeze(-1) + v[:, t] * torch.exp(s - m_new).unsqueeze(-1)
-        m = m_new
-        outs.append(a / c.unsqueeze(-1))
-    return {"o": _stack(outs, k, (B, NH, V))}, {"m": m, "c": c, "a": a}
-
-
-def rwkv4(r, k, v, w, u, a0=None, b0=None, p0=None):
-    """RWKV-4 time mixing (Peng et al. 2023, eqs. 14-16) in the official kernel's stable form:
-    the output reads the state before the update, with the bonus u for the current token."""
-    B, T, NH, D = r.shape
-    a, b, p = (_init(s, r, (B, NH, D)) for s in (a0, b0, p0))
-    outs = []
-    for t in range(T):
-        kt, vt = k[:, t], v[:, t]
-        q = torch.maximum(p, u + kt)
-        e1, e2 = torch.exp(p - q), torch.exp(u + kt - q)
-        outs.append(torch.sigmoid(r[:, t]) * (e1 * a + e2 * vt) / (e1 * b + e2))
-        p_new = torch.maximum(p - w, kt)
-        e1, e2 = torch.exp(p - w - p_new), torch.exp(kt - p_new)
-        a, b, p = e1 * a + e2 * vt, e1 * b + e2, p_new
-    return {"o": _stack(outs, r, (B, NH, D))}, {"a": a, "b": b, "p": p}
-
-
-def longhorn(x, dt, k, q, Dskip, S0=None):
-    """Longhorn (Liu et al. 2024, Sec. 3): eps = beta / (1 + beta k.k), beta = sigmoid(dt);
-    S = (1 - eps k^2) S + (eps x) k^T per channel; y = S q + D x."""
-    B, T, NH, D = x.shape
-    N = k.shape[-1]
-    S = _init(S0, x, (B, NH, D, N))
-    ys = []
-    for t in range(T):
-        beta = torch.sigmoid(dt[:, t])  # [B, NH, D]
-        kt = k[:, t]  # [B, NH, N]
-        eps = beta / (1 + beta * (kt * kt).sum(-1, keepdim=True))
-        S = (1 - eps.unsqueeze(-1) * (kt * kt).unsqueeze(-2)) * S + (eps * x[:, t]).unsqueeze(-1) * kt.unsqueeze(-2)
-        ys.append((S * q[:, t].unsqueeze(-2)).sum(-1) + Dskip * x[:, t])
-    return {"y": _stack(ys, x, (B, NH, D))}, {"S": S}
 
 
 def ema(x, beta, m0=None, p0=None):
@@ -123,10 +74,7 @@ def leaky_readout(x, g, h0=None):
 
 LOOPS = {
     "chained": chained,
-    "lru": lru,
-    "aaren": aaren,
-    "rwkv4": rwkv4,
-    "longhorn": longhorn,
+    "lru_pair": lru_pair,
     "ema": ema,
     "leaky_readout": leaky_readout,
 }
