@@ -7,7 +7,8 @@ repeats, CPU time of this process and wall time:
 
 * ``rnnc``: the reference backend, which runs a scan cell's pieces for every step at once and
   one two-level scan per component (rnnc/runtime/reference_scan.py);
-* ``rnnc step loop``: the same backend's generic step-by-step loop (what ran before);
+* ``rnnc step loop``: the same backend's generic loop (``run_dense``: state-free values for all
+  steps at once, then one step per t), what runs without the fast path;
 * ``plain loop``: the float64-reference loops of tests/refs (one Python step per time step).
 
 Cells: HGRN, minGRU, Mamba (B4 T512 NH4, D64, N16) and the paper cells Aaren, RWKV-4 and LRU.
@@ -49,9 +50,9 @@ def _arguments(cell: str, B: int, T: int, NH: int, dims: dict):
 
 
 def _contenders(cell: str, args: dict, state: dict):
+    from rnnc.runtime.reference import run_dense
+
     fast = rnnc.compile(ROOT / "examples" / f"{cell}.rnn", backend="reference")
-    loop = rnnc.compile(ROOT / "examples" / f"{cell}.rnn", backend="reference")
-    loop._runner.fast = None  # the generic step loop
     oracle = loops.REFS.get(cell) or PAPER[cell]
 
     def of(cell_):
@@ -61,11 +62,16 @@ def _contenders(cell: str, args: dict, state: dict):
 
         return run
 
+    def step_loop():  # the reference's generic loop (what runs every strategy without a fast path)
+        runner = fast._runner
+        outputs, finals = run_dense(runner, runner.bind(args, state))
+        return [*outputs.values(), *finals.values()]
+
     def plain():
         outputs, finals = oracle(**args, **{f"{k}0": v for k, v in state.items()})
         return [*outputs.values(), *finals.values()]
 
-    return {"rnnc": of(fast), "rnnc step loop": of(loop), "plain loop": plain}
+    return {"rnnc": of(fast), "rnnc step loop": step_loop, "plain loop": plain}
 
 
 def _timed(fn) -> tuple[float, float]:

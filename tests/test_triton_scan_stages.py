@@ -118,15 +118,13 @@ def test_packed_sequences_run_as_if_alone(cell):
         assert rel_err(a, b) < 1e-12
 
 
-def test_cu_seqlens_errors_say_what_is_expected():
+def test_the_kernels_check_the_offsets_they_trust():
     kernels = ScanKernels(analyse_source(open("examples/hgrn.rnn").read()))
     x = torch.zeros(1, 6, 1, 3)
-    with pytest.raises(ValueError, match="needs to end at the packed length 6, ends at 5"):
+    with pytest.raises(
+        ValueError, match="needs to end at the packed inputs' length T = 6 \\(their axis 1\\), ends at 5"
+    ):
         kernels({"x": x, "g": x}, None, cu_seqlens=torch.tensor([0, 2, 5]))
-    with pytest.raises(ValueError, match="needs inputs packed as \\[1, total_T, NH, ...\\], has a batch of 2"):
-        kernels({"x": torch.zeros(2, 6, 1, 3), "g": torch.zeros(2, 6, 1, 3)}, None, cu_seqlens=torch.tensor([0, 6]))
-    with pytest.raises(ValueError, match="state h: needs shape \\[2, 1, 3\\], has \\[1, 1, 3\\]"):
-        kernels({"x": x, "g": x}, {"h": torch.zeros(1, 1, 3)}, cu_seqlens=torch.tensor([0, 2, 6]))
 
 
 @pytest.mark.parametrize("cell", ["mamba", "longhorn", "rwkv4"])

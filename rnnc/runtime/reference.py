@@ -48,8 +48,9 @@ def register_fast_path(strategy: str, run: Callable) -> None:
     (then the plain loop runs). Gradients come from autograd through whatever it computes.
 
     Example:
-        >>> register_fast_path("scan", lambda runner, call: None)  # declines every call
-        >>> _ = FAST_PATHS.pop("scan")
+        >>> before = FAST_PATHS.get("demo")
+        >>> register_fast_path("demo", lambda runner, call: None)  # declines every call
+        >>> _ = FAST_PATHS.pop("demo")
     """
     FAST_PATHS[strategy] = run
 
@@ -265,3 +266,12 @@ def run_packed(runner: ReferenceRunner, call: Call):
 def run_each_sequence(runner, call: Call):
     """A packed call run one sequence at a time through ``runner`` (any backend)."""
     return each_sequence(call, runner.plan.ir, lambda tensors, state: runner.run(runner.bind(tensors, state)))
+
+
+def _scan_fast_path(runner: ReferenceRunner, call: Call):
+    from rnnc.runtime.reference_scan import run_scan  # pieces for every step at once, one scan per component
+
+    return run_scan(runner, call)
+
+
+register_fast_path("scan", _scan_fast_path)

@@ -26,7 +26,7 @@ import torch
 from rnnc.compiler import Plan
 from rnnc.compiler.nested import varying_axes
 from rnnc.compiler.symbols import REDUCTIONS, STRUCTURAL, Matmul, Outer, Part, Placed
-from rnnc.runtime.arguments import bind
+from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.scan_names import Identifiers
@@ -277,8 +277,11 @@ class ScanReference:
         self.module = load_module(self.source, f"{plan.ir.cell}_scan_reference")
 
     def __call__(self, tensors: dict, state: dict | None):
+        return self.run(bind(self.plan.ir, tensors, state))
+
+    def run(self, call: Call):
+        """(outputs, finals) of a bound call (one dense batch), differentiable."""
         ir = self.plan.ir
-        call = bind(ir, tensors, state)
         compute = call.compute_dtype
         like = torch.empty((), dtype=compute, device=call.device)
         inputs = {n: x.to(compute) for n, x in call.inputs.items()}
@@ -293,3 +296,14 @@ class ScanReference:
             shapes[o.name] = (call.B, call.T, call.NH, *call.shape_of(o.shape))
         outputs, finals = self.module.run(inputs, weights, states, shapes, call.dims, like)
         return {k: v.to(call.dtype) for k, v in outputs.items()}, finals
+
+
+def run_scan(runner, call: Call):
+    """The reference's fast path for scan cells (see ``rnnc.runtime.reference.register_fast_path``):
+    the whole-sequence form, built once per runner; None (the loop runs) for other strategies."""
+    if runner.plan.strategy != "scan":
+        return None
+    fast = getattr(runner, "scan_reference", None)
+    if fast is None:
+        fast = runner.scan_reference = ScanReference(runner.plan)
+    return fast.run(call)

@@ -8,9 +8,11 @@ its final states, all connected to autograd: the cotangents of the carried value
 into the scan's reverse pass. :func:`previous_values` turns a carried trajectory into the
 previous value at every step, which a later stage reads as ``s`` (the trajectory is ``s'``).
 
-Variable-length batches: with ``cu_seqlens`` (``[N + 1]``, as flash-linear-attention takes
-them) the inputs are packed ``[1, total_T, NH, *shape]`` and initial and final states are
-``[N, NH, *shape]``; each sequence runs alone from its own initial state.
+A whole scan cell runs through the kernel interface of :mod:`rnnc.runtime.custom_ops`
+(``forward``, ``backward``, ``saved_like``; one custom op under ``torch.compile``).
+Variable-length batches: the kernels read ``cu_seqlens`` themselves (``varlen``): with
+``[N + 1]`` offsets the inputs are packed ``[1, total_T, NH, *shape]`` and initial and final
+states are ``[N, NH, *shape]``; each sequence runs from its own initial state.
 
 Example (the interpreter runs it on CPU when TRITON_INTERPRET=1):
     >>> from rnnc.compiler import analyse_source
@@ -27,7 +29,9 @@ import torch
 import triton
 
 from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import GeneratedKernels, on_gpu, output_shape, pow2_at_least, triton_dtype
+from rnnc.runtime.varlen import sequence_bounds
 from rnnc.templates.scan_codegen import render_scan, scan_stage
 
 STAGE_TILES = {"BLOCK_C": 256, "BLOCK_T": 32, "num_warps": 4}  # a scan stage before another strategy, on a GPU
@@ -72,6 +76,7 @@ class ScanStageKernels(GeneratedKernels):
     """The generated kernels of one scan stage of a Plan (by default the cell's only stage)."""
 
     strategy = "scan"
+    varlen = True  # the kernels read cu_seqlens (seq_starts) themselves
 
     def __init__(self, plan, stage=None):
         self.stage = scan_stage(plan, stage)
@@ -107,32 +112,30 @@ class ScanStageKernels(GeneratedKernels):
         """The length of each tile axis for a call."""
         return call.shape_of(tuple(a.dim for a in self.module.axes))
 
-    def run(self, call: Call, flat: list[torch.Tensor], cu_seqlens: torch.Tensor | None = None):
+    def run(self, call: Call, flat: list[torch.Tensor]):
         """(outputs, carried trajectories, final states), each a dict by name; autograd flows through all.
 
         ``flat`` holds every input and weight of the cell (in declaration order) and the initial
-        states of the stage's states (``[B, NH, *shape]``, or ``[N, NH, *shape]`` with ``cu_seqlens``).
+        states of the stage's states (:meth:`flat_arguments`); a packed call (``call.cu_seqlens``)
+        runs each sequence from its own initial state.
         """
         module = self.module
-        results = _ScanFunction.apply(self, call, cu_seqlens, *flat)
+        results = _ScanFunction.apply(self, call, *flat)
         n_out, n_st = len(module.outputs), len(module.states)
         outputs = dict(zip(module.outputs, results[:n_out]))
-        by_name = dict(zip(module.states, results[n_out : n_out + n_st]))
-        finals = {d.name: by_name[d.name] for d in self.plan.ir.states if d.name in by_name}  # declaration order
+        finals = dict(zip(module.states, results[n_out : n_out + n_st]))
         carried = dict(zip(module.carries, results[n_out + n_st :]))
         return outputs, carried, finals
 
-    def flat_arguments(self, call: Call, sequences: int | None = None) -> list[torch.Tensor]:
+    def flat_arguments(self, call: Call) -> list[torch.Tensor]:
         """Inputs, weights (contiguous) and the stage's initial states (compute dtype; zeros where not given)."""
         ir = self.plan.ir
         flat = [call.inputs[d.name].contiguous() for d in ir.inputs]
         flat += [call.weights[d.name].contiguous() for d in ir.weights]
         decls = {d.name: d for d in ir.states}
         for s in self.module.states:
-            shape = (sequences or call.B, call.NH, *call.shape_of(decls[s].shape))
             given = call.states.get(s)
-            if given is not None and tuple(given.shape) != shape:
-                raise ValueError(f"state {s}: needs shape {list(shape)}, has {list(given.shape)}")
+            shape = (call.state_batch, call.NH, *call.own_shape(decls[s]))
             flat.append(
                 given.to(call.compute_dtype).contiguous()
                 if given is not None
@@ -159,14 +162,15 @@ class ScanStageKernels(GeneratedKernels):
         shapes = [(call.B, call.T, call.NH, *call.shape_of(decls[s].shape)) for s in self.module.states]
         return [flat[0].new_empty(shape, dtype=call.compute_dtype) for shape in shapes]
 
-    def forward(self, call: Call, flat: list, needs_grad: bool, seq=None):
+    def forward(self, call: Call, flat: list, needs_grad: bool):
         """(outputs, finals, saved): ``saved`` holds every step's new value of each state (the carried
         trajectories among them), written when a gradient is wanted or a later stage reads them."""
         module, ir = self.module, self.plan.ir
         tiles, blocks, programs, scalars = self._launch(call)
         compute = call.compute_dtype
         store = needs_grad or bool(module.carries)
-        sequences = call.B if seq is None else len(seq) - 1
+        seq = _offsets(call)
+        sequences = call.state_batch
         outs = {o.name: o for o in ir.outputs}
         outputs = [torch.full(output_shape(call, outs[o]), float("nan"), dtype=call.dtype, device=call.device)
                    for o in module.outputs]  # fmt: skip
@@ -182,14 +186,15 @@ class ScanStageKernels(GeneratedKernels):
         )  # fmt: skip
         return outputs, finals, saved
 
-    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list, d_carried=(), seq=None):
+    def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list, d_carried=()):
         """Cotangents of every flat argument (inputs, weights, initial states); a None cotangent is zero."""
         module, ir = self.module, self.plan.ir
         tiles, blocks, programs, scalars = self._launch(call)
         compute = call.compute_dtype
         n_in, n_w = len(ir.inputs), len(ir.weights)
         inputs, weights, initial = flat[:n_in], flat[n_in : n_in + n_w], flat[n_in + n_w :]
-        sequences = call.B if seq is None else len(seq) - 1
+        seq = _offsets(call)
+        sequences = call.state_batch
 
         def cotangent(g, shape):
             zeros = g is None
@@ -212,54 +217,20 @@ class ScanStageKernels(GeneratedKernels):
         )  # fmt: skip
         return [*(g.to(x.dtype) for g, x in zip(d_in, inputs)), *(g.to(w.dtype) for g, w in zip(d_w, weights)), *d_st]
 
-    def __call__(self, tensors: dict, state: dict | None, cu_seqlens: torch.Tensor | None = None):
-        ir = self.plan.ir
-        if cu_seqlens is None:
-            call = bind(ir, tensors, state)
-            outputs, _, finals = self.run(call, self.flat_arguments(call))
-            return outputs, finals
-        call = bind(ir, tensors, None)
-        seq = checked_seqlens(cu_seqlens, call)
-        given = dict(state or {})
-        unknown = sorted(set(given) - {d.name for d in ir.states})
-        if unknown:
-            raise ValueError(f"cell {ir.cell} has no state {unknown[0]!r}")
-        call.states = {k: v for k, v in given.items()}
-        outputs, _, finals = self.run(call, self.flat_arguments(call, len(seq) - 1), seq)
-        return outputs, finals
+    def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
+        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
 
 class ScanKernels(ScanStageKernels):
     """The kernels of a scan cell (its one stage)."""
 
 
-def checked_seqlens(cu_seqlens, call: Call) -> torch.Tensor:
-    """``cu_seqlens`` as int64 on the call's device, checked against the packed inputs.
-
-    Example:
-        >>> import torch
-        >>> from rnnc.compiler import lower_source
-        >>> ir = lower_source(open("examples/hgrn.rnn").read())
-        >>> call = bind(ir, {"x": torch.zeros(1, 5, 1, 2), "g": torch.zeros(1, 5, 1, 2)}, None)
-        >>> checked_seqlens(torch.tensor([0, 2, 4]), call)
-        Traceback (most recent call last):
-        ...
-        ValueError: cu_seqlens: needs to end at the packed length 5, ends at 4
-    """
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError("cu_seqlens: needs a 1-D integer tensor [N + 1] of sequence starts, has " + repr(cu_seqlens))
-    if cu_seqlens.is_floating_point():
-        raise ValueError(f"cu_seqlens: needs an integer tensor, has {cu_seqlens.dtype}")
-    if call.B != 1:
-        raise ValueError(f"cu_seqlens: needs inputs packed as [1, total_T, NH, ...], has a batch of {call.B}")
-    seq = cu_seqlens.to(device=call.device, dtype=torch.int64).contiguous()
-    if int(seq[0]) != 0:
-        raise ValueError(f"cu_seqlens: needs to start at 0, starts at {int(seq[0])}")
-    if int(seq[-1]) != call.T:
-        raise ValueError(f"cu_seqlens: needs to end at the packed length {call.T}, ends at {int(seq[-1])}")
-    if bool((seq[1:] < seq[:-1]).any()):
-        raise ValueError("cu_seqlens: needs to be non-decreasing")
-    return seq
+def _offsets(call: Call) -> torch.Tensor | None:
+    """The call's cu_seqlens, their values checked (the kernels trust them), or None."""
+    if call.cu_seqlens is None:
+        return None
+    sequence_bounds(call.cu_seqlens, call.T)
+    return call.cu_seqlens.contiguous()
 
 
 def previous_values(trajectory: torch.Tensor, initial: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
@@ -291,13 +262,13 @@ def _placeholder(device: torch.device) -> torch.Tensor:
 
 class _ScanFunction(torch.autograd.Function):
     """Autograd around :meth:`ScanStageKernels.forward` and :meth:`ScanStageKernels.backward`,
-    with the carried trajectories as results too."""
+    with the carried trajectories as results too (what a later stage reads)."""
 
     @staticmethod
-    def forward(ctx, kernels: ScanStageKernels, call: Call, seq, *flat):
-        needs_grad = any(ctx.needs_input_grad[3:])
-        outputs, finals, saved = kernels.forward(call, list(flat), needs_grad, seq)
-        ctx.kernels, ctx.call, ctx.seq, ctx.n_out, ctx.n_flat = kernels, call, seq, len(outputs), len(flat)
+    def forward(ctx, kernels: ScanStageKernels, call: Call, *flat):
+        needs_grad = any(ctx.needs_input_grad[2:])
+        outputs, finals, saved = kernels.forward(call, list(flat), needs_grad)
+        ctx.kernels, ctx.call, ctx.n_out, ctx.n_flat = kernels, call, len(outputs), len(flat)
         ctx.save_for_backward(*flat, *saved)
         carried = [saved[kernels.module.states.index(s)] for s in kernels.module.carries]
         return (*outputs, *finals, *carried)
@@ -308,5 +279,5 @@ class _ScanFunction(torch.autograd.Function):
         tensors = ctx.saved_tensors
         flat, saved = list(tensors[: ctx.n_flat]), list(tensors[ctx.n_flat :])
         d_outputs, d_finals, d_carried = grads[:n_out], grads[n_out : n_out + n_fin], grads[n_out + n_fin :]
-        result = kernels.backward(ctx.call, flat, saved, list(d_outputs), list(d_finals), list(d_carried), ctx.seq)
-        return (None, None, None, *result)
+        result = kernels.backward(ctx.call, flat, saved, list(d_outputs), list(d_finals), list(d_carried))
+        return (None, None, *result)

@@ -103,7 +103,9 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
     backward = backward_lines(program)
 
     inputs, weights = [d.name for d in ir.inputs], [d.name for d in ir.weights]
-    states, outputs, carries = list(space.states), [o.name for o in space.outputs], list(stage.carries)
+    # pointers in declaration order (the kernel interface's flat layout); the steps run in the Plan's order
+    states = [d.name for d in ir.states if d.name in space.states]
+    outputs, carries = [o.name for o in space.outputs], list(stage.carries)
     n = program.name
     forward_args = [n("in", x) for x in inputs] + [n("w", w) for w in weights] + [n("st", s) for s in states]
     forward_args += [n("out", o) for o in outputs] + [n("fin", s) for s in states] + [n("saved", s) for s in states]
