@@ -8,6 +8,10 @@ from scan_cells import PAPER, SOURCES, ZOO, make, source
 
 import rnnc
 import rnnc.runtime.scan_torch as scan_torch
+from rnnc.compiler import analyse_source
+from rnnc.runtime.arguments import bind
+from rnnc.runtime.cell import Output
+from rnnc.runtime.reference_scan import ScanReference, expands
 
 
 @pytest.fixture(params=["two-level", "loop"])
@@ -70,14 +74,13 @@ def test_maxplus_scan_matches_a_loop_and_splits_ties(form, T):
 @pytest.mark.parametrize("cell", sorted([*SOURCES, *ZOO, *PAPER]))
 def test_the_reference_runs_scan_cells_whole_and_agrees_with_its_step_loop(form, cell):
     text = source(cell)
-    fast = rnnc.compile(text, backend="reference")
     loop = rnnc.compile(text, backend="reference-bptt")  # the step loop, with the sympy partials
-    ir = fast.plan.ir
+    fast = ScanReference(loop.plan)  # the whole-sequence form
+    ir = loop.plan.ir
     dims = {d: 3 + i for i, d in enumerate(ir.dims)}
     tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
     leaves = [*tensors.values(), *states.values()]
-    ours, theirs = fast(state=states, **tensors), loop(state=states, **tensors)
-    assert getattr(fast._runner, "scan_reference", None) is not None  # the whole-sequence form ran
+    ours, theirs = Output(*fast(tensors, states)), loop(state=states, **tensors)
     for k in theirs.outputs:
         assert rel_err(ours.outputs[k], theirs.outputs[k]) < 1e-12, k
     for k in theirs.state:
@@ -86,3 +89,20 @@ def test_the_reference_runs_scan_cells_whole_and_agrees_with_its_step_loop(form,
         all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
     ):
         assert rel_err(mine, ref) < 1e-10
+
+
+def test_the_reference_takes_the_whole_sequence_form_unless_the_pieces_expand():
+    """Mamba's decay exp(dt[:, None] * A) is [D, N] per step from [D] inputs: for all steps at once
+    that is T times the state, so the reference's loop runs it; HGRN's pieces are its inputs' size."""
+    mamba = analyse_source(open("examples/mamba.rnn").read())
+    hgrn = analyse_source(open("examples/hgrn.rnn").read())
+    x = torch.zeros(1, 2, 1, 64)
+    small = torch.zeros(1, 2, 1, 16)
+    mamba_call = bind(
+        mamba.ir, {"u": x, "dt": x, "B": small, "C": small, "A": torch.zeros(1, 64, 16), "Dskip": x[0, 0]}, None
+    )
+    assert expands(mamba, mamba_call)
+    assert not expands(hgrn, bind(hgrn.ir, {"x": x, "g": x}, None))
+    cell = rnnc.compile("examples/hgrn.rnn", backend="reference")
+    cell(x=x, g=x)
+    assert cell._runner.scan_reference is not None  # the fast path ran
