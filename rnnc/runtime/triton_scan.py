@@ -31,6 +31,8 @@ import triton
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import GeneratedKernels, on_gpu, output_shape, pow2_at_least, triton_dtype
+from rnnc.runtime.modules import load_module
+from rnnc.runtime.reference_scan import hoisted_source
 from rnnc.runtime.varlen import sequence_bounds
 from rnnc.templates.scan_codegen import render_scan, scan_stage
 
@@ -83,8 +85,39 @@ class ScanStageKernels(GeneratedKernels):
         super().__init__(plan)
 
     def render(self, plan):
-        """The stage's module."""
-        return render_scan(plan, self.stage)
+        """The stage's module (and the PyTorch module of its hoisted reductions, when it has any)."""
+        module = render_scan(plan, self.stage)
+        self.hoisted = None
+        if module.hoisted:
+            text = hoisted_source(plan, module.hoisted)
+            self.hoisted = load_module(text, f"{plan.ir.cell}_scan_hoisted").hoisted
+        return module
+
+    def _hoisted(self, call: Call, inputs: list, weights: list) -> tuple[list, list]:
+        """The hoisted reductions of this call: per-step ones ``[B, T, NH, *shape]``, weight-only ``[NH, *shape]``."""
+        ir, compute = self.plan.ir, call.compute_dtype
+        like = torch.empty((), dtype=compute, device=call.device)
+        named_in = {d.name: x.to(compute) for d, x in zip(ir.inputs, inputs)}
+        named_w = {d.name: w.to(compute).reshape(1, 1, *w.shape) for d, w in zip(ir.weights, weights)}
+        shapes = {}
+        for h in self.module.hoisted:
+            lead = (call.B, call.T, call.NH) if h.kind == "input" else (1, 1, call.NH)
+            shapes[h.name] = (*lead, *call.shape_of(h.shape))
+        values = self.hoisted(named_in, named_w, shapes, call.dims, like)
+        pairs = list(zip(self.module.hoisted, values))
+        per_step = [v.contiguous() for h, v in pairs if h.kind == "input"]
+        static = [v.reshape(v.shape[2:]).contiguous() for h, v in pairs if h.kind == "weight"]
+        return per_step, static
+
+    def _arguments(self, call: Call, flat: list) -> list:
+        """``flat`` with the hoisted reductions after the inputs and after the weights (the kernels' order)."""
+        ir = self.plan.ir
+        n_in, n_w = len(ir.inputs), len(ir.weights)
+        if not self.module.hoisted:
+            return list(flat)
+        with torch.no_grad():
+            per_step, static = self._hoisted(call, flat[:n_in], flat[n_in : n_in + n_w])
+        return [*flat[:n_in], *per_step, *flat[n_in : n_in + n_w], *static, *flat[n_in + n_w :]]
 
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
         """Launch parameters: on a GPU the tiling model's choice (or ``rnnc tune``'s winner), in the
@@ -179,8 +212,9 @@ class ScanStageKernels(GeneratedKernels):
         saved = self.saved_like(call, flat, needs_grad) if store else []
         placeholder = _placeholder(call.device)
         seq_arg = seq if seq is not None else placeholder
+        saved_args = saved or [placeholder] * len(initial)
         self.kernels.forward_kernel[(programs, sequences * call.NH)](
-            *flat, *outputs, *finals, *(saved or [placeholder] * len(initial)), seq_arg, call.T, call.NH, *scalars,
+            *self._arguments(call, flat), *outputs, *finals, *saved_args, seq_arg, call.T, call.NH, *scalars,
             COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], STORE_STATES=store,
             VARLEN=seq is not None, num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
         )  # fmt: skip
@@ -205,17 +239,32 @@ class ScanStageKernels(GeneratedKernels):
         d_fin = [cotangent(g, s.shape) for g, s in zip(d_finals, initial)]
         d_traj = [cotangent(g, saved[module.states.index(s)].shape) for g, s in zip(d_carried, module.carries)]
         d_traj += [cotangent(None, saved[module.states.index(s)].shape) for s in module.carries[len(d_traj) :]]
-        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in inputs]
-        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in weights]
+        arguments = self._arguments(call, flat)  # with the hoisted reductions
+        n_pre = len(arguments) - len(flat)
+        n_pre_in = sum(h.kind == "input" for h in module.hoisted)
+        leaves = arguments[: n_in + n_pre_in], arguments[n_in + n_pre_in : n_in + n_w + n_pre]
+        d_in = [torch.zeros(x.shape, dtype=compute, device=x.device) for x in leaves[0]]
+        d_w = [torch.zeros(w.shape, dtype=compute, device=w.device) for w in leaves[1]]
         d_st = [torch.full(s.shape, float("nan"), dtype=compute, device=s.device) for s in initial]
         seq_arg = seq if seq is not None else _placeholder(call.device)
         self.kernels.backward_kernel[(programs, sequences * call.NH)](
-            *inputs, *weights, *initial, *saved, *d_out, *d_fin, *d_traj, *d_in, *d_w, *d_st,
+            *arguments[: n_in + n_w + n_pre], *initial, *saved, *d_out, *d_fin, *d_traj, *d_in, *d_w, *d_st,
             seq_arg, call.T, call.NH, *scalars,
             COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], VARLEN=seq is not None,
             num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
         )  # fmt: skip
-        return [*(g.to(x.dtype) for g, x in zip(d_in, inputs)), *(g.to(w.dtype) for g, w in zip(d_w, weights)), *d_st]
+        if n_pre:  # the hoisted reductions' cotangents go back through their PyTorch form
+            with torch.enable_grad():
+                sources = [x.detach().requires_grad_() for x in (*inputs, *weights)]
+                per_step, static = self._hoisted(call, sources[:n_in], sources[n_in:])
+                found = torch.autograd.grad(
+                    [*per_step, *static], sources, [*d_in[n_in:], *d_w[n_w:]], allow_unused=True
+                )
+            for acc, g in zip([*d_in[:n_in], *d_w[:n_w]], found):
+                if g is not None:
+                    acc += g.to(compute)
+        grads_in = [g.to(x.dtype) for g, x in zip(d_in[:n_in], inputs)]
+        return [*grads_in, *(g.to(w.dtype) for g, w in zip(d_w[:n_w], weights)), *d_st]
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
         return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))

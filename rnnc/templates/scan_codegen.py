@@ -39,6 +39,7 @@ class ScanModule:
     axes: list[TileAxis]
     parallel: int | None  # the tile axis programs split (None: one program per sequence and head)
     dims_read: list[str]  # dims the expressions read as numbers (kernel arguments num_<dim>)
+    hoisted: list  # state-free reductions the launcher computes first (rnnc.templates.scan_hoist.Hoisted)
     states: list[str]
     outputs: list[str]
     carries: list[str]
@@ -102,7 +103,9 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
         forward_finish.append(f"    tl.store({program.state_at(s, 'fin')}, {carry}, mask={valid})")
     backward = backward_lines(program)
 
-    inputs, weights = [d.name for d in ir.inputs], [d.name for d in ir.weights]
+    hoisted = space.hoisted  # computed before the kernel, read as inputs and weights after the cell's own
+    inputs = [d.name for d in ir.inputs] + [h.name for h in hoisted if h.kind == "input"]
+    weights = [d.name for d in ir.weights] + [h.name for h in hoisted if h.kind == "weight"]
     # pointers in declaration order (the kernel interface's flat layout); the steps run in the Plan's order
     states = [d.name for d in ir.states if d.name in space.states]
     outputs, carries = [o.name for o in space.outputs], list(stage.carries)
@@ -180,6 +183,7 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
         list(space.axes),
         space.parallel,
         list(space.dims_read),
+        hoisted,
         states,
         outputs,
         carries,

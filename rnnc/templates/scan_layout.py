@@ -35,6 +35,7 @@ import sympy
 from rnnc.compiler import Plan
 from rnnc.compiler.components import Stage
 from rnnc.compiler.nested import show
+from rnnc.templates.scan_hoist import Hoister
 from rnnc.templates.scan_names import Identifiers
 from rnnc.templates.scan_unify import AxisWalk
 
@@ -134,6 +135,7 @@ class TileSpace(AxisWalk):
         self.components = [plan.components[i] for i in self.stage.components]
         states = [s for c in self.components for s in c.states]
         super().__init__({d.name: d for d in ir.decls}, states, names or Identifiers(), ir.cell, ir.dims)
+        self.hoister = Hoister(ir)  # state-free reductions become inputs (or weights) computed before the kernel
         raw_pieces = [self._component_pieces(c) for c in self.components]
         raw_outputs = [self._output(name, expr) for name, expr in self.stage.output_exprs]
         placed = self.merge_occurrences()
@@ -175,7 +177,12 @@ class TileSpace(AxisWalk):
 
     def _piece(self, what: str, expr: sympy.Expr, space: list[int], span) -> sympy.Expr:
         self.where = (f"{what} = {show(expr)}", span)
-        lowered = self.walk(sympy.sympify(expr), space)
+        expr = self.hoister.rewrite(expr)
+        for h in self.hoister.hoisted:
+            if h.name not in self.decls:
+                self.decls[h.name] = h.declared()
+                self.ranks[h.name] = len(h.shape)
+        lowered = self.walk(expr, space)
         if self.conflicts():
             raise self.refuse("it would put two axes of one tensor along one tile axis")
         self.where = None
@@ -241,6 +248,7 @@ class TileSpace(AxisWalk):
         labels = dict(self.stage.output_exprs)
         self.outputs = [OutputTile(n, place(sp), e.xreplace(rename), show(labels[n])) for n, sp, e in raw_outputs]
         self.parallel = self._parallel_axis()
+        self.hoisted = list(self.hoister.hoisted)
 
     def _parallel_axis(self) -> int | None:
         """The axis programs split: spanned by every state and output, contracted by no reduction."""
@@ -261,7 +269,7 @@ class TileSpace(AxisWalk):
 
     def leaves(self, kind: str) -> list[Leaf]:
         """The leaves of one kind (input, weight, old, new), in declaration order, then part, then placement."""
-        order = {d.name: i for i, d in enumerate(self.plan.ir.decls)}
+        order = {name: i for i, name in enumerate(self.decls)}  # the cell's declarations, then hoisted ones
         keys = sorted((k for k in self._leaves if k[0] == kind),
                       key=lambda k: (order[k[1]], k[2] is not None, k[2] or (), k[3]))  # fmt: skip
         return [self._leaves[k] for k in keys]
