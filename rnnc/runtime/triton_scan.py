@@ -31,8 +31,7 @@ import triton
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.launch import GeneratedKernels, on_gpu, output_shape, pow2_at_least, triton_dtype
-from rnnc.runtime.modules import load_module
-from rnnc.runtime.reference_scan import hoisted_source
+from rnnc.runtime.scan_around import AroundScan, pullback
 from rnnc.runtime.varlen import sequence_bounds
 from rnnc.templates.scan_codegen import render_scan, scan_stage
 
@@ -85,39 +84,15 @@ class ScanStageKernels(GeneratedKernels):
         super().__init__(plan)
 
     def render(self, plan):
-        """The stage's module (and the PyTorch module of its hoisted reductions, when it has any)."""
+        """The stage's module, and the PyTorch around it (hoisted reductions, post outputs)."""
         module = render_scan(plan, self.stage)
-        self.hoisted = None
-        if module.hoisted:
-            text = hoisted_source(plan, module.hoisted)
-            self.hoisted = load_module(text, f"{plan.ir.cell}_scan_hoisted").hoisted
+        self.around = AroundScan(plan, module)
         return module
 
-    def _hoisted(self, call: Call, inputs: list, weights: list) -> tuple[list, list]:
-        """The hoisted reductions of this call: per-step ones ``[B, T, NH, *shape]``, weight-only ``[NH, *shape]``."""
-        ir, compute = self.plan.ir, call.compute_dtype
-        like = torch.empty((), dtype=compute, device=call.device)
-        named_in = {d.name: x.to(compute) for d, x in zip(ir.inputs, inputs)}
-        named_w = {d.name: w.to(compute).reshape(1, 1, *w.shape) for d, w in zip(ir.weights, weights)}
-        shapes = {}
-        for h in self.module.hoisted:
-            lead = (call.B, call.T, call.NH) if h.kind == "input" else (1, 1, call.NH)
-            shapes[h.name] = (*lead, *call.shape_of(h.shape))
-        values = self.hoisted(named_in, named_w, shapes, call.dims, like)
-        pairs = list(zip(self.module.hoisted, values))
-        per_step = [v.contiguous() for h, v in pairs if h.kind == "input"]
-        static = [v.reshape(v.shape[2:]).contiguous() for h, v in pairs if h.kind == "weight"]
-        return per_step, static
-
-    def _arguments(self, call: Call, flat: list) -> list:
-        """``flat`` with the hoisted reductions after the inputs and after the weights (the kernels' order)."""
-        ir = self.plan.ir
-        n_in, n_w = len(ir.inputs), len(ir.weights)
-        if not self.module.hoisted:
-            return list(flat)
-        with torch.no_grad():
-            per_step, static = self._hoisted(call, flat[:n_in], flat[n_in : n_in + n_w])
-        return [*flat[:n_in], *per_step, *flat[n_in : n_in + n_w], *static, *flat[n_in + n_w :]]
+    @property
+    def output_names(self) -> list[str]:
+        """The stage's outputs, in the cell's order: the kernels' and the post outputs."""
+        return [name for name, _ in self.stage.output_exprs]
 
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
         """Launch parameters: on a GPU the tiling model's choice (or ``rnnc tune``'s winner), in the
@@ -214,11 +189,19 @@ class ScanStageKernels(GeneratedKernels):
         seq_arg = seq if seq is not None else placeholder
         saved_args = saved or [placeholder] * len(initial)
         self.kernels.forward_kernel[(programs, sequences * call.NH)](
-            *self._arguments(call, flat), *outputs, *finals, *saved_args, seq_arg, call.T, call.NH, *scalars,
+            *self.around.arguments(call, flat), *outputs, *finals, *saved_args, seq_arg, call.T, call.NH, *scalars,
             COMPUTE=triton_dtype(compute), **blocks, BLOCK_T=tiles["BLOCK_T"], STORE_STATES=store,
             VARLEN=seq is not None, num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
         )  # fmt: skip
-        return outputs, finals, saved
+        values = dict(zip(module.outputs, outputs))
+        if module.post:
+            n_in, n_w = len(ir.inputs), len(ir.weights)
+            news = {s: saved[module.states.index(s)] for s in module.carries}
+            firsts = dict(zip(module.states, initial))
+            with torch.no_grad():
+                post = self.around.post(call, flat[:n_in], flat[n_in : n_in + n_w], news, firsts)
+            values.update(zip([name for name, _ in module.post], post))
+        return [values[name] for name in self.output_names], finals, saved
 
     def backward(self, call: Call, flat: list, saved: list, d_outputs: list, d_finals: list, d_carried=()):
         """Cotangents of every flat argument (inputs, weights, initial states); a None cotangent is zero."""
@@ -235,11 +218,27 @@ class ScanStageKernels(GeneratedKernels):
             return (torch.zeros(shape, dtype=compute, device=call.device) if zeros else g.to(compute)).contiguous()
 
         outs = {o.name: o for o in ir.outputs}
-        d_out = [cotangent(g, output_shape(call, outs[o])) for g, o in zip(d_outputs, module.outputs)]
+        d_named = dict(zip(self.output_names, d_outputs))
+        d_out = [cotangent(d_named.get(o), output_shape(call, outs[o])) for o in module.outputs]
         d_fin = [cotangent(g, s.shape) for g, s in zip(d_finals, initial)]
-        d_traj = [cotangent(g, saved[module.states.index(s)].shape) for g, s in zip(d_carried, module.carries)]
-        d_traj += [cotangent(None, saved[module.states.index(s)].shape) for s in module.carries[len(d_traj) :]]
-        arguments = self._arguments(call, flat)  # with the hoisted reductions
+        carried = [saved[module.states.index(s)] for s in module.carries]
+        d_traj = [cotangent(g, x.shape) for g, x in zip([*d_carried, *[None] * len(carried)], carried)]
+        extra = [None] * (n_in + n_w + len(initial))  # what the post outputs add to the flat arguments' cotangents
+        d_post = [d_named.get(name) for name, _ in module.post]
+        if any(g is not None for g in d_post):
+            n_st = len(initial)
+
+            def post(*tensors):
+                ins, ws, firsts = tensors[:n_in], tensors[n_in : n_in + n_w], tensors[n_in + n_w : n_in + n_w + n_st]
+                news = dict(zip(module.carries, tensors[n_in + n_w + n_st :]))
+                return self.around.post(call, ins, ws, news, dict(zip(module.states, firsts)))
+
+            found = pullback(post, [*inputs, *weights, *initial, *carried], d_post)
+            extra = found[: n_in + n_w + n_st]
+            for acc, g in zip(d_traj, found[n_in + n_w + n_st :]):
+                if g is not None:
+                    acc += g.to(compute)
+        arguments = self.around.arguments(call, flat)  # with the hoisted reductions
         n_pre = len(arguments) - len(flat)
         n_pre_in = sum(h.kind == "input" for h in module.hoisted)
         leaves = arguments[: n_in + n_pre_in], arguments[n_in + n_pre_in : n_in + n_w + n_pre]
@@ -254,17 +253,18 @@ class ScanStageKernels(GeneratedKernels):
             num_warps=tiles.get("num_warps", 4), num_stages=tiles["num_stages"],
         )  # fmt: skip
         if n_pre:  # the hoisted reductions' cotangents go back through their PyTorch form
-            with torch.enable_grad():
-                sources = [x.detach().requires_grad_() for x in (*inputs, *weights)]
-                per_step, static = self._hoisted(call, sources[:n_in], sources[n_in:])
-                found = torch.autograd.grad(
-                    [*per_step, *static], sources, [*d_in[n_in:], *d_w[n_w:]], allow_unused=True
-                )
+
+            def hoisted(*tensors):
+                per_step, static = self.around.hoisted(call, tensors[:n_in], tensors[n_in:])
+                return [*per_step, *static]
+
+            found = pullback(hoisted, [*inputs, *weights], [*d_in[n_in:], *d_w[n_w:]])
             for acc, g in zip([*d_in[:n_in], *d_w[:n_w]], found):
                 if g is not None:
                     acc += g.to(compute)
-        grads_in = [g.to(x.dtype) for g, x in zip(d_in[:n_in], inputs)]
-        return [*grads_in, *(g.to(w.dtype) for g, w in zip(d_w[:n_w], weights)), *d_st]
+        mine = [*d_in[:n_in], *d_w[:n_w], *d_st]
+        total = [g if e is None else g + e.to(compute) for g, e in zip(mine, extra)]
+        return [g.to(x.dtype) for g, x in zip(total, flat)]
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
         return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))

@@ -3,8 +3,9 @@
 Every scan component runs in one kernel, in the Plan's order, within each chunk of time:
 elementwise (``s' = a * s + b``), coupled per channel (an n x n map, LRU's (re, im) pair) and
 max-plus (``m' = max(m + a, b)``) components; outputs are any pointwise expression of inputs,
-weights, and the old and new values of the states, with reductions inside a step
-(``S @ C``, ``q @ k``, ``sum(k * k)``) over axes a program owns whole. Tile layouts are
+weights, and the old and new values of the states, with reductions inside a step (``S' @ C``)
+over axes a program owns whole; reductions that read no state (``q @ k``, ``sum(k * k)``) are
+computed before the kernel (:mod:`rnnc.templates.scan_hoist`). Tile layouts are
 :mod:`rnnc.templates.scan_layout`'s, the forward lines :mod:`rnnc.templates.scan_program`'s,
 the backward lines :mod:`rnnc.templates.scan_backward`'s.
 
@@ -17,7 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import sympy
 
 from rnnc.compiler import Plan
 from rnnc.compiler.components import Stage
@@ -25,7 +29,7 @@ from rnnc.errors import BackendError, LocatedBackendError
 from rnnc.templates.loading import template
 from rnnc.templates.scan_backward import backward_lines
 from rnnc.templates.scan_combine import combine_source
-from rnnc.templates.scan_layout import Layout, TileAxis
+from rnnc.templates.scan_layout import Layout, TileAxis, TileSpace
 from rnnc.templates.scan_program import ScanProgram
 
 
@@ -40,6 +44,7 @@ class ScanModule:
     parallel: int | None  # the tile axis programs split (None: one program per sequence and head)
     dims_read: list[str]  # dims the expressions read as numbers (kernel arguments num_<dim>)
     hoisted: list  # state-free reductions the launcher computes first (rnnc.templates.scan_hoist.Hoisted)
+    post: list  # (name, nested expr) of the outputs computed after the kernels (split_outputs)
     states: list[str]
     outputs: list[str]
     carries: list[str]
@@ -81,6 +86,43 @@ def scan_stage(plan: Plan, stage: Stage | None = None) -> Stage:
     return stage
 
 
+def split_outputs(plan: Plan, stage: Stage) -> tuple[Stage, list]:
+    """(the stage the kernels run, the outputs computed after them in PyTorch).
+
+    An output that needs a tile axis no state has (LRU's ``y = C_re @ x_re' + ...`` is over H,
+    and contracts the state's N with a weight) would make every tile of the kernel span that axis
+    too; it is computed after the kernels from the states' per-step values, which the kernels then
+    carry (a GEMM over all steps for ``C @ x``), and its cotangents come back as the trajectories'.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> plan = analyse_source(open("examples/lru.rnn").read())
+        >>> kernel_stage, post = split_outputs(plan, plan.stages[0])
+        >>> kernel_stage.outputs, [name for name, _ in post], kernel_stage.carries
+        ((), ['y'], ('x_re', 'x_im'))
+    """
+    space = TileSpace(plan, stage)
+    state_axes = {a for s in space.states for a in space.leaf(s).axes}
+    by_symbol = {r.symbol: r for r in space.reductions}
+
+    def axes_of(expr) -> set:
+        found = set(space.layout_of(expr).axes)
+        for symbol in sympy.sympify(expr).free_symbols:
+            if symbol in by_symbol:
+                found |= set(by_symbol[symbol].axes) | axes_of(by_symbol[symbol].expr)
+        return found
+
+    post = [(o.name, dict(stage.output_exprs)[o.name]) for o in space.outputs if not axes_of(o.expr) <= state_axes]
+    if not post:
+        return stage, []
+    names = {n for n, _ in post}
+    read = {s.name.rstrip("'") for _, e in post for s in sympy.sympify(e).free_symbols}
+    carries = tuple(dict.fromkeys([*stage.carries, *(s for s in space.states if s in read)]))
+    kept = tuple((n, e) for n, e in stage.output_exprs if n not in names)
+    outputs = tuple(n for n in stage.outputs if n not in names)
+    return dataclasses.replace(stage, outputs=outputs, output_exprs=kept, carries=carries), post
+
+
 def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
     """The Triton module (forward and backward kernels) of a scan cell, or of one scan stage of a cell.
 
@@ -90,7 +132,7 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
         >>> "r_0 = tl.sum(tl.where(mask_D_N, new_S * x_C, 0.0), axis=2, keep_dims=True)  # S' @ C" in module.text
         True
     """
-    stage = scan_stage(plan, stage)
+    stage, post = split_outputs(plan, scan_stage(plan, stage))
     program = ScanProgram(plan, stage)
     space, ir = program.space, plan.ir
     forward_chunk = program.forward_chunk()
@@ -184,6 +226,7 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
         space.parallel,
         list(space.dims_read),
         hoisted,
+        post,
         states,
         outputs,
         carries,
