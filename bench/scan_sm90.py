@@ -25,6 +25,11 @@ CASES = [  # (cell, shape, launch parameters pinned over the tiling model's)
     ("hgrn", {"B": 8, "T": 2048, "NH": 1, "D": 1024}, {}),
     ("mamba", {"B": 8, "T": 2048, "NH": 1, "D": 1024, "N": 16}, {}),
     ("mamba", {"B": 8, "T": 2048, "NH": 1, "D": 1024, "N": 16}, {"num_warps": 4}),
+    ("aaren", {"B": 8, "T": 2048, "NH": 8, "K": 64, "V": 64}, {}),
+    ("rwkv4", {"B": 8, "T": 2048, "NH": 1, "D": 1024}, {}),
+    ("lru", {"B": 8, "T": 2048, "NH": 1, "H": 64, "N": 64}, {}),
+    ("longhorn", {"B": 8, "T": 2048, "NH": 1, "D": 1024, "N": 16}, {}),
+    ("ntm_memory", {"B": 8, "T": 2048, "NH": 4, "M": 64, "V": 64}, {}),
 ]
 RESOURCES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
@@ -78,10 +83,16 @@ def compile_cell(cell: str, shape: dict, pinned: dict | None = None) -> dict:
 
     compiled = rnnc.compile(ROOT / "examples" / f"{cell}.rnn")
     tiling = {**compiled.tiling(gpu="h100", dtype="bfloat16", **shape).params, **(pinned or {})}
-    module = render_scan(compiled.plan)
+    try:
+        module = render_scan(compiled.plan)
+    except rnnc.BackendError as exc:  # the template before this change refuses several components
+        return {"refused": str(exc).splitlines()[0]}
     kernels = load_module(module.text, f"{cell}_scan_sm90")
     new_template = hasattr(module, "parallel")
-    blocks = _blocks(module, shape, tiling["BLOCK_C"]) if new_template else _old_blocks(module, shape, tiling)
+    if new_template:
+        blocks = _blocks(module, shape, tiling["BLOCK_C"])
+    else:
+        blocks = _old_blocks(module, shape, tiling, [str(d) for d in compiled.plan.ir.states[0].shape])
     result = {"tiling": tiling, "blocks": blocks, "source_sha": hashlib.sha256(module.text.encode()).hexdigest()[:12]}
     for kind in ("forward", "backward"):
         fn = getattr(kernels, f"{kind}_kernel")
@@ -102,10 +113,10 @@ def _blocks(module, shape: dict, block_c: int) -> dict:
     return axis_blocks(module, tuple(shape[str(a.dim)] for a in module.axes), block_c)
 
 
-def _old_blocks(module, shape: dict, tiling: dict) -> dict:  # the template before the tile space
+def _old_blocks(module, shape: dict, tiling: dict, state_dims: list) -> dict:  # the template before the tile space
     from rnnc.runtime.triton_scan import _axis_blocks
 
-    return _axis_blocks(module.axes, tuple(shape[a] for a in module.axes), tiling["BLOCK_C"])
+    return _axis_blocks(module.axes, tuple(shape[d] for d in state_dims), tiling["BLOCK_C"])
 
 
 def main(argv: list[str]) -> dict:
