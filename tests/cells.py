@@ -37,3 +37,18 @@ def all_gradients(outputs: dict, finals: dict, leaves: list[torch.Tensor], seed:
         weights = torch.randn(value.shape, generator=gen, dtype=torch.float64).to(value.dtype)
         total = total + (value * weights).sum()
     return torch.autograd.grad(total, leaves, allow_unused=True)
+
+
+def assert_agree(ours, theirs, leaves: list[torch.Tensor], tol: float, grad_tol: float | None = None) -> None:
+    """Two runs of a cell (``Output``s) agree: every output and final state, and the gradients of a
+    fixed random functional of all of them with respect to ``leaves``, by relative error."""
+    for key in theirs.outputs:
+        assert rel_err(ours.outputs[key], theirs.outputs[key]) < tol, key
+    for key in theirs.state:
+        assert rel_err(ours.state[key], theirs.state[key]) < tol, f"final {key}"
+    mine = all_gradients(ours.outputs, ours.state, leaves)
+    want = all_gradients(theirs.outputs, theirs.state, leaves)
+    for leaf, a, b in zip(leaves, mine, want):
+        a = torch.zeros_like(leaf) if a is None else a
+        b = torch.zeros_like(leaf) if b is None else b
+        assert rel_err(a, b) < (grad_tol or tol)

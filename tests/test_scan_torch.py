@@ -3,7 +3,7 @@ backend's whole-sequence form against its step-by-step loop."""
 
 import pytest
 import torch
-from cells import all_gradients, rel_err
+from cells import assert_agree, rel_err
 from scan_cells import PAPER, SOURCES, ZOO, make, source
 
 import rnnc
@@ -80,15 +80,7 @@ def test_the_reference_runs_scan_cells_whole_and_agrees_with_its_step_loop(form,
     dims = {d: 3 + i for i, d in enumerate(ir.dims)}
     tensors, states = make(cell, ir, B=2, T=19, NH=2, dims=dims, dtype=torch.float64)
     leaves = [*tensors.values(), *states.values()]
-    ours, theirs = Output(*fast(tensors, states)), loop(state=states, **tensors)
-    for k in theirs.outputs:
-        assert rel_err(ours.outputs[k], theirs.outputs[k]) < 1e-12, k
-    for k in theirs.state:
-        assert rel_err(ours.state[k], theirs.state[k]) < 1e-12, k
-    for mine, ref in zip(
-        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
-    ):
-        assert rel_err(mine, ref) < 1e-10
+    assert_agree(Output(*fast(tensors, states)), loop(state=states, **tensors), leaves, 1e-12, grad_tol=1e-10)
 
 
 def test_the_reference_takes_the_whole_sequence_form_unless_the_pieces_expand():

@@ -9,7 +9,7 @@ bitwise against the interpreter's own below): element by element, Mamba's cases 
 
 import pytest
 import torch
-from cells import all_gradients, random_call, rel_err
+from cells import all_gradients, assert_agree, random_call, rel_err
 from interpreter_scan import fast_scan, interpreter_scan
 from refs import data
 
@@ -125,13 +125,7 @@ def test_cells_the_first_template_refused_now_run(what):
         triton_cell.plan.ir, B=2, T=5, NH=1, dims={d: 3 + i for i, d in enumerate(["D", "N"])}
     )
     leaves = [*tensors.values(), *states.values()]
-    ours, theirs = triton_cell(state=states, **tensors), reference(state=states, **tensors)
-    for key in theirs.outputs:
-        assert rel_err(ours.outputs[key], theirs.outputs[key]) < 1e-9, key
-    for mine, ref in zip(
-        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
-    ):
-        assert rel_err(mine, ref) < 1e-9
+    assert_agree(triton_cell(state=states, **tensors), reference(state=states, **tensors), leaves, 1e-9)
 
 
 def test_the_scan_template_refuses_other_strategies():
@@ -266,12 +260,7 @@ def test_a_fused_projection_split_into_gates_runs():
     triton_cell, reference = rnnc.compile(text, backend="triton"), rnnc.compile(text, backend="reference")
     tensors, states = random_call(triton_cell.plan.ir, B=2, T=5, NH=2, dims={"D": 3})
     leaves = [*tensors.values(), *states.values()]
-    ours, theirs = triton_cell(state=states, **tensors), reference(state=states, **tensors)
-    assert rel_err(ours.h, theirs.h) < 1e-9
-    for mine, ref in zip(
-        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
-    ):
-        assert rel_err(mine, ref) < 1e-9
+    assert_agree(triton_cell(state=states, **tensors), reference(state=states, **tensors), leaves, 1e-9)
 
 
 def test_state_free_reductions_run_before_the_kernel_and_wide_outputs_after_it():
@@ -291,10 +280,4 @@ def test_state_free_reductions_run_before_the_kernel_and_wide_outputs_after_it()
     assert [a.name for a in module.axes] == ["D"]
     tensors, states = random_call(triton_cell.plan.ir, B=2, T=19, NH=2, dims={"D": 5, "H": 3})
     leaves = [*tensors.values(), *states.values()]
-    ours, theirs = triton_cell(state=states, **tensors), reference(state=states, **tensors)
-    for k in theirs.outputs:
-        assert rel_err(ours.outputs[k], theirs.outputs[k]) < 1e-9, k
-    for mine, ref in zip(
-        all_gradients(ours.outputs, ours.state, leaves), all_gradients(theirs.outputs, theirs.state, leaves)
-    ):
-        assert rel_err(mine, ref) < 1e-9
+    assert_agree(triton_cell(state=states, **tensors), reference(state=states, **tensors), leaves, 1e-9)

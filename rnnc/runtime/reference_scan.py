@@ -137,6 +137,13 @@ class _Writer:
         self.names = Identifiers(reserved=("inputs", "weights", "states", "shapes", "dims", "like", "torch", "F"))
         self.lines: list[str] = []
 
+    def read_leaves(self) -> None:
+        """Lines naming every input and weight of the call (``x_u = inputs['u']``)."""
+        for d in self.ir.inputs:
+            self.line(f"{self.var(('input', d.name), 'x_' + d.name)} = inputs[{d.name!r}]")
+        for d in self.ir.weights:
+            self.line(f"{self.var(('weight', d.name), 'w_' + d.name)} = weights[{d.name!r}]")
+
     def var(self, key, preferred: str) -> str:
         return self.names.get(key, preferred)
 
@@ -206,10 +213,7 @@ def scan_reference_source(plan: Plan) -> str:
     """
     ir = plan.ir
     w = _Writer(plan)
-    for d in ir.inputs:
-        w.line(f"{w.var(('input', d.name), 'x_' + d.name)} = inputs[{d.name!r}]")
-    for d in ir.weights:
-        w.line(f"{w.var(('weight', d.name), 'w_' + d.name)} = weights[{d.name!r}]")
+    w.read_leaves()
     read = set().union(*(sympy.sympify(e).free_symbols for e in _pieces(plan)))
     for c in plan.components:
         w.line(f"# component {c.index + 1}: {c.evidence[0] if c.evidence else c.kind}")

@@ -59,10 +59,7 @@ def hoisted_source(plan: Plan, hoisted) -> str:
     """
     ir = plan.ir
     w = _Writer(plan)
-    for d in ir.inputs:
-        w.line(f"{w.var(('input', d.name), 'x_' + d.name)} = inputs[{d.name!r}]")
-    for d in ir.weights:
-        w.line(f"{w.var(('weight', d.name), 'w_' + d.name)} = weights[{d.name!r}]")
+    w.read_leaves()
     names = []
     for h in hoisted:
         var = w.var(("hoisted", h.name), h.name)
@@ -99,10 +96,7 @@ def post_source(plan: Plan, post) -> str:
     """
     ir = plan.ir
     w = _Writer(plan)
-    for d in ir.inputs:
-        w.line(f"{w.var(('input', d.name), 'x_' + d.name)} = inputs[{d.name!r}]")
-    for d in ir.weights:
-        w.line(f"{w.var(('weight', d.name), 'w_' + d.name)} = weights[{d.name!r}]")
+    w.read_leaves()
     read = {s.name for _, e in post for s in sympy.sympify(e).free_symbols}
     for d in ir.states:
         for name, source in ((d.name + "'", "news"), (d.name, "olds")):
