@@ -101,9 +101,9 @@ def test_components_run_in_one_kernel_in_their_order():
     assert order == sorted(order)
     assert "_maxplus_prev" in kernel
     (hoisted,) = triton_cell._triton.module.hoisted  # q @ k, once for all three pieces
-    assert (hoisted.kind, hoisted.shape) == ("input", ()) and "x_pre_0 = tl.load(in_pre_0" in kernel
-    assert [a.name for a in triton_cell._triton.module.axes] == ["V"]  # no tile axis for K
-    assert "i_V = tl.arange(0, BLOCK_V)  # all of V" in kernel  # scalar states: no axis to split
+    assert (hoisted.kind, hoisted.shape) == ("input", ()) and "pre_0_x = tl.load(pre_0_in" in kernel
+    assert [str(a.dim) for a in triton_cell._triton.module.axes] == ["V"]  # no tile axis for K
+    assert "i_ax0 = tl.arange(0, BLOCK_ax0)  # all of ax0 (V)" in kernel  # scalar states: no axis to split
 
 
 def test_max_plus_ties_split_the_gradient_evenly():

@@ -31,6 +31,7 @@ from rnnc.compiler.symbols import REDUCTIONS, STRUCTURAL, Matmul, Outer, Part, P
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.torch_printer import to_torch
+from rnnc.templates.names import comment
 from rnnc.templates.scan_names import Identifiers
 from rnnc.templates.scan_unify import leaf_ranks
 
@@ -134,18 +135,20 @@ class _Writer:
         self.ir = plan.ir
         self.decls = {d.name: d for d in plan.ir.decls}
         self.ranks = leaf_ranks(self.decls)
-        self.names = Identifiers(reserved=("inputs", "weights", "states", "shapes", "dims", "like", "torch", "F"))
+        self.names = Identifiers(reserved=("inputs", "weights", "states", "shapes", "dims", "like", "torch", "ops"))
+        self._atoms: dict[sympy.Expr, str] = {}  # each structural operation computed once
         self.lines: list[str] = []
 
     def read_leaves(self) -> None:
         """Lines naming every input and weight of the call (``x_u = inputs['u']``)."""
         for d in self.ir.inputs:
-            self.line(f"{self.var(('input', d.name), 'x_' + d.name)} = inputs[{d.name!r}]")
+            self.line(f"{self.var('x', d.name)} = inputs[{d.name!r}]")
         for d in self.ir.weights:
-            self.line(f"{self.var(('weight', d.name), 'w_' + d.name)} = weights[{d.name!r}]")
+            self.line(f"{self.var('w', d.name)} = weights[{d.name!r}]")
 
-    def var(self, key, preferred: str) -> str:
-        return self.names.get(key, preferred)
+    def var(self, role: str, tensor: str) -> str:
+        """The variable of role ``role`` for a tensor of the cell (``names.derived``: nothing meets it)."""
+        return self.names.tensor(role, tensor)
 
     def line(self, text: str) -> None:
         self.lines.append(f"    {text}")
@@ -179,8 +182,10 @@ class _Writer:
             kind = self.decls[name].kind
             if kind == "state":
                 which = "new" if e.name.endswith("'") else "old"
-                return self.var((which, name), f"{which}_{name}")
-            return self.var((kind, name), {"input": "x_", "weight": "w_"}[kind] + name)
+                return self.var(which, name)
+            return self.var({"input": "x", "weight": "w"}[kind], name)
+        if e in self._atoms:
+            return self._atoms[e]
         args = list(e.args)
         if isinstance(e, Placed):
             inner = args[0]
@@ -197,7 +202,7 @@ class _Writer:
             code = f"part({self.value(args[0], r)}, {', '.join(str(int(a)) for a in args[1:])})"
         else:  # pragma: no cover - every structural operator is above
             raise NotImplementedError(type(e).__name__)
-        name = self.var(("atom", e), f"t{len(self.lines)}")
+        name = self._atoms[e] = self.names.own("atom", "t")
         self.line(f"{name} = {code}")
         return name
 
@@ -216,11 +221,11 @@ def scan_reference_source(plan: Plan) -> str:
     w.read_leaves()
     read = set().union(*(sympy.sympify(e).free_symbols for e in _pieces(plan)))
     for c in plan.components:
-        w.line(f"# component {c.index + 1}: {c.evidence[0] if c.evidence else c.kind}")
+        w.line(f"# component {c.index + 1}: {comment(c.evidence[0] if c.evidence else c.kind)}")
         rank = len(w.decls[c.states[0]].shape)
         if c.kind == "maxplus":
             s = c.maxplus.state
-            a, b = w.var(("a", s), f"a_{s}"), w.var(("b", s), f"b_{s}")
+            a, b = w.var("a", s), w.var("b", s)
             w.line(f"{a} = fit({w.value(c.maxplus.a, rank)}, shapes[{s!r}], like)")
             w.line(f"{b} = fit({w.value(c.maxplus.b, rank)}, shapes[{s!r}], like)")
             w.line(f"{w.atom(sympy.Symbol(s + chr(39)))} = maxplus_scan({a}, {b}, states[{s!r}])")
@@ -235,13 +240,13 @@ def scan_reference_source(plan: Plan) -> str:
             for i, row in enumerate(m):
                 names = []
                 for j, e in enumerate(row):
-                    name = w.var(("m", tag, i, j), f"a_{tag}" if len(m) == 1 else f"m{i}{j}_{tag}")
+                    name = w.var("a" if len(m) == 1 else f"m{i}{j}", tag)
                     w.line(f"{name} = fit({w.value(e, rank)}, shapes[{tag!r}], like)")
                     names.append(name)
                 rows.append(f"[{', '.join(names)}]")
             bs = []
             for i, e in enumerate(b):
-                name = w.var(("b", tag, i), f"b_{tag}" if len(b) == 1 else f"b{i}_{tag}")
+                name = w.var("b" if len(b) == 1 else f"b{i}", tag)
                 w.line(f"{name} = fit({w.value(e, rank)}, shapes[{tag!r}], like)")
                 bs.append(name)
             news = ", ".join(w.atom(sympy.Symbol(s + chr(39))) for s in c.states) + ","
@@ -253,7 +258,7 @@ def scan_reference_source(plan: Plan) -> str:
     outputs = []
     for name, expr in plan.stages[0].output_exprs:
         rank = len(next(o for o in ir.outputs if o.name == name).shape)
-        var = w.var(("output", name), f"out_{name}")
+        var = w.var("out", name)
         w.line(f"{var} = fit({w.value(expr, rank)}, shapes[{name!r}], like)")
         outputs.append(f"{name!r}: {var}")
     finals = [f"{d.name!r}: final({w.atom(sympy.Symbol(d.name + chr(39)))}, states[{d.name!r}])" for d in ir.states]

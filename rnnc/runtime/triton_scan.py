@@ -63,7 +63,7 @@ def axis_blocks(module, sizes: tuple[int, ...], block_c: int) -> dict:
         >>> from rnnc.compiler import analyse_source
         >>> module = render_scan(analyse_source(open("examples/mamba.rnn").read()))
         >>> axis_blocks(module, (24, 16), 512)
-        {'BLOCK_D': 32, 'BLOCK_N': 16}
+        {'BLOCK_ax0': 32, 'BLOCK_ax1': 16}
     """
     blocks = {a.block: pow2_at_least(n) for a, n in zip(module.axes, sizes)}
     if module.parallel is not None:

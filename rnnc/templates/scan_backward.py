@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from rnnc.templates.names import comment
 from rnnc.templates.scan_grad import INDENT, Gradients
 from rnnc.templates.scan_layout import Layout
 from rnnc.templates.scan_program import ScanProgram, scan_call
@@ -63,7 +64,7 @@ def backward_lines(program: ScanProgram) -> BackwardLines:
         if kind == "reduction":
             g = grads.take(step.symbol)
             if g is not None:
-                symbol = grads.emit(program.name("g", step.symbol.name), g, program.layouts[step.symbol])
+                symbol = grads.emit(program.names.own("reduction gradient", "gr"), g, program.layouts[step.symbol])
                 grads.propagate([(_reduction_cotangent(program, grads, step, symbol), step.expr)])
         else:
             _component(program, grads, step)
@@ -83,7 +84,7 @@ def backward_lines(program: ScanProgram) -> BackwardLines:
         if g is None:
             continue
         grads.used |= g.free_symbols
-        acc = program.names.get(("g", leaf.symbol.name), f"g_{leaf.name}")
+        acc = program.names.tensor("g", leaf.source, gate=leaf.gate, placement=leaf.placement)
         setup.append(f"    {acc} = tl.zeros({program.tile_shape(leaf.layout)}, dtype=COMPUTE)")
         stores.append(f"{INDENT}{acc} += {program.src(g)}")
         at = program.at(program.name("d_w", leaf.source), leaf, "h")
@@ -148,9 +149,8 @@ def _component(program: ScanProgram, grads: Gradients, position: int) -> None:
     o = [grads.take(space.leaf(s, "old").symbol) for s in states]
     old = [space.leaf(s, "old").symbol for s in states]
     lines = grads.lines
-    lines.append(
-        f"{INDENT}# component {c.index + 1} ({', '.join(states)}), in reverse: lam is d/d{states[0]}' per step"
-    )
+    named = comment(", ".join(states))
+    lines.append(f"{INDENT}# component {c.index + 1} ({named}), in reverse: lam, the new value's cotangent per step")
     if kind == "maxplus":
         a, b = pieces["a"], pieces["b"]
         coefficient = [[sympy.Heaviside(old[0] + a - b, sympy.Rational(1, 2))]]

@@ -13,7 +13,7 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> module = render_scan(analyse_source(open("examples/hgrn.rnn").read()))
     >>> "def forward_kernel(" in module.text, module.forward_args[:2], [a.name for a in module.axes]
-    (True, ['in_x', 'in_g'], ['D'])
+    (True, ['in_x', 'in_g'], ['ax0'])
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import sympy
 
 from rnnc.compiler import Plan
 from rnnc.compiler.components import Stage
+from rnnc.compiler.nested import show
 from rnnc.errors import BackendError, LocatedBackendError
 from rnnc.templates.loading import template
+from rnnc.templates.names import comment
 from rnnc.templates.scan_backward import backward_lines
 from rnnc.templates.scan_combine import combine_source
 from rnnc.templates.scan_layout import Layout, TileAxis, TileSpace
@@ -129,7 +131,7 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
     Example:
         >>> from rnnc.compiler import analyse_source
         >>> module = render_scan(analyse_source(open("examples/mamba.rnn").read()))
-        >>> "r_0 = tl.sum(tl.where(mask_D_N, new_S * x_C, 0.0), axis=2, keep_dims=True)  # S' @ C" in module.text
+        >>> "r_0 = tl.sum(tl.where(mask_ax0_ax1, new_S * x_C, 0.0), axis=2, keep_dims=True)  # S' @ C" in module.text
         True
     """
     stage, post = split_outputs(plan, scan_stage(plan, stage))
@@ -166,7 +168,7 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
     for tensor, expr, count in tensors:
         offs, size = program.place_of(tensor)
         offsets.append({"offs": offs, "expr": expr, "size": size, "count": count})
-    dims_read = [{"name": d, "arg": n("num", d), "tile": n("value", d)} for d in space.dims_read]
+    dims_read = [{"comment": comment(d), "arg": n("num", d), "tile": n("value", d)} for d in space.dims_read]
     layouts = sorted(program.used_layouts, key=lambda lay: (len(lay.axes), lay.axes, lay.time))
     static = sorted({lay.axes for lay in layouts})
     layout_rows = []
@@ -183,8 +185,8 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
         )
     masks = [{"mask": program.mask(Layout(axes, True)), "valid": program.mask(Layout(axes, False))}
              for axes in static if Layout(axes, True) in program.used_layouts]  # fmt: skip
-    axes_rows = [{"name": a.name, "size": a.size, "block": a.block, "index": a.index, "valid": a.valid,
-                  "parallel": i == space.parallel} for i, a in enumerate(space.axes)]  # fmt: skip
+    axes_rows = [{"name": a.name, "dim": comment(str(a.dim)), "size": a.size, "block": a.block, "index": a.index,
+                  "valid": a.valid, "parallel": i == space.parallel} for i, a in enumerate(space.axes)]  # fmt: skip
     if space.parallel is None:
         ownership = "every entry of every axis"
     else:
@@ -193,7 +195,10 @@ def render_scan(plan: Plan, stage: Stage | None = None) -> ScanModule:
         ownership += f" and all of {', '.join(rest)}" if rest else ""
     describe = [f"{c.index + 1}. {', '.join(c.states)} ({c.kind})" for c in space.components]
     describe += [f"output {o.name} = {o.label}" for o in space.outputs]
-    describe += [f"per-step values of {', '.join(carries)} for the next stage"] if carries else []
+    describe += [f"output {name} = {show(e)}, computed after the kernels" for name, e in post]
+    describe += [f"reduction {h.name} = {show(h.expr)}, computed before the kernels" for h in hoisted]
+    describe += [f"per-step values of {', '.join(carries)} for what follows" for _ in carries[:1]]
+    describe = [comment(line) for line in describe]
     text = template("scan.py.jinja").render(
         cell=ir.cell,
         key=plan.key(),

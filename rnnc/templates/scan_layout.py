@@ -19,7 +19,7 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> space = TileSpace(analyse_source(open("examples/mamba.rnn").read()))
     >>> [a.name for a in space.axes], space.parallel, space.leaf("dt").axes
-    (['D', 'N'], 0, (0,))
+    (['ax0', 'ax1'], 0, (0,))
     >>> space.pieces[0]["a"], space.pieces[0]["b"]
     (exp(wt_A*x_dt), x_B*x_dt*x_u)
     >>> space.outputs[0].expr, space.reductions[0].expr
@@ -76,9 +76,10 @@ SCALAR = Layout((), False)
 class Leaf:
     """A tensor the kernel loads: an input, a weight (or a part of one), or a state's old or new value.
 
-    ``name`` is unique per leaf (the stem of its offsets); ``source`` is the declared tensor it
-    reads (its pointers); ``part`` is ``(axis, index, count, drop)`` for a part of ``source``;
-    ``shared`` says that other leaves read the same tensor (so gradients add, never overwrite).
+    ``name`` and ``source`` are the declared tensor it reads (its pointers); ``part`` is
+    ``(axis, index, count, drop)`` for a part of ``source``, ``placement`` which of its places
+    (``outer(x, x)`` reads ``x`` in two); ``shared`` says that other leaves read the same tensor
+    (so gradients add, never overwrite).
     """
 
     name: str
@@ -88,6 +89,12 @@ class Leaf:
     source: str = ""
     part: tuple[int, int, int, int] | None = None
     shared: bool = False
+    placement: int = 0  # which placement of ``source`` (or of its part) this leaf is
+
+    @property
+    def gate(self) -> int | None:
+        """The part's index (the gate of its identifiers), None for a whole tensor."""
+        return self.part[1] if self.part is not None else None
 
     @property
     def layout(self) -> Layout:
@@ -202,12 +209,10 @@ class TileSpace(AxisWalk):
         dims = [self.dim[r] for r in order]
         if any(d is None for d in dims):  # pragma: no cover - every axis ends at a leaf
             raise self.refuse("an axis has no size")
-        plain = [str(d) if isinstance(d, sympy.Symbol) else "" for d in dims]
-        self.axes = []
-        for i, d in enumerate(dims):
-            stem = plain[i] if plain[i] and plain.count(plain[i]) == 1 else f"ax{i}"  # D, N; ax1 for [2], [D, D]
-            names = [self.names.get((role, i), f"{role}_{stem}") for role in ("dim", "BLOCK", "i", "ok")]
-            self.axes.append(TileAxis(stem, d, *names))
+        # named by position (ax0, ax1): an axis's variables cannot meet anything the cell names
+        self.axes = [
+            TileAxis(f"ax{i}", d, f"dim_ax{i}", f"BLOCK_ax{i}", f"i_ax{i}", f"ok_ax{i}") for i, d in enumerate(dims)
+        ]
 
         def place(vars_: list[int]) -> tuple[int, ...]:
             return tuple(index[self.find(v)] for v in vars_)
@@ -222,11 +227,11 @@ class TileSpace(AxisWalk):
             shared = len(placements) > 1 or sum(key[0] == source for key in self.placements) > 1
             for i, vars_ in enumerate(placements):
                 symbol = self.leaf_symbol(source, kind, part, i)
-                stem = symbol.name.split("_", 1)[1]
-                self._leaves[(kind, source, part, i)] = Leaf(stem, kind, symbol, place(vars_), source, part, shared)
+                leaf = Leaf(source, kind, symbol, place(vars_), source, part, shared, i)
+                self._leaves[(kind, source, part, i)] = leaf
         self.layouts = {leaf.symbol: leaf.layout for leaf in self._leaves.values()}
-        self.layouts.update({sympy.Symbol(self.names.get(("value", d), f"value_{d}"), positive=True): SCALAR
-                             for d in self.dims_read})  # fmt: skip
+        for d in self.dims_read:
+            self.layouts[sympy.Symbol(self.names.tensor("value", d), positive=True)] = SCALAR
         self.dims_read = sorted(self.dims_read)
         # reductions: named in order, the same reduction met twice (q @ k in three pieces) computed once
         self.reductions: list[Reduction] = []
@@ -237,8 +242,7 @@ class TileSpace(AxisWalk):
             axes = tuple(sorted({index[self.find(v)] for v in vars_}))
             key = (op, expr, axes)
             if key not in seen:
-                count = len(self.reductions)
-                name = sympy.Symbol(self.names.get(("reduction", count), f"r_{count}"), real=True)
+                name = sympy.Symbol(self.names.own("reduction", "r"), real=True)
                 seen[key] = name
                 self.reductions.append(Reduction(name, op, expr, axes, label))
                 full = self.layout_of(expr)

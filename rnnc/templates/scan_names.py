@@ -1,18 +1,25 @@
-"""Identifiers of a generated scan module: readable, and never two things under one name.
+"""Identifiers of a generated scan module: the cell's names by :mod:`rnnc.templates.names`, the rest its own.
 
-A cell's own names (inputs, weights, states, outputs, dims) reach the kernels with a prefix
-(``x_u`` is input ``u``'s tile), and the kernels have names of their own (``row``, ``lane``,
-``mask_t``). A user's ``t`` or ``lane_x`` must not become one of those: every identifier is
-asked for here, by what it stands for, and a name already taken gets a numbered suffix. Asking
-again for the same thing gives the same name, so one allocator serves a whole module.
+An identifier that carries a cell's name (input ``u``'s tile, state ``S``'s carry, dim ``D``
+read as a number) is ``names.derived(ROLE, user=name)``: injective, and never equal to a
+variable of the template's own. The template's own variables are fixed words (``row``,
+``lane``), positional names (``i_ax0``, ``mask_ax0_ax1``) or numbered temporaries (``r_0``,
+``gt_3``), none of which parses to a role that carries a cell's name (``tests/test_names.py``
+checks that). The reductions hoisted before the kernel (``pre_0``) are tensors rnnc made, not
+the cell: their identifiers put the role after the name (``pre_0_x``), a shape no cell name
+can produce.
 
 Example:
-    >>> names = Identifiers(reserved=["row", "mask_t"])
-    >>> names.get(("mask", "t"), "mask_t"), names.get(("input", "u"), "x_u"), names.get(("mask", "t"), "mask_t")
-    ('mask_t_2', 'x_u', 'mask_t_2')
+    >>> names = Identifiers(hoisted={"pre_0"})
+    >>> names.tensor("x", "u"), names.tensor("x", "x_0"), names.tensor("x", "g", gate=1), names.tensor("x", "pre_0")
+    ('x_u', 'x_x__0', 'x_g_1', 'pre_0_x')
+    >>> names.own("temporary", "gt"), names.own("temporary", "gt")
+    ('gt_0', 'gt_1')
 """
 
 from __future__ import annotations
+
+from rnnc.templates.names import derived
 
 # names every scan kernel uses for itself (and Python's and Triton's own)
 FIXED = (
@@ -22,26 +29,39 @@ FIXED = (
 
 
 class Identifiers:
-    """Allocates identifiers: ``get(key, preferred)`` is ``preferred`` unless something else has it."""
+    """The identifiers of one generated module: ``tensor`` for what carries a cell's name, ``own`` for the rest."""
 
-    def __init__(self, reserved=FIXED):
+    def __init__(self, hoisted=(), reserved=FIXED):
+        self.hoisted = set(hoisted)
         self._taken: set[str] = set(reserved)
-        self._given: dict[object, str] = {}
+        self._count: dict[str, int] = {}
 
-    def get(self, key, preferred: str) -> str:
-        """The identifier of ``key``: ``preferred``, or ``preferred_2``, ``preferred_3``... if taken.
+    def tensor(self, role: str, name: str, gate: int | None = None, placement: int = 0) -> str:
+        """The identifier of role ``role`` (words joined by ``_``) for tensor ``name``: a part's index as
+        the gate, a second placement of a leaf as one more role word (``x_p1_u``).
+
+        Example:
+            >>> Identifiers().tensor("d_in", "u"), Identifiers().tensor("x", "u", placement=1)
+            ('d_in_u', 'x_p1_u')
+        """
+        words = [*role.split("_"), *([f"p{placement}"] if placement else [])]
+        if name in self.hoisted:
+            return "_".join([name, *(w.lower() for w in words), *([str(gate)] if gate is not None else [])])
+        return derived(*words, user=name, gate=gate)
+
+    def own(self, kind: str, stem: str) -> str:
+        """A fresh variable of the template's own: ``stem_<n>``, numbered per ``kind`` (never a cell's name).
 
         Example:
             >>> names = Identifiers()
-            >>> names.get("a", "row"), names.get("b", "row"), names.get("a", "other")
-            ('row_2', 'row_3', 'row_2')
+            >>> names.own("reduction", "r"), names.own("reduction", "r"), names.own("other", "c")
+            ('r_0', 'r_1', 'c_0')
         """
-        if key in self._given:
-            return self._given[key]
-        name, count = preferred, 1
-        while name in self._taken:
+        count = self._count.get(kind, 0)
+        self._count[kind] = count + 1
+        name = f"{stem}_{count}"
+        while name in self._taken:  # pragma: no cover - numbered names never meet the fixed ones
             count += 1
-            name = f"{preferred}_{count}"
+            name = f"{stem}_{count}"
         self._taken.add(name)
-        self._given[key] = name
         return name

@@ -20,6 +20,7 @@ import sympy
 
 from rnnc.compiler import Plan
 from rnnc.compiler.components import Stage
+from rnnc.templates.names import comment
 from rnnc.templates.scan_combine import combine_name
 from rnnc.templates.scan_grad import INDENT, tl_source
 from rnnc.templates.scan_layout import Layout, Leaf, Reduction, TileSpace
@@ -60,7 +61,6 @@ class ScanProgram:
         self.layouts = dict(self.space.layouts)  # symbol -> layout; the kernels' own symbols join
         self.used_layouts: set[Layout] = set()
         self.combines: set[tuple[str, int, bool]] = set()
-        self._temporaries = 0
         self.steps = self._steps()
         reads = set()
         for e in [
@@ -80,12 +80,11 @@ class ScanProgram:
             >>> ScanProgram(analyse_source(open("examples/hgrn.rnn").read())).name("d_in", "x")
             'd_in_x'
         """
-        return self.names.get((role, tensor), f"{role}_{tensor}")
+        return self.names.tensor(role, tensor)
 
     def fresh(self, stem: str) -> str:
         """A new identifier ``stem_<n>`` (temporaries of the backward kernel)."""
-        self._temporaries += 1
-        return self.names.get(("temporary", self._temporaries), f"{stem}_{self._temporaries}")
+        return self.names.own("temporary", stem)
 
     def state_symbol(self, state: str, role: str) -> sympy.Symbol:
         """A symbol of the kernels' own for a state (``lam``, ``co``...), with the state's layout."""
@@ -101,13 +100,12 @@ class ScanProgram:
         """The mask variable of a layout: ``mask_X`` (steps and entries that exist) or ``valid_X`` (entries)."""
         self.used_layouts.add(layout)
         self.used_layouts.add(Layout(layout.axes, False))
-        key = "mask" if layout.time else "valid"
-        return self.names.get((key, layout.axes), f"{key}_{self.layout_name(layout)}")
+        return f"{'mask' if layout.time else 'valid'}_{self.layout_name(layout)}"
 
     def zero(self, layout: Layout) -> str:
         """``zero_X``: zeros of a per-step layout in the compute dtype (gives expressions the tile's shape)."""
         self.used_layouts.add(layout)
-        return self.names.get(("zero", layout.axes), f"zero_{self.layout_name(layout)}")
+        return f"zero_{self.layout_name(layout)}"
 
     def tile_shape(self, layout: Layout) -> str:
         """``[BLOCK_T, BLOCK_D, 1]``-style shape of a layout (1 along time for a layout that does not vary)."""
@@ -137,11 +135,10 @@ class ScanProgram:
     def place_of(self, tensor) -> tuple[str, str]:
         """(offsets variable, row size variable) of a leaf, or of a state or output by name."""
         if isinstance(tensor, Leaf) and tensor.kind in ("input", "weight"):
-            key, stem = ("leaf", tensor.symbol.name), tensor.name
-        else:
-            name = tensor.source if isinstance(tensor, Leaf) else tensor
-            key, stem = ("tensor", name), name
-        return self.names.get(("offs", *key), f"offs_{stem}"), self.names.get(("size", *key), f"size_{stem}")
+            where = {"gate": tensor.gate, "placement": tensor.placement}
+            return self.names.tensor("offs", tensor.source, **where), self.names.tensor("size", tensor.source, **where)
+        name = tensor.source if isinstance(tensor, Leaf) else tensor
+        return self.names.tensor("offs", name), self.names.tensor("size", name)
 
     def at(self, pointer: str, tensor, row: str) -> str:
         """The addresses of a tensor's entries of this block in row ``row`` of ``pointer``."""
@@ -223,7 +220,7 @@ class ScanProgram:
         text = f"tl.where({self.mask(full)}, {self.src(r.expr)}, {fill})"
         for a in r.axes:
             text = f"tl.{r.op}({text}, axis={a + 1}, keep_dims=True)"
-        return f"{INDENT}{r.symbol.name} = {text}  # {r.label}"
+        return f"{INDENT}{r.symbol.name} = {text}  # {comment(r.label)}"
 
     # --- loads ----------------------------------------------------------------------------------
     def load_leaf(self, leaf: Leaf, indent: str = INDENT) -> list[str]:
@@ -268,7 +265,7 @@ class ScanProgram:
             out = self.name("out", o.name)
             at = self.at(out, o.name, "row")
             value = f"({self.zero(o.layout)} + ({self.src(o.expr)})).to({out}.dtype.element_ty)"
-            lines.append(f"{INDENT}# {o.name} = {o.label}")
+            lines.append(f"{INDENT}# {comment(o.name + ' = ' + o.label)}")
             lines.append(f"{INDENT}tl.store({at}, {value}, mask={self.mask(o.layout)})")
         return lines
 
@@ -279,7 +276,7 @@ class ScanProgram:
         mask, zero = self.mask(layout), self.zero(layout)
         previous = any(self.space.leaf(s, "old").symbol in self.forward_reads for s in states)
         self.combines.add((kind, n, previous))
-        lines = [f"{INDENT}# component {c.index + 1}: {'; '.join(c.evidence[:1])}"]
+        lines = [f"{INDENT}# component {c.index + 1}: {comment('; '.join(c.evidence[:1]))}"]
         one, none = IDENTITY[kind]
         if kind == "maxplus" or n == 1:
             entries = [("a", pieces["a"], one), ("b", pieces["b"], none)]

@@ -35,6 +35,7 @@ class AxisWalk:
 
     def __init__(self, decls: dict, states: list[str], names, cell: str = "", dims=()):
         self.decls = decls
+        self.source_decls = set(decls)  # the cell's own (hoisted reductions join decls later)
         self.states = states
         self.ranks = leaf_ranks(decls)
         self.names = names
@@ -168,7 +169,7 @@ class AxisWalk:
         if decl is None:
             if name in self.dims:
                 self.dims_read.add(name)
-                return sympy.Symbol(self.names.get(("value", name), f"value_{name}"), positive=True)
+                return sympy.Symbol(self.names.tensor("value", name), positive=True)
             raise self.refuse(f"it reads {name}, which is neither a tensor nor a dim")  # pragma: no cover
         if decl.kind == "state" and name not in self.states:
             raise self.refuse(f"it reads state {name}, which another stage runs")
@@ -226,6 +227,7 @@ class AxisWalk:
     def merge_occurrences(self) -> dict:
         """Each read of a leaf joins the first placement it can share without folding a tensor
         onto itself, or starts a new one; returns {occurrence symbol: placement symbol}."""
+        self.names.hoisted |= {key[0] for _, key, _, _ in self.occurrences if key[0] not in self.source_decls}
         rename = {}
         for symbol, key, kind, vars_ in self.occurrences:
             placements = self.placements.setdefault(key, [])
@@ -242,13 +244,14 @@ class AxisWalk:
     # --- symbols --------------------------------------------------------------------------------
     def state_symbol(self, state: str, new: bool) -> sympy.Symbol:
         """The tile symbol of a state's new (``new_S``) or previous (``old_S``) value."""
-        kind = "new" if new else "old"
-        return sympy.Symbol(self.names.get((kind, state), f"{kind}_{state}"), real=True)
+        return sympy.Symbol(self.names.tensor("new" if new else "old", state), real=True)
 
     def leaf_symbol(self, source: str, kind: str, part, placement: int) -> sympy.Symbol:
-        """The tile symbol of an input (``x_u``) or weight (``wt_A``) leaf: a part, a later placement."""
-        return sympy.Symbol(self.names.get(("leaf", source, part, placement), leaf_stem(kind, source, part, placement)),
-                            real=True)  # fmt: skip
+        """The tile symbol of an input (``x_u``) or weight (``wt_A``) leaf: a part's index as the gate
+        (``x_g_1``), a later placement as one more role word (``x_p1_x``)."""
+        role = {"input": "x", "weight": "wt"}[kind]
+        gate = part[1] if part is not None else None
+        return sympy.Symbol(self.names.tensor(role, source, gate=gate, placement=placement), real=True)
 
 
 def leaf_ranks(decls: dict) -> dict[str, int]:
@@ -263,16 +266,3 @@ def leaf_ranks(decls: dict) -> dict[str, int]:
     ranks = {name: len(d.shape) for name, d in decls.items()}
     ranks.update({name + "'": len(d.shape) for name, d in decls.items() if d.kind == "state"})
     return ranks
-
-
-def leaf_stem(kind: str, source: str, part, placement: int) -> str:
-    """``x_u``, ``wt_A``, ``x_g_1`` (part 1 of g), ``x_x_at1`` (x's second placement).
-
-    Example:
-        >>> leaf_stem("input", "g", (0, 1, 2, 1), 0), leaf_stem("weight", "A", None, 1)
-        ('x_g_1', 'wt_A_at1')
-    """
-    stem = {"input": "x_", "weight": "wt_"}[kind] + source
-    if part is not None:
-        stem += f"_{part[1]}"
-    return stem + (f"_at{placement}" if placement else "")
