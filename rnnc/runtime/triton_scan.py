@@ -28,9 +28,9 @@ import math
 import torch
 import triton
 
-from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.arguments import Call, bind  # noqa: F401 - bind: the doctests bind calls
 from rnnc.runtime.custom_ops import run_kernels
-from rnnc.runtime.launch import GeneratedKernels, on_gpu, output_shape, pow2_at_least, triton_dtype
+from rnnc.runtime.launch import GeneratedKernels, bind_for_triton, on_gpu, output_shape, pow2_at_least, triton_dtype
 from rnnc.runtime.scan_around import AroundScan, pullback
 from rnnc.runtime.varlen import sequence_bounds
 from rnnc.templates.scan_codegen import render_scan, scan_stage
@@ -267,7 +267,7 @@ class ScanStageKernels(GeneratedKernels):
         return [g.to(x.dtype) for g, x in zip(total, flat)]
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
+        return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
 
 class ScanKernels(ScanStageKernels):
