@@ -10,9 +10,9 @@ Time is cut into chunks of C rows. A query after row ``p`` sees entry ``e`` of r
 decayed by ``exp`` of the log decays of rows ``i < r <= p``, and the state before the chunk
 decayed by those of rows ``r <= p`` (:class:`ChunkDecays` forms every such sum directly, so that
 the decays' gradients add what reaches a row rather than cancel large terms). Every exponent is
-``<= 0`` for log decays ``<= 0``: pair exponents are masked before ``exp``; per-channel decays
-split the chunk into sub-blocks of 16 rows, anchored at the row before each query block, with the
-diagonal sub-blocks summed elementwise. Log decays are floored where ``exp`` is zero in the dtype
+``<= 0`` for log decays ``<= 0``: a scalar decay's pair exponents are masked before ``exp``; with
+per-channel decays, pairs of rows are formed by halving the chunk, the pairs across two halves as
+one product anchored at the boundary between them. Log decays are floored where ``exp`` is zero in the dtype
 anyway (so ``-inf``, a reset, stays finite). A product that contracts rows of a chunk (scores times
 values) zeroes non-finite operand rows and marks the outputs they would have reached as NaN, so a
 NaN at row ``i`` reaches no output before ``i``.
@@ -31,10 +31,11 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-SUB = 16  # rows of a sub-block of a per-channel decay (its diagonal blocks are summed elementwise)
 
 
 def log_floor(dtype: torch.dtype) -> float:
@@ -61,25 +62,18 @@ def causal_product(scores: torch.Tensor, values: torch.Tensor, strict: bool) -> 
         >>> causal_product(scores, torch.tensor([[1.0], [float("nan")], [2.0]]), False)[:, 0].tolist()
         [1.0, nan, nan]
     """
-    bad = ~torch.isfinite(values)
-    if not bool(bad.any()):
+    if _finite(values):
         return scores @ values
+    bad = ~torch.isfinite(values)
     seen = bad.to(values.dtype).cumsum(-2)
     if strict:
         seen = seen - bad.to(values.dtype)
-    clean = scores @ torch.where(bad, torch.zeros_like(values), values)
-    return torch.where(seen > 0, torch.full_like(clean, float("nan")), clean)
+    clean = scores @ torch.where(bad, 0.0, values)
+    return torch.where(seen > 0, float("nan"), clean)
 
 
 def _mask(C: int, strict: bool, device) -> torch.Tensor:
     return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1 if strict else 0)
-
-
-def _between(C: int, strict: bool, like: torch.Tensor) -> torch.Tensor:
-    """``[p, i, r]`` = 1 where row r's decay lies between entry row i and a query at (or before) row p."""
-    rows = torch.arange(C, device=like.device)
-    p, i, r = rows[:, None, None], rows[None, :, None], rows[None, None, :]
-    return ((i < r) & (r <= (p - 1 if strict else p))).to(like.dtype)
 
 
 def _exclusive(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -91,6 +85,13 @@ def _exclusive(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     return torch.flip(shifted, [-2]) if reverse else shifted
 
 
+def _between(C: int, strict: bool, like: torch.Tensor) -> torch.Tensor:
+    """``[p, i, r]`` = 1 where row r's decay lies between entry row i and a query after (or before) row p."""
+    rows = torch.arange(C, device=like.device)
+    p, i, r = rows[:, None, None], rows[None, :, None], rows[None, None, :]
+    return ((i < r) & (r <= (p - 1 if strict else p))).to(like.dtype)
+
+
 def _sum_over(equation: str, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``einsum(equation, mask, x)`` for a 0/1 ``mask``: a non-finite term reaches only the sums it is in.
 
@@ -99,9 +100,9 @@ def _sum_over(equation: str, mask: torch.Tensor, x: torch.Tensor) -> torch.Tenso
         >>> _sum_over("ij,j->i", torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([1.0, float("nan")])).tolist()
         [1.0, nan]
     """
-    bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
+    if _finite(x):
         return torch.einsum(equation, mask, x)
+    bad = ~torch.isfinite(x)
     total = torch.einsum(equation, mask, torch.where(bad, torch.zeros_like(x), x))
     reached = torch.einsum(equation, mask, bad.to(x.dtype)) > 0
     return torch.where(reached, torch.full_like(total, float("nan")), total)
@@ -112,8 +113,9 @@ class ChunkDecays:
 
     Each is summed directly from ``lam`` over the rows it spans (never a difference of running
     sums), so that the decays' gradients, which autograd forms from these sums, add the terms
-    that reach a row instead of cancelling large ones: ``through`` row p (or ``before`` it), ``to_end``
-    (after row i to the chunk's end), ``last`` (the whole chunk), and the pair sums of ``scores``.
+    that reach a row instead of cancelling large ones: ``through`` row p (or ``before`` it),
+    ``to_end`` (after row i to the chunk's end), ``last`` (the whole chunk), and, for a scalar
+    decay, the ``pairs`` between rows.
 
     Example:
         >>> import torch
@@ -128,6 +130,7 @@ class ChunkDecays:
         self.through = self.before + lam
         self.to_end = _exclusive(lam, reverse=True)
         self.last = lam.sum(-2, keepdim=True)
+        self._factors: dict[bool, torch.Tensor] = {}
 
     def query(self, strict: bool) -> torch.Tensor:
         """The decay from the chunk's start to a query after row p (before it when ``strict``)."""
@@ -137,15 +140,18 @@ class ChunkDecays:
         """Scalar decays: ``[..., p, i]`` = the sum of ``lam`` over rows i < r <= p (r < p when strict)."""
         return _sum_over("pir,...r->...pi", _between(self.lam.shape[-2], strict, self.lam), self.lam[..., 0])
 
-    def blocks(self, s: int):
-        """Diagonal decays in sub-blocks of s rows: ``lam`` as ``[..., n, s, K]``."""
-        return self.lam.reshape(*self.lam.shape[:-2], -1, s, self.lam.shape[-1])
+    def factor(self, strict: bool) -> torch.Tensor:
+        """Scalar decays: ``exp(pairs)`` where row i is before the query (one where it is not), computed once."""
+        if strict not in self._factors:
+            pairs = self.pairs(strict)
+            self._factors[strict] = torch.exp(torch.where(_mask(pairs.shape[-1], strict, pairs.device), pairs, 0.0))
+        return self._factors[strict]
 
 
 def decayed_scores(Q, A, decays: ChunkDecays | None, strict: bool) -> torch.Tensor:
     """``[p, i] = sum_k Q[p, k] A[i, k] exp(decay between row i and the query at row p)``, zero where i is later.
 
-    ``Q``, ``A``: ``[..., C, K]``; ``decays`` None for the identity.
+    ``Q``, ``A``: ``[..., C, K]`` with C a power of two; ``decays`` None for the identity.
 
     Example:
         >>> import torch
@@ -154,59 +160,62 @@ def decayed_scores(Q, A, decays: ChunkDecays | None, strict: bool) -> torch.Tens
         >>> [[round(float(x), 4) for x in row] for row in scores]
         [[1.0, 0.0], [0.1353, 1.0]]
     """
-    C = Q.shape[-2]
-    mask = _mask(C, strict, Q.device)
     if decays is not None and decays.kind == "diagonal":
-        return _diagonal_scores(Q, A, decays, strict)
-    scores = Q @ A.transpose(-1, -2)
-    if decays is not None:
-        pairs = decays.pairs(strict)
-        scores = scores * torch.exp(torch.where(mask, pairs, torch.zeros_like(pairs)))
-    return torch.where(mask, scores, torch.zeros_like(scores))
+        return _halving_scores(Q, A, decays.lam, strict)
+    return _masked_scores(Q, [A], decays, strict)[0]
 
 
-def _diagonal_scores(Q, A, decays: ChunkDecays, strict: bool) -> torch.Tensor:
-    """Per-channel decays: sub-blocks of SUB rows; off the diagonal anchored at the row before the query block."""
+def _masked_scores(Q, entries: list, decays: ChunkDecays | None, strict: bool) -> list[torch.Tensor]:
+    """Identity or scalar decays: the scores of ``Q`` against each entry tile, decayed and masked."""
+    mask = _mask(Q.shape[-2], strict, Q.device)
+    out = []
+    for a in entries:
+        scores = Q @ a.transpose(-1, -2)
+        if decays is not None:
+            scores = scores * decays.factor(strict)
+        out.append(torch.where(mask, scores, 0.0))
+    return out
+
+
+def _halving_scores(Q, A, lam, strict: bool) -> torch.Tensor:
+    """Decayed scores built by halving: at every level, the pairs across the two halves of a block are one
+    product anchored at the boundary between them (the query side decays from it, the entry side to it,
+    both exponents <= 0), and the halves recurse down to single rows. No pair is formed across a later
+    row, so nothing is masked; the work is that of one dense product of a chunk.
+    """
     *lead, C, K = Q.shape
-    s = min(SUB, C)
-    n = C // s
-    lam = decays.blocks(s)  # [..., n, s, K]
-    Qb, Ab = Q.reshape(*lead, n, s, K), A.reshape(*lead, n, s, K)
-    inside = _mask(s, strict, Q.device)[..., None]
-    pairs = _sum_over("pir,...nrk->...npik", _between(s, strict, lam), lam)
-    decay = torch.exp(torch.where(inside, pairs, torch.zeros_like(pairs)))
-    products = Qb[..., :, None, :] * Ab[..., None, :, :] * decay
-    diagonal = torch.where(inside, products, torch.zeros_like(products)).sum(-1)  # [..., n, s, s]
-    eye = torch.eye(n, dtype=torch.bool, device=Q.device)[:, None, :, None]
-    scores = torch.where(eye, diagonal[..., :, :, None, :], torch.zeros_like(diagonal[..., :, :, None, :]))
-    if n > 1:
-        # query block a >= 1 is anchored at the row before it: the query side decays from the block's
-        # start, the entry side (rows of earlier blocks) from its row to the block's start
-        own = _exclusive(lam) if strict else _exclusive(lam) + lam
-        Qs = Qb[..., 1:, :, :] * torch.exp(own[..., 1:, :, :])
-        tail = _exclusive(lam, reverse=True).reshape(*lead, C, K)  # after row i to the end of its block
-        totals = lam.sum(-2)  # [..., n, K]
-        a, b, b2 = (torch.arange(n, device=Q.device) for _ in range(3))
-        between_blocks = ((b[None, :, None] < b2[None, None, :]) & (b2[None, None, :] < a[1:, None, None])).to(
-            lam.dtype
-        )
-        middle = torch.einsum("abc,...ck->...abk", between_blocks, totals)  # [..., n-1, n, K]
-        blocks = torch.arange(C, device=Q.device) // s
-        gap = tail[..., None, :, :] + middle[..., :, blocks, :]  # [..., n-1, C, K]
-        earlier = (blocks[None, :] < torch.arange(1, n, device=Q.device)[:, None])[..., None]  # [n-1, C, 1]
-        scaled = A[..., None, :, :] * torch.exp(torch.where(earlier, gap, torch.zeros_like(gap)))
-        As = torch.where(earlier, scaled, torch.zeros_like(scaled))
-        off = Qs @ As.transpose(-1, -2)  # [..., n-1, s, C]
-        off = torch.cat([torch.zeros_like(off[..., :1, :, :]), off], dim=-3)
-        scores = scores + off.reshape(*lead, n, s, n, s)
-    return scores.reshape(*lead, C, C)
+    Kd = lam.shape[-1]
+    if strict:
+        blocks = Q.new_zeros(*lead, C, 1, 1)
+    else:
+        blocks = (Q * A).sum(-1)[..., None, None]
+    size = 1
+    while size < C:
+        n = C // (2 * size)
+        Qh, Ah = Q.reshape(*lead, n, 2, size, K), A.reshape(*lead, n, 2, size, K)
+        halves = lam.reshape(*lead, n, 2, size, Kd)
+        right, left = halves[..., 1, :, :], halves[..., 0, :, :]
+        query_decay = _exclusive(right) if strict else _exclusive(right) + right
+        Qs = Qh[..., 1, :, :] * torch.exp(query_decay)
+        As = Ah[..., 0, :, :] * torch.exp(_exclusive(left, reverse=True))
+        if size >= 8:
+            cross = Qs @ As.transpose(-1, -2)
+        else:
+            cross = (Qs[..., :, None, :] * As[..., None, :, :]).sum(-1)
+        pairs = blocks.reshape(*lead, n, 2, size, size)
+        top = torch.cat([pairs[..., 0, :, :], torch.zeros_like(cross)], dim=-1)
+        bottom = torch.cat([cross, pairs[..., 1, :, :]], dim=-1)
+        blocks = torch.cat([top, bottom], dim=-2)
+        size *= 2
+    return blocks.reshape(*lead, C, C)
 
 
 def _pad_chunks(x: torch.Tensor | None, R_pad: int, C: int) -> torch.Tensor | None:
     """[B, H, R, D] -> [B, H, N, C, D], padded with zero rows (identity rows: nothing enters)."""
     if x is None:
         return None
-    x = F.pad(x, (0, 0, 0, R_pad - x.shape[-2]))
+    if x.shape[-2] != R_pad:
+        x = F.pad(x, (0, 0, 0, R_pad - x.shape[-2]))
     return x.reshape(*x.shape[:-2], R_pad // C, C, x.shape[-1])
 
 
@@ -216,87 +225,94 @@ def run_state(S0, lam, decay: str, W, U, writes, queries, chunk: int):
     ``S0`` ``[B, H, K, V]``; ``lam`` ``[B, H, R, 1]`` or ``[B, H, R, K]`` (None for identity);
     ``W``, ``U`` ``[B, H, R, K]`` the correction's query and (scaled) key, or None; ``writes`` a list
     of ``(A [B, H, R, K], B [B, H, R, V])``; ``queries`` a list of ``(Q [B, H, R, K], strict)``.
-    Returns ``([Y [B, H, R, V] per query], S_final)``. ``chunk`` rows per chunk (16 for a diagonal decay
-    needs a multiple of 16 or fewer rows).
+    Returns ``([Y [B, H, R, V] per query], S_final)``; ``chunk`` (rows per chunk) is a power of two.
     """
     R = queries[0][0].shape[-2] if queries else writes[0][0].shape[-2]
     C = chunk
     N = -(-R // C)
     R_pad = N * C
-    writes = [(_pad_chunks(a, R_pad, C), _pad_chunks(b, R_pad, C)) for a, b in writes]
+    keys = [_pad_chunks(a, R_pad, C) for a, _ in writes]
+    values = [_pad_chunks(b, R_pad, C) for _, b in writes]
     queries = [(_pad_chunks(q, R_pad, C), strict) for q, strict in queries]
     W, U = _pad_chunks(W, R_pad, C), _pad_chunks(U, R_pad, C)
     decays = None
     if decay != "identity":
         decays = ChunkDecays(_pad_chunks(lam.clamp(min=log_floor(lam.dtype)), R_pad, C), decay)
 
-    def scale(x, g):  # x * exp(g), or x for the identity
-        return x if decays is None else x * torch.exp(g(decays))
+    def scale(x, which: str):  # x decayed by one of the decays' sums, or x for the identity
+        return x if decays is None else x * torch.exp(getattr(decays, which))
 
-    def scores(Q, A, strict):
-        return decayed_scores(Q, A, decays, strict)
+    def scores(Q, entries, strict):  # the scores of a query tile against several entry tiles
+        if decays is not None and decays.kind == "diagonal":
+            return [_halving_scores(Q, a, decays.lam, strict) for a in entries]
+        return _masked_scores(Q, entries, decays, strict)
 
-    def to_end(d):
-        return d.to_end
-
-    def before(d):
-        return d.before
-
-    carried = [(scale(a, to_end), b) for a, b in writes]  # entries decayed to the chunk end
-    local = None  # the state a chunk adds, from its own rows: [B, H, N, K, V]
-    for a_end, b in carried:
-        local = _add(local, a_end.transpose(-1, -2) @ b)
+    local = None  # the state a chunk adds from its own rows: [B, H, N, K, V]
+    for a, b in zip(keys, values):
+        local = _add(local, scale(a, "to_end").transpose(-1, -2) @ b)
     if W is not None:
-        # corrections: X = Wd S0 + Mcc X + sum Mcw B  ->  X = X_loc + Yw S0
-        system = torch.eye(C, dtype=W.dtype, device=W.device) - scores(W, U, True)
+        # corrections: X = Wd S0 + Mcc X + sum Mcw B, so X = X_loc + Yw S0 by one triangular solve
+        into_corrections = scores(W, [U, *keys], True)
+        system = torch.eye(C, dtype=W.dtype, device=W.device) - into_corrections[0]
         rhs = None
-        for a, b in writes:
-            rhs = _add(rhs, causal_product(scores(W, a, True), b, True))
-        solve = lambda x: torch.linalg.solve_triangular(system, x, upper=False, unitriangular=True)  # noqa: E731
-        Yw = _solve_causal(solve, scale(W, before))
-        X_loc = _solve_causal(solve, rhs) if rhs is not None else None
-        U_end = scale(U, to_end).transpose(-1, -2)
-        transition = U_end @ Yw  # [B, H, N, K, K]
+        for m, b in zip(into_corrections[1:], values):
+            rhs = _add(rhs, causal_product(m, b, True))
+        Wd = scale(W, "before")
+        both = _solve_causal(system, Wd if rhs is None else torch.cat([Wd, rhs], dim=-1))
+        Yw, X_loc = (both, None) if rhs is None else both.split([Wd.shape[-1], rhs.shape[-1]], dim=-1)
+        U_end = scale(U, "to_end").transpose(-1, -2)
+        transition = (U_end @ Yw).unbind(2)  # [B, H, K, K] per chunk
         if X_loc is not None:
             local = _add(local, U_end @ X_loc)
-    decay_end = None if decays is None else torch.exp(decays.last).transpose(-1, -2)  # [B, H, N, Kd, 1]
+    decay_end = None if decays is None else torch.exp(decays.last).transpose(-1, -2).unbind(2)  # [B, H, Kd, 1]
+    local = None if local is None else local.unbind(2)
 
     starts = []
     S = S0
     for c in range(N):
         starts.append(S)
-        nxt = S if decay_end is None else decay_end[:, :, c] * S
+        nxt = S if decay_end is None else decay_end[c] * S
         if W is not None:
-            nxt = nxt + transition[:, :, c] @ S
-        S = nxt + local[:, :, c] if local is not None else nxt
+            nxt = nxt + transition[c] @ S
+        S = nxt + local[c] if local is not None else nxt
     starts = torch.stack(starts, dim=2)  # [B, H, N, K, V]
 
     reads = []
     for Q, strict in queries:
-        reader = scale(Q, lambda d: d.query(strict))  # noqa: B023 - used at once
+        reader = scale(Q, "before" if strict else "through")
         const = None
+        entries = scores(Q, [U, *keys] if W is not None else keys, strict)
         if W is not None:
-            P_u = scores(Q, U, strict)
-            reader = reader + causal_product(P_u, Yw, strict)
+            reader = reader + causal_product(entries[0], Yw, strict)
             if X_loc is not None:
-                const = causal_product(P_u, X_loc, strict)
-        for a, b in writes:
-            const = _add(const, causal_product(scores(Q, a, strict), b, strict))
+                const = causal_product(entries[0], X_loc, strict)
+            entries = entries[1:]
+        for p, b in zip(entries, values):
+            const = _add(const, causal_product(p, b, strict))
         y = reader @ starts
         y = y + const if const is not None else y
         reads.append(y.reshape(*y.shape[:2], R_pad, y.shape[-1])[:, :, :R])
     return reads, S
 
 
+def _finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite, in one pass (a sum that overflows only sends the caller the careful way)."""
+    return math.isfinite(float(x.detach().sum()))
+
+
 def _add(total, x):
     return x if total is None else total + x
 
 
-def _solve_causal(solve, rhs: torch.Tensor) -> torch.Tensor:
-    """A unit lower-triangular solve whose non-finite right-hand rows reach only the rows after them."""
-    bad = ~torch.isfinite(rhs)
-    if not bool(bad.any()):
+def _solve_causal(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``system^-1 rhs`` for a unit lower-triangular ``system``; a non-finite row of ``rhs`` reaches only later rows."""
+
+    def solve(x):
+        return torch.linalg.solve_triangular(system, x, upper=False, unitriangular=True)
+
+    if _finite(rhs):
         return solve(rhs)
+    bad = ~torch.isfinite(rhs)
     seen = bad.to(rhs.dtype).cumsum(-2) > 0
-    clean = solve(torch.where(bad, torch.zeros_like(rhs), rhs))
-    return torch.where(seen, torch.full_like(clean, float("nan")), clean)
+    clean = solve(torch.where(bad, 0.0, rhs))
+    return torch.where(seen, float("nan"), clean)
