@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def log_floor(dtype: torch.dtype) -> float:
     """The log decay below which ``exp`` is exactly zero in ``dtype`` (a reset): decays are floored there.
 
