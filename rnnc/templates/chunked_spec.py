@@ -236,7 +236,7 @@ def build_spec(ir, states: tuple[LinearState, ...], outputs: tuple[OutputPiece, 
         >>> o = OutputPiece("o", (V,), t("r"), (Read(t("r"), "S", True, t("q")),))
         >>> spec = build_spec(ir, (S,), (o,))
         >>> [(x.name, x.role) for x in spec.leaves], spec.outputs[0].space
-        ([('q', 'input'), ('k', 'input'), ('v', 'input'), ('log_gamma', 'weight')], 'value')
+        ([('q', 'input'), ('k', 'input'), ('v', 'input'), ('log_gamma', 'weight'), ('K', 'dim'), ('V', 'dim')], 'value')
     """
     cell = ir.cell
     if not states:
@@ -295,7 +295,7 @@ def build_spec(ir, states: tuple[LinearState, ...], outputs: tuple[OutputPiece, 
         key_dim,
         value_dim,
         n_sub,
-        tuple(x for x in leaves if x.name in used),
+        tuple(x for x in leaves if x.name in used or x.role == "dim"),  # dims size the tiles
         rows,
         tuple(reads),
         tuple(specs),
@@ -418,3 +418,52 @@ def _check_spaces(spec: ChunkedSpec) -> None:
                     f"needs the {label} piece ({space} space) to read scalars or [{dims.get(space)}] vectors, "
                     f"has {name} {show_shape(shape)}",
                 )
+
+
+def stage_spec(plan) -> ChunkedSpec:
+    """The :class:`ChunkedSpec` of a Plan's chunked stage, from the analysis' components.
+
+    Until the analysis builds components (``Plan.components``, ``Plan.stages``), the pieces of the
+    one matrix state that ``chunked_pieces`` recognises stand in for them.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> spec = stage_spec(analyse_source(open("examples/gated_deltanet.rnn").read()))
+        >>> spec.states[0].decay, spec.states[0].corrected
+        ('scalar', True)
+    """
+    stages = getattr(plan, "stages", None)
+    if stages:
+        chunked = [s for s in stages if s.strategy == "chunked"]
+        if len(chunked) != 1:
+            raise unsupported(plan.ir.cell, f"needs one chunked stage, has {len(chunked)}")
+        stage = chunked[0]
+        components = {c.index: c for c in plan.components}
+        states = tuple(ls for i in stage.components for ls in components[i].linear)
+        return build_spec(plan.ir, states, tuple(stage.output_pieces))
+    return build_spec(plan.ir, *_recognised(plan))
+
+
+def _recognised(plan):
+    """The one matrix state and output that ``chunked_pieces`` recognises, as a linear state and an output piece."""
+    from rnnc.compiler.components import Factor, LinearState, OutputPiece, RankOne, Read, Write
+    from rnnc.templates.chunked_pieces import find_pieces
+
+    pieces = find_pieces(plan)
+    exprs = {name: expr for name, (expr, _) in pieces.exprs.items()}
+    decay = {"none": "identity"}.get(pieces.decay, pieces.decay)
+    log_decay = exprs.get("log_decay")
+    corrections = ()
+    if pieces.delta:
+        strength = exprs["beta"] * (sympy.exp(log_decay) if decay == "scalar" else 1)
+        corrections = (RankOne(-strength, exprs["key"], exprs["key"]),)
+    factor = Factor(decay, log_decay, True, corrections)
+    state = plan.ir.states[0]
+    key_dim, value_dim = state.shape
+    linear = LinearState(
+        state.name, 0, key_dim, value_dim, (factor,), (Write(exprs.get("scale", 1), exprs["key"], exprs["value"]),)
+    )
+    out = plan.ir.outputs[0]
+    read = tensor_symbol(f"{state.name} read")
+    piece = OutputPiece(out.name, tuple(out.shape), read, (Read(read, state.name, True, exprs["query"]),))
+    return (linear,), (piece,)
