@@ -1,26 +1,22 @@
-"""Chunked cells for the chunked kernels' tests: sources, their pieces built by hand, and inputs in each domain.
+"""Chunked cells for the chunked kernels' tests: their sources and inputs in each cell's domain.
 
-The pieces are what the analysis hands a chunked stage (``rnnc/compiler/components.py``), written
-here from each cell's equations until the analysis builds them (then this file's ``PIECES`` go and
-the tests take the Plan's). The float64 oracles live in ``tests/refs/loops.py`` (zoo) and
-``tests/refs/chunked_loops.py`` (the rest), written from the papers, not from these pieces.
+The zoo's six chunked cells and nine written here from the papers (the ``cells`` helper's versions,
+in the papers' own spelling, are in ``examples/`` and checked by ``test_paper_cells_triton.py``).
+The float64 oracles live in ``tests/refs/loops.py`` (zoo) and ``tests/refs/chunked_loops.py`` (the
+rest), written from the papers' equations.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 
 import sympy
 import torch
 import torch.nn.functional as F
 from refs import chunked_loops, loops
 
-from rnnc.compiler import lower_source
-from rnnc.compiler.components import Factor, LinearState, OutputPiece, RankOne, Read, Write, new_value_symbol
-from rnnc.compiler.nested import Matmul
+from rnnc.compiler import analyse_source, lower_source
 from rnnc.compiler.shapes import dim_symbol
-from rnnc.compiler.symbols import logsigmoid, maximum, sigmoid
-from rnnc.compiler.symbols import tensor_symbol as t
 
 ZOO = ["linear_attention", "retnet", "simple_gla", "gla", "deltanet", "gated_deltanet"]
 
@@ -146,98 +142,15 @@ def dims_of(name: str, key: int, value: int) -> dict[str, int]:
     return {names[0]: key, names[1]: value} if names[0] != names[1] else {names[0]: key}
 
 
-def _read(symbol, state, new, query):
-    return Read(t(symbol), state, new, query)
-
-
-def _plain(state, key_dim, value_dim, factor, writes):
-    return LinearState(state, 0, key_dim, value_dim, (factor,), tuple(writes))
-
-
-def pieces(name: str) -> tuple[tuple[LinearState, ...], tuple[OutputPiece, ...]]:
-    """The linear states and output pieces of a cell, from its equations."""
-    K, V = dim_symbol("K"), dim_symbol("V")
-    identity = Factor("identity", None, True)
-    if name == "linear_attention":
-        return (_plain("S", K, V, identity, [Write(1, t("k"), t("v"))]),), (
-            OutputPiece("o", (V,), t("r0"), (_read("r0", "S", True, t("q")),)),
-        )
-    if name in ("retnet", "simple_gla", "gla"):
-        kind, log = {
-            "retnet": ("scalar", t("log_gamma")),
-            "simple_gla": ("scalar", t("g")),
-            "gla": ("diagonal", t("g")),
-        }[name]
-        return (_plain("S", K, V, Factor(kind, log, True), [Write(1, t("k"), t("v"))]),), (
-            OutputPiece("o", (V,), t("r0"), (_read("r0", "S", True, t("q")),)),
-        )
-    if name in ("deltanet", "gated_deltanet"):
-        if name == "deltanet":
-            factor = Factor("identity", None, True, (RankOne(-t("beta"), t("k"), t("k")),))
-        else:
-            factor = Factor("scalar", t("g"), True, (RankOne(-t("beta") * sympy.exp(t("g")), t("k"), t("k")),))
-        return (_plain("S", K, V, factor, [Write(t("beta"), t("k"), t("v"))]),), (
-            OutputPiece("o", (V,), t("r0"), (_read("r0", "S", True, t("q")),)),
-        )
-    if name == "la_norm":
-        states = (
-            _plain("S", K, V, identity, [Write(1, t("k"), t("v"))]),
-            LinearState("z", 0, K, None, (identity,), (Write(1, t("k"), None),)),
-        )
-        reads = (_read("rS", "S", True, t("q")), _read("rz", "z", True, t("q")))
-        return states, (OutputPiece("o", (V,), t("rS") / t("rz"), reads),)
-    if name == "mlstm":
-        m, m_new = t("m"), new_value_symbol("m")
-        log_decay = logsigmoid(t("f")) + m - m_new
-        write_scale = sympy.exp(t("i") - m_new)
-        states = (
-            _plain("C", K, V, Factor("scalar", log_decay, True), [Write(write_scale, t("k"), t("v"))]),
-            LinearState("n", 0, K, None, (Factor("scalar", log_decay, True),), (Write(write_scale, t("k"), None),)),
-        )
-        reads = (_read("rC", "C", True, t("q")), _read("rn", "n", True, t("q")))
-        h = sigmoid(t("go")) * t("rC") / maximum(sympy.Abs(t("rn")), sympy.exp(-m_new))
-        return states, (OutputPiece("h", (V,), h, reads),)
-    if name == "rwkv6":
-        state = _plain("S", K, V, Factor("diagonal", -sympy.exp(t("w")), True), [Write(1, t("k"), t("v"))])
-        o = t("r0") + Matmul(t("r"), t("u") * t("k")) * t("v")
-        return (state,), (OutputPiece("o", (V,), o, (_read("r0", "S", False, t("r")),)),)
-    if name == "mamba2":
-        N, P = dim_symbol("N"), dim_symbol("P")
-        decay = Factor("scalar", -sympy.exp(t("A_log")) * t("dt"), True)
-        state = _plain("S", N, P, decay, [Write(t("dt"), t("B"), t("x"))])
-        return (state,), (OutputPiece("y", (P,), t("r0") + t("D") * t("x"), (_read("r0", "S", True, t("C")),)),)
-    if name == "hgrn2":
-        gate = t("lb") + (1 - t("lb")) * sigmoid(t("f"))
-        state = _plain("S", K, V, Factor("diagonal", sympy.log(gate), True), [Write(1, 1 - gate, t("v"))])
-        return (state,), (OutputPiece("o", (V,), t("r0"), (_read("r0", "S", True, t("q")),)),)
-    if name == "square":
-        D = dim_symbol("D")
-        state = _plain("S", D, D, Factor("diagonal", t("g"), True), [Write(1, t("k"), t("v"))])
-        return (state,), (OutputPiece("o", (D,), t("r0") + t("v"), (_read("r0", "S", True, t("q")),)),)
-    if name == "rwkv7":
-        log_w = -math.exp(-0.5) * sigmoid(t("w"))
-        factor = Factor("diagonal", log_w, True, (RankOne(-1, t("a") * t("kk"), t("kk")),))
-        state = _plain("S", K, V, factor, [Write(1, t("k"), t("v"))])
-        o = t("r0") + Matmul(t("r"), t("rk") * t("k")) * t("v")
-        return (state,), (OutputPiece("o", (V,), o, (_read("r0", "S", True, t("r")),)),)
-    if name == "gated_deltaproduct":
-        b1, b2, k1, k2 = t("b1"), t("b2"), t("k1"), t("k2")
-        first = Factor("scalar", t("g"), True, (RankOne(-b1 * sympy.exp(t("g")), k1, k1),))
-        second = Factor("identity", None, True, (RankOne(-b2, k2, k2),))
-        # the first write passes through the second factor: (I - b2 k2 k2^T) b1 k1 v1^T
-        writes = (Write(b1, k1, t("v1")), Write(-b1 * b2 * Matmul(k2, k1), k2, t("v1")), Write(b2, k2, t("v2")))
-        state = LinearState("S", 0, K, V, (first, second), writes)
-        return (state,), (OutputPiece("o", (V,), t("r0"), (_read("r0", "S", True, t("q")),)),)
-    if name == "kda":
-        factor = Factor("diagonal", t("g"), True, (RankOne(-t("beta"), t("k"), sympy.exp(t("g")) * t("k")),))
-        state = _plain("S", K, V, factor, [Write(t("beta"), t("k"), t("v"))])
-        return (state,), (OutputPiece("o", (V,), t("r0"), (_read("r0", "S", True, t("q")),)),)
-    raise KeyError(name)
-
-
 def ir_of(name: str):
     """The cell's IR (its declarations are the leaves' shapes)."""
     return lower_source(SOURCES[name])
+
+
+@functools.cache
+def plan_of(name: str):
+    """The cell's Plan (what the analysis hands the chunked kernels)."""
+    return analyse_source(SOURCES[name])
 
 
 def oracle(name: str, leaves: dict, states: dict):
@@ -292,21 +205,3 @@ def make_call(name: str, B: int, T: int, NH: int, key: int, value: int, dtype=to
     leaves = {k: v.to(dtype).requires_grad_() for k, v in leaves.items()}
     states = {k: v.to(dtype).requires_grad_() for k, v in states.items()}
     return leaves, states, dims
-
-
-def earlier_states(name: str, leaves: dict, states: dict) -> tuple[dict, dict]:
-    """The earlier components' trajectories a chunked stage reads (old and new values), and their finals.
-
-    mLSTM's stabiliser ``m' = max(logsigmoid(f) + m, i)`` is a max-plus component before ``C`` and ``n``.
-    """
-    if name != "mlstm":
-        return {}, {}
-    f, i = leaves["f"], leaves["i"]
-    m = states.get("m")
-    m = torch.zeros_like(i[:, 0]) if m is None else m
-    olds, news = [], []
-    for step in range(i.shape[1]):
-        olds.append(m)
-        m = torch.maximum(F.logsigmoid(f[:, step]) + m, i[:, step])
-        news.append(m)
-    return {"m": torch.stack(olds, 1), "m'": torch.stack(news, 1)}, {"m": m}

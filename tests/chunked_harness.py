@@ -1,44 +1,41 @@
-"""Running a chunked stage (PyTorch or Triton) on a cell of ``chunked_cells`` and comparing it with the float64 loop."""
+"""Running a chunked cell (PyTorch or Triton) from ``chunked_cells`` and comparing it with the float64 loop."""
 
 from __future__ import annotations
 
 import torch
-from chunked_cells import earlier_states, ir_of, make_call, oracle, pieces
+from chunked_cells import make_call, oracle, plan_of
 from refs.check import rel_err
 
-from rnnc.templates.chunked_spec import build_spec
+from rnnc.runtime.chunked_torch import ChunkedCell
+from rnnc.runtime.triton_chunked import ChunkedKernels
 
 
-def spec_of(name: str):
-    """The chunked spec of a cell, from its hand-built pieces."""
-    states, outputs = pieces(name)
-    return build_spec(ir_of(name), states, outputs)
+def torch_cell(name: str, chunk: int = 64):
+    """The cell in PyTorch: (leaves, states, dims) -> (outputs, finals)."""
+    return ChunkedCell(plan_of(name), chunk)
 
 
-def run_stage(stage, name: str, leaves: dict, states: dict, dims: dict):
-    """(outputs, finals) of the whole cell: earlier components in PyTorch, then the chunked stage."""
-    early, early_finals = earlier_states(name, leaves, states)
-    own = {s.name for s in stage.spec.states}
-    outputs, finals = stage({**leaves, **early}, {k: v for k, v in states.items() if k in own}, dims)
-    return outputs, {**finals, **early_finals}
+def triton_cell(name: str):
+    """The cell's Triton kernels: (leaves, states, dims) -> (outputs, finals)."""
+    kernels = ChunkedKernels(plan_of(name))
+
+    def run(leaves, states, dims, seq_starts=None):
+        return kernels(leaves, states, seq_starts)
+
+    run.kernels = kernels
+    return run
 
 
 def functional(outputs: dict, finals: dict, seed: int) -> torch.Tensor:
     """A fixed random linear functional of every output and final state."""
     gen = torch.Generator().manual_seed(seed)
     total = 0
-    for key in sorted(outputs):
-        total = (
-            total + (outputs[key].double() * torch.randn(outputs[key].shape, generator=gen, dtype=torch.float64)).sum()
-        )
-    for key in sorted(finals):
-        total = (
-            total + (finals[key].double() * torch.randn(finals[key].shape, generator=gen, dtype=torch.float64)).sum()
-        )
+    for value in [*(outputs[k] for k in sorted(outputs)), *(finals[k] for k in sorted(finals))]:
+        total = total + (value.double() * torch.randn(value.shape, generator=gen, dtype=torch.float64)).sum()
     return total
 
 
-def errors(stage, name: str, size: tuple, dtype: torch.dtype, seed: int = 0) -> dict[str, float]:
+def errors(run, name: str, size: tuple, dtype: torch.dtype, seed: int = 0) -> dict[str, float]:
     """Relative errors (by norm) of every output, final state and gradient against the float64 loop.
 
     ``size`` is (B, T, NH, key, value). The float32 run sees the float64 inputs rounded; the loop
@@ -50,7 +47,7 @@ def errors(stage, name: str, size: tuple, dtype: torch.dtype, seed: int = 0) -> 
     ours_states = {k: v.detach().to(dtype).requires_grad_() for k, v in states.items()}
     ref_leaves = {k: v.detach().to(dtype).double().requires_grad_() for k, v in leaves.items()}
     ref_states = {k: v.detach().to(dtype).double().requires_grad_() for k, v in states.items()}
-    outputs, finals = run_stage(stage, name, ours_leaves, ours_states, dims)
+    outputs, finals = run(ours_leaves, ours_states, dims)
     ref_outputs, ref_finals = oracle(name, ref_leaves, ref_states)
     found = {}
     for key_ in ref_outputs:

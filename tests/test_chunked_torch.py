@@ -10,11 +10,13 @@ import math
 
 import pytest
 import torch
-from chunked_cells import NEW, ZOO, earlier_states, make_call, oracle
-from chunked_harness import errors, run_stage, spec_of
+from chunked_cells import NEW, ZOO, make_call, oracle, plan_of
+from chunked_harness import errors, torch_cell
 from refs.check import rel_err
 
 from rnnc.runtime.chunked_torch import ChunkedTorch
+from rnnc.runtime.scan_stage import ScanStage
+from rnnc.templates.chunked_spec import stage_spec
 
 CELLS = ZOO + NEW
 
@@ -31,7 +33,7 @@ CELLS = ZOO + NEW
 )
 @pytest.mark.parametrize("name", CELLS)
 def test_chunked_torch_matches_the_loop(name, size, chunk, dtype, tol):
-    found = errors(ChunkedTorch(spec_of(name), chunk), name, size, dtype, seed=size[1] + chunk)
+    found = errors(torch_cell(name, chunk), name, size, dtype, seed=size[1] + chunk)
     worst = max(found, key=found.get)
     assert found[worst] < tol, (worst, found)
 
@@ -49,7 +51,7 @@ def _poisoned(name: str, step: int):
 def test_a_nan_reaches_no_earlier_output(name):
     """NaN in every input at step 23 (inside the second 16-step chunk): outputs before it stay finite."""
     leaves, states, dims = _poisoned(name, 23)
-    outputs, _ = run_stage(ChunkedTorch(spec_of(name), 16), name, leaves, states, dims)
+    outputs, _ = torch_cell(name, 16)(leaves, states, dims)
     for key, value in outputs.items():
         assert torch.isfinite(value[:, :23]).all(), f"{key}: a NaN at step 23 reached an earlier output"
         assert torch.isnan(value[:, 23:]).any(), f"{key}: the NaN vanished"
@@ -79,10 +81,8 @@ def test_extreme_log_decays_stay_finite_and_exact(name, value):
     else:
         leaves[key] = torch.full_like(leaves[key], value)
     reference, _ = oracle(name, leaves, states)
-    stage = ChunkedTorch(spec_of(name), 64)
-    ours, _ = run_stage(
-        stage, name, {k: v.float() for k, v in leaves.items()}, {k: v.float() for k, v in states.items()}, dims
-    )
+    single = {k: v.float() for k, v in leaves.items()}
+    ours, _ = torch_cell(name, 64)(single, {k: v.float() for k, v in states.items()}, dims)
     for out, ref in reference.items():
         assert torch.isfinite(ref).all()
         assert torch.isfinite(ours[out]).all(), f"{out}: non-finite with log decay {value}"
@@ -90,11 +90,14 @@ def test_extreme_log_decays_stay_finite_and_exact(name, value):
 
 
 def test_earlier_states_reach_the_stage_as_inputs():
-    """mLSTM's stabiliser is an earlier component: the stage reads m and m' and gradients flow back through them."""
-    leaves, states, dims = make_call("mlstm", 1, 5, 1, 16, 16)
-    early, _ = earlier_states("mlstm", leaves, states)
-    stage = ChunkedTorch(spec_of("mlstm"))
+    """mLSTM's stabiliser is a scan component before the chunked stage: the stage reads m and m' per step, and
+    the gradients of i and f flow back through them."""
+    plan = plan_of("mlstm")
+    stage = ChunkedTorch(stage_spec(plan))
     assert {leaf.name for leaf in stage.spec.leaves if leaf.role == "earlier"} == {"m", "m'"}
-    outputs, _ = stage({**leaves, **early}, {"C": states["C"], "n": states["n"]}, dims)
+    leaves, states, dims = make_call("mlstm", 1, 5, 1, 16, 16)
+    values, finals = ScanStage(plan)(leaves, states, dims)
+    assert torch.equal(values["m"][:, 1:], values["m'"][:, :-1]) and torch.equal(finals["m"], values["m'"][:, -1])
+    outputs, _ = stage({**leaves, **values}, {"C": states["C"], "n": states["n"]}, dims)
     (grad,) = torch.autograd.grad(outputs["h"].sum(), [leaves["i"]])
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0

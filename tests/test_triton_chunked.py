@@ -13,23 +13,17 @@ import math
 
 import pytest
 import torch
-from chunked_cells import NEW, ZOO, earlier_states, make_call, oracle
-from chunked_harness import errors, functional, run_stage, spec_of
+from chunked_cells import NEW, ZOO, make_call, oracle
+from chunked_harness import errors, functional, triton_cell
 from refs.check import rel_err
 
 import rnnc
-from rnnc.runtime.triton_chunked import ChunkedStage
 
 pytest.importorskip("triton")
 # rows past a sequence's end are computed and never stored: an output like q @ S / (q @ z) is 0 / 0 there
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 CELLS = ZOO + NEW
-KEY = "0" * 16  # the stages here are built from hand-written pieces, not a Plan
-
-
-def _stage(name):
-    return ChunkedStage(spec_of(name), KEY)
 
 
 CASES = [((2, 37, 1, 24, 20), torch.float64, 1e-9), ((1, 100, 1, 24, 48), torch.float32, 1e-4)]
@@ -38,7 +32,7 @@ CASES = [((2, 37, 1, 24, 20), torch.float64, 1e-9), ((1, 100, 1, 24, 48), torch.
 @pytest.mark.parametrize("size,dtype,tol", CASES, ids=["float64-T37", "float32-T100"])
 @pytest.mark.parametrize("name", CELLS)
 def test_chunked_kernels_match_the_loop(name, size, dtype, tol):
-    found = errors(_stage(name), name, size, dtype, seed=size[1])
+    found = errors(triton_cell(name), name, size, dtype, seed=size[1])
     worst = max(found, key=found.get)
     assert found[worst] < tol, (worst, found)
 
@@ -69,7 +63,7 @@ def _poisoned(name: str, step: int):
 def test_a_nan_reaches_no_earlier_output(name):
     """NaN in every input at step 20 (inside the second 16-step chunk): every earlier output stays finite."""
     leaves, states, dims = _poisoned(name, 20)
-    outputs, _ = run_stage(_stage(name), name, leaves, states, dims)
+    outputs, _ = triton_cell(name)(leaves, states, dims)
     for key, value in outputs.items():
         assert torch.isfinite(value[:, :20]).all(), f"{key}: a NaN at step 20 reached an earlier output"
         assert torch.isnan(value[:, 20:]).any(), f"{key}: the NaN vanished"
@@ -93,7 +87,7 @@ def test_extreme_log_decays_stay_finite_and_exact(name, value):
         leaves[key] = torch.full_like(leaves[key], value)
     reference, _ = oracle(name, leaves, states)
     single = {k: v.float().requires_grad_() for k, v in leaves.items()}
-    ours, finals = run_stage(_stage(name), name, single, {k: v.float() for k, v in states.items()}, dims)
+    ours, finals = triton_cell(name)(single, {k: v.float() for k, v in states.items()}, dims)
     grads = torch.autograd.grad(ours["o"].sum() + finals["S"].sum(), [x for k, x in single.items() if k != key])
     assert all(torch.isfinite(g).all() for g in grads)
     assert torch.isfinite(ours["o"]).all(), f"non-finite outputs with log decay {value}"
@@ -103,11 +97,9 @@ def test_extreme_log_decays_stay_finite_and_exact(name, value):
 @pytest.mark.parametrize("name", ["gla", "gated_deltanet", "la_norm", "mlstm"])
 def test_several_value_blocks_add_their_shared_gradients(name):
     """V = 48 in blocks of 16: three programs per head share the key-side pieces (and a vector state)."""
-    stage = _stage(name)
-    pinned = stage.tiles
-    stage.tiles = lambda dims, params=None: pinned(dims, {**(params or {}), "BV": 16})
-    assert stage.tiles({"K": 24, "V": 48})["BV"] == 16
-    found = errors(stage, name, (2, 19, 1, 24, 48), torch.float64, seed=3)
+    run = triton_cell(name)
+    run.kernels.pinned = {"BV": 16}
+    found = errors(run, name, (2, 19, 1, 24, 48), torch.float64, seed=3)
     worst = max(found, key=found.get)
     assert found[worst] < 1e-9, (worst, found)
 
@@ -140,9 +132,8 @@ def test_packed_sequences_equal_separate_runs(name):
     """seq_starts: lengths 1, 17 and 40 on one time axis give each sequence its own outputs, finals, gradients."""
     lengths = [1, 17, 40]
     bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
-    stage = _stage(name)
-    own = {s.name for s in stage.spec.states}
-    per_step = {x.name for x in stage.spec.leaves if x.role == "input"}
+    run = triton_cell(name)
+    per_step = {d.name for d in run.kernels.plan.ir.inputs}
     leaves, _, dims = make_call(name, 1, bounds[-1], 2, 16, 16, torch.float64, seed=5)
     _, states, _ = make_call(name, len(lengths), 1, 2, 16, 16, torch.float64, seed=6)
     leaves_in = [*leaves.values(), *states.values()]
@@ -151,23 +142,15 @@ def test_packed_sequences_equal_separate_runs(name):
         mine = {k: v[:, bounds[n] : bounds[n + 1]] if k in per_step else v for k, v in leaves.items()}
         return mine, {k: v[n : n + 1] for k, v in states.items()}
 
-    separate = [run_stage(stage, name, *sequence(n), dims) for n in range(len(lengths))]
-    early = [earlier_states(name, *sequence(n)) for n in range(len(lengths))]
-    trajectories = {k: torch.cat([e[0][k] for e in early], dim=1) for k in early[0][0]}
-    starts = torch.tensor(bounds, dtype=torch.int64)
-    initial = {k: v for k, v in states.items() if k in own}
-    outputs, finals = stage({**leaves, **trajectories}, initial, dims, seq_starts=starts)
-    for out, value in outputs.items():
-        for n, (theirs, _) in enumerate(separate):
-            assert rel_err(value[:, bounds[n] : bounds[n + 1]], theirs[out]) < 1e-12, (out, n)
-    for state in own:
-        for n, (_, theirs) in enumerate(separate):
-            assert rel_err(finals[state][n : n + 1], theirs[state]) < 1e-12, (state, n)
-    finals.update({k: torch.cat([e[1][k] for e in early], dim=0) for k in early[0][1]})
+    separate = [run(*sequence(n), dims) for n in range(len(lengths))]
+    outputs, finals = run(leaves, states, dims, seq_starts=torch.tensor(bounds, dtype=torch.int64))
     packed_total = separate_total = 0
     for n, (theirs_out, theirs_fin) in enumerate(separate):
         mine_out = {k: v[:, bounds[n] : bounds[n + 1]] for k, v in outputs.items()}
-        packed_total = packed_total + _weighted(mine_out, {k: v[n : n + 1] for k, v in finals.items()}, n)
+        mine_fin = {k: v[n : n + 1] for k, v in finals.items()}
+        for key, value in {**mine_out, **mine_fin}.items():
+            assert rel_err(value, {**theirs_out, **theirs_fin}[key]) < 1e-12, (key, n)
+        packed_total = packed_total + _weighted(mine_out, mine_fin, n)
         separate_total = separate_total + _weighted(theirs_out, theirs_fin, n)
     mine = torch.autograd.grad(packed_total, leaves_in)
     theirs = torch.autograd.grad(separate_total, leaves_in)
@@ -187,7 +170,8 @@ def test_generated_module_is_deterministic_and_readable():
     assert "def forward_kernel(" in first and "def backward_kernel(" in first
     assert "s0_lam0 = tl.where(mask_t, u3_g_sc, 0.0)" in first  # the log decay, printed from exp(g)
     assert "_unit_lower_inverse(s0_M, CHUNK)" in first  # the correction's UT form
-    assert _stage("rwkv6").source.count("_diagonal_scores(qr0, s0_A0, s0_lam, CHUNK, True)") == 2  # old state
+    rwkv6 = triton_cell("rwkv6").kernels.source
+    assert rwkv6.count("_diagonal_scores(qr0, s0_A0, s0_lam, CHUNK, True)") == 2  # a read of the old state
 
 
 @pytest.mark.parametrize("name", ZOO)

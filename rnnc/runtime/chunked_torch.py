@@ -11,16 +11,10 @@ too) and weights ``[NH, *shape]``; initial and final states ``[B, NH, *shape]``;
 ``[B, T, NH, *shape]``.
 
 Example:
-    >>> import sympy, torch
-    >>> from rnnc.compiler import lower_source
-    >>> from rnnc.compiler.components import Factor, LinearState, OutputPiece, Read, Write
-    >>> from rnnc.compiler.symbols import tensor_symbol as t
-    >>> from rnnc.templates.chunked_spec import build_spec
-    >>> ir = lower_source(open("examples/simple_gla.rnn").read())
-    >>> K, V = (sympy.Symbol(d, positive=True, integer=True) for d in "KV")
-    >>> S = LinearState("S", 0, K, V, (Factor("scalar", t("g"), True),), (Write(1, t("k"), t("v")),))
-    >>> o = OutputPiece("o", (V,), t("r"), (Read(t("r"), "S", True, t("q")),))
-    >>> stage = ChunkedTorch(build_spec(ir, (S,), (o,)))
+    >>> import torch
+    >>> from rnnc.compiler import analyse_source
+    >>> from rnnc.templates.chunked_spec import stage_spec
+    >>> stage = ChunkedTorch(stage_spec(analyse_source(open("examples/simple_gla.rnn").read())))
     >>> x = {"q": torch.randn(1, 9, 1, 3), "k": torch.randn(1, 9, 1, 3), "v": torch.randn(1, 9, 1, 2)}
     >>> x["g"] = -torch.rand(1, 9, 1)
     >>> out, final = stage(x, {}, {"K": 3, "V": 2})
@@ -62,16 +56,9 @@ def pieces_source(spec: ChunkedSpec) -> str:
     """The generated module: ``pieces(L, dims, shapes, like)`` and ``outputs(L, P, R, dims, shapes, like)``.
 
     Example:
-        >>> import sympy
-        >>> from rnnc.compiler import lower_source
-        >>> from rnnc.compiler.components import Factor, LinearState, OutputPiece, Read, Write
-        >>> from rnnc.compiler.symbols import tensor_symbol as t
-        >>> from rnnc.templates.chunked_spec import build_spec
-        >>> ir = lower_source(open("examples/gla.rnn").read())
-        >>> K, V = (sympy.Symbol(d, positive=True, integer=True) for d in "KV")
-        >>> S = LinearState("S", 0, K, V, (Factor("diagonal", t("g"), True),), (Write(1, t("k"), t("v")),))
-        >>> o = OutputPiece("o", (V,), t("r"), (Read(t("r"), "S", True, t("q")),))
-        >>> print(pieces_source(build_spec(ir, (S,), (o,))).splitlines()[8])
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.templates.chunked_spec import stage_spec
+        >>> print(pieces_source(stage_spec(analyse_source(open("examples/gla.rnn").read()))).splitlines()[8])
             P['S.log_decay0'] = _fit(L['g'], shapes['key'], like)
     """
     lines = [
@@ -139,7 +126,7 @@ class ChunkedTorch:
         K = int(sympy.sympify(spec.key_dim).subs(_dims(dims)))
         V = int(sympy.sympify(spec.value_dim).subs(_dims(dims))) if spec.value_dim is not None else 1
         shapes = {"scalar": (B, NH, T), "key": (B, NH, T, K), "value": (B, NH, T, V)}
-        P = self._pieces(L, {k: float(v) for k, v in dims.items()}, shapes, like)
+        P = self._pieces(L, {k: like.new_tensor(float(v)) for k, v in dims.items()}, shapes, like)
         R, finals = {}, {}
         for state in spec.states:
             s0 = initial.get(state.name)
@@ -149,7 +136,7 @@ class ChunkedTorch:
             for r, y in zip(reads, values):
                 R[r.symbol] = y[..., 0] if state.vector else y
             finals[state.name] = _state_out(final, state)
-        values = self._outputs(L, P, R, {k: float(v) for k, v in dims.items()}, shapes, like)
+        values = self._outputs(L, P, R, {k: like.new_tensor(float(v)) for k, v in dims.items()}, shapes, like)
         dtype = like_input.dtype
         outputs = {name: value.movedim(2, 1).to(dtype) for name, value in values.items()}
         return outputs, finals
@@ -181,10 +168,10 @@ class ChunkedTorch:
             )
         last = n - 1
         writes = []
-        for j, (_, _, value) in enumerate(state.writes):
+        for j, (row, _, _, value) in enumerate(state.writes):
             key = P[f"{name}.scale{j}"][..., None] * P[f"{name}.key{j}"]
             val = like.new_ones(B, NH, T, 1) if value is None else P[f"{name}.value{j}"]
-            writes.append((_at_row(key, last, n), _at_row(val, last, n)))
+            writes.append((_at_row(key, row, n), _at_row(val, row, n)))
         queries = [(_at_row(P[f"{r.symbol}.query"], last if r.new else 0, n), not r.new) for r in reads]
         values, final = run_state(s0, lam, state.decay, W, U, writes, queries, self.chunk)
         values = [_from_row(y, last if r.new else 0, n) for y, r in zip(values, reads)]
@@ -234,3 +221,37 @@ def _state_out(s: torch.Tensor, state: StateRows) -> torch.Tensor:
     if state.vector:
         return s[..., 0]
     return s.transpose(-1, -2) if state.key_axis == 1 else s
+
+
+class ChunkedCell:
+    """A whole chunked cell in PyTorch: the scan stage before the chunked stage (if any), then the chunked stage.
+
+    Call with the cell's inputs and weights by name, its initial states and its dims; returns
+    ``(outputs, finals)`` like the other runners.
+
+    Example:
+        >>> import torch
+        >>> from rnnc.compiler import analyse_source
+        >>> cell = ChunkedCell(analyse_source(open("examples/mlstm.rnn").read()))
+        >>> x = {n: torch.randn(1, 5, 1, 4) for n in ("q", "k", "v", "o")}
+        >>> x.update(i=torch.randn(1, 5, 1), f=torch.randn(1, 5, 1))
+        >>> out, finals = cell(x, {}, {"K": 4, "V": 4})
+        >>> out["h"].shape, sorted(finals)
+        (torch.Size([1, 5, 1, 4]), ['C', 'm', 'n'])
+    """
+
+    def __init__(self, plan, chunk: int = CHUNK):
+        from rnnc.runtime.scan_stage import ScanStage, scan_components
+        from rnnc.templates.chunked_spec import stage_spec
+
+        self.scan = ScanStage(plan) if scan_components(plan) else None
+        self.stage = ChunkedTorch(stage_spec(plan), chunk)
+
+    def __call__(self, leaves: dict, initial: dict, dims: dict):
+        leaves, finals = dict(leaves), {}
+        if self.scan is not None:
+            values, finals = self.scan(leaves, initial, dims)
+            leaves.update(values)
+        own = {s.name for s in self.stage.spec.states}
+        outputs, mine = self.stage(leaves, {k: v for k, v in initial.items() if k in own}, dims)
+        return outputs, {**finals, **mine}

@@ -23,6 +23,7 @@ import triton
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.chunked_math import log_floor
 from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, on_gpu, pow2_at_least, triton_dtype
+from rnnc.runtime.scan_stage import ScanStage, scan_components
 from rnnc.templates.chunked_codegen import render_chunked
 from rnnc.templates.chunked_lines import value_space_whole
 from rnnc.templates.chunked_spec import ChunkedSpec, stage_spec
@@ -231,6 +232,25 @@ class _ChunkedFunction(torch.autograd.Function):
         return (None, None, None, *grads_leaves, *d_initial)
 
 
+def _packed_states(ir, call: Call, states: dict, seq_starts: torch.Tensor) -> dict:
+    """Initial states of N packed sequences, checked: ``[N, NH, *shape]`` each."""
+    if call.B != 1:
+        raise ValueError(f"packed sequences (seq_starts) need inputs [1, total, NH, ...], has batch {call.B}")
+    if seq_starts.dim() != 1 or seq_starts.numel() < 2 or int(seq_starts[-1]) != call.T or int(seq_starts[0]) != 0:
+        raise ValueError(
+            f"seq_starts needs [N + 1] offsets from 0 to the packed length {call.T}, has {seq_starts.tolist()}"
+        )
+    n = seq_starts.numel() - 1
+    declared = {d.name: d for d in ir.states}
+    for name, value in states.items():
+        if name not in declared:
+            raise ValueError(f"cell {ir.cell} has no state {name!r}")
+        expected = (n, call.NH, *call.shape_of(declared[name].shape))
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{name}: packed sequences need initial states {list(expected)}, has {list(value.shape)}")
+    return dict(states)
+
+
 def _shape_of(shape, dims: dict) -> tuple[int, ...]:
     subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in dims.items()}
     return tuple(int(sympy.sympify(d).subs(subs)) for d in shape)
@@ -250,6 +270,7 @@ class ChunkedKernels(GeneratedKernels):
     def __init__(self, plan):
         self.plan = plan
         spec = stage_spec(plan)
+        self.scan = ScanStage(plan) if scan_components(plan) else None  # components the chunked stage reads
         self.stage = ChunkedStage(spec, plan.key())
         self.module = self.stage.module
         self.kernels = self.stage.kernels
@@ -257,11 +278,22 @@ class ChunkedKernels(GeneratedKernels):
         self._model_tilings: dict = {}
         self._tuning_ids = None
 
-    def __call__(self, tensors: dict, state: dict | None):
-        call = bind(self.plan.ir, tensors, state)
+    def __call__(self, tensors: dict, state: dict | None, seq_starts: torch.Tensor | None = None):
+        """(outputs, finals) of one call; with ``seq_starts`` ([N + 1]), inputs ``[1, total, NH, ...]`` hold
+        N packed sequences and the initial (and final) states are ``[N, NH, ...]``."""
+        if seq_starts is None:
+            call = bind(self.plan.ir, tensors, state)
+        else:
+            call = bind(self.plan.ir, tensors, None)
+            call.states = _packed_states(self.plan.ir, call, state or {}, seq_starts)
         leaves = {**call.inputs, **call.weights}
         params = {**(self.model_params(call) if on_gpu(call) else {}), **self.pinned}
-        return self.stage(leaves, call.states, call.dims, params=params)
+        finals = {}
+        if self.scan is not None:
+            values, finals = self.scan(leaves, call.states, call.dims, seq_starts)
+            leaves.update(values)
+        outputs, own = self.stage(leaves, call.states, call.dims, seq_starts=seq_starts, params=params)
+        return outputs, {**finals, **own}
 
     def tiles(self, call: Call) -> dict:
         """The launch parameters of a call."""

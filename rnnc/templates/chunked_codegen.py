@@ -5,16 +5,9 @@ cotangents differentiated by sympy (``chunked_lines``); each linear state contri
 its chunk forward and backward (``chunked_state``); ``chunked.py.jinja`` only assembles them.
 
 Example:
-    >>> import sympy
-    >>> from rnnc.compiler import lower_source
-    >>> from rnnc.compiler.components import Factor, LinearState, OutputPiece, Read, Write
-    >>> from rnnc.compiler.symbols import tensor_symbol as t
-    >>> from rnnc.templates.chunked_spec import build_spec
-    >>> ir = lower_source(open("examples/gla.rnn").read())
-    >>> K, V = (sympy.Symbol(d, positive=True, integer=True) for d in "KV")
-    >>> S = LinearState("S", 0, K, V, (Factor("diagonal", t("g"), True),), (Write(1, t("k"), t("v")),))
-    >>> o = OutputPiece("o", (V,), t("r"), (Read(t("r"), "S", True, t("q")),))
-    >>> module = render_chunked(build_spec(ir, (S,), (o,)), "0" * 16)
+    >>> from rnnc.compiler import analyse_source
+    >>> from rnnc.templates.chunked_spec import stage_spec
+    >>> module = render_chunked(stage_spec(analyse_source(open("examples/gla.rnn").read())), "0" * 16)
     >>> module.forward_args
     ['u0_q_ptr', 'u1_k_ptr', 'u2_v_ptr', 'u3_g_ptr', 's0_S_init_ptr', 'o0_o_ptr', 's0_S_final_ptr', 's0_S_saved_ptr']
 """

@@ -8,15 +8,9 @@ Spaces: a tile of the scalar space is ``[STEPS]``, of the key space ``[STEPS, BK
 of the value space ``[STEPS, BV]`` (lanes ``vv``, this program's block of the value dim).
 
 Example:
-    >>> import sympy
-    >>> from rnnc.compiler.components import Factor, LinearState, OutputPiece, Read, Write
-    >>> from rnnc.compiler.symbols import tensor_symbol as t
-    >>> from rnnc.compiler import lower_source
-    >>> from rnnc.templates.chunked_spec import build_spec
-    >>> ir = lower_source(open("examples/gla.rnn").read())
-    >>> K, V = (sympy.Symbol(d, positive=True, integer=True) for d in "KV")
-    >>> S = LinearState("S", 0, K, V, (Factor("diagonal", t("g"), True),), (Write(1, t("k"), t("v")),))
-    >>> lines = StepLines(build_spec(ir, (S,), (OutputPiece("o", (V,), t("r"), (Read(t("r"), "S", True, t("q")),)),)))
+    >>> from rnnc.compiler import analyse_source
+    >>> from rnnc.templates.chunked_spec import stage_spec
+    >>> lines = StepLines(stage_spec(analyse_source(open("examples/gla.rnn").read())))
     >>> lines.leaf_loads()[-1]
     'u3_g_key = tl.load(u3_g_ptr + row[:, None] * d0_K + kk[None, :], mask=mask_tk, other=0.0).to(COMPUTE)'
 """
@@ -117,7 +111,7 @@ class StepLines:
                 if step.correction is not None:
                     c, u, w = step.correction
                     out += [(f"s{j}_c{f}", c, "scalar"), (f"s{j}_u{f}", u, "key"), (f"s{j}_w{f}", w, "key")]
-            for w, (scale, key, value) in enumerate(s.writes):
+            for w, (_, scale, key, value) in enumerate(s.writes):
                 out += [(f"s{j}_scale{w}", scale, "scalar"), (f"s{j}_key{w}", key, "key")]
                 if value is not None:
                     out.append((f"s{j}_val{w}", value, "value"))

@@ -6,7 +6,7 @@ values and reads ``query @ S`` of old or new states). This module only *reads* t
 the form the kernels work in; it recognises no cell.
 
 **Rows.** A step with n factors is n rows (padded to a power of two with identity rows in front):
-row f applies factor f, and the writes enter at the step's last row. A factor's rank-one
+row f applies factor f and its writes (``S_f = A_f S_{f-1} + B_f``). A factor's rank-one
 correction ``c u (w^T S)`` is an *entry* of its row whose value ``w^T S`` is a read of the state
 after the previous row; a write is an entry with a known value. A read of the new state sits at
 the step's last row, a read of the old state at its first row, one row earlier (strict mask).
@@ -23,7 +23,7 @@ Example:
     >>> from rnnc.compiler.components import Factor, LinearState, Write
     >>> from rnnc.compiler.symbols import tensor_symbol as t
     >>> K, V = sympy.symbols("K V", positive=True, integer=True)
-    >>> S = LinearState("S", 0, K, V, (Factor("scalar", t("g"), True),), (Write(1, t("k"), t("v")),))
+    >>> S = LinearState("S", 0, K, V, (Factor("scalar", t("g"), True, (), (Write(1, t("k"), t("v")),)),))
     >>> rows = state_rows(S, 1)
     >>> rows.decay, rows.steps[0].log_decay, rows.vector
     ('scalar', g, False)
@@ -39,7 +39,7 @@ from rnnc.compiler.components import LinearState, OutputPiece, new_value_symbol
 from rnnc.compiler.nested import show
 from rnnc.compiler.shapes import same_dim
 from rnnc.compiler.shapes import show as show_shape
-from rnnc.compiler.symbols import STRUCTURAL, Matmul, ReduceSum, tensor_symbol
+from rnnc.compiler.symbols import STRUCTURAL, Matmul, Outer, ReduceSum, tensor_symbol
 from rnnc.errors import BackendError
 
 DECAY_ORDER = ("identity", "scalar", "diagonal")
@@ -77,14 +77,14 @@ class SubStep:
 
 @dataclass(frozen=True)
 class StateRows:
-    """A linear state as rows: its factors (identity rows first up to ``n_sub``), writes and layout."""
+    """A linear state as rows: its factors (identity rows first up to ``n_sub``), their writes, its layout."""
 
     name: str
     key_axis: int  # 0: stored [K, V]; 1: stored [V, K]
     vector: bool  # a [K] state (one value column)
     decay: str  # the widest decay of its factors
     steps: tuple[SubStep, ...]  # exactly n_sub of them
-    writes: tuple[tuple[sympy.Expr, sympy.Expr, sympy.Expr | None], ...]  # (scale, key, value)
+    writes: tuple[tuple[int, sympy.Expr, sympy.Expr, sympy.Expr | None], ...]  # (row, scale, key, value)
 
     @property
     def corrected(self) -> bool:
@@ -150,7 +150,7 @@ class ChunkedSpec:
                         (f"{s.name}.u{f}", u, "key"),
                         (f"{s.name}.w{f}", w, "key"),
                     ]
-            for j, (scale, key, value) in enumerate(s.writes):
+            for j, (_, scale, key, value) in enumerate(s.writes):
                 out += [(f"{s.name}.scale{j}", scale, "scalar"), (f"{s.name}.key{j}", key, "key")]
                 if value is not None:
                     out.append((f"{s.name}.value{j}", value, "value"))
@@ -177,13 +177,14 @@ def state_rows(state: LinearState, n_sub: int, cell: str = "?") -> StateRows:
         >>> from rnnc.compiler.components import Factor, LinearState, RankOne, Write
         >>> from rnnc.compiler.symbols import tensor_symbol as t
         >>> K = sympy.Symbol("K", positive=True, integer=True)
-        >>> delta = Factor("identity", None, True, (RankOne(-t("b"), t("k"), t("k")),))
-        >>> rows = state_rows(LinearState("n", 0, K, None, (delta,), (Write(t("b"), t("k"), None),)), 2)
-        >>> [s.correction is None for s in rows.steps], rows.vector, rows.corrected
-        ([True, False], True, True)
+        >>> delta = Factor("identity", None, True, (RankOne(-t("b"), t("k"), t("k")),), (Write(t("b"), t("k"), None),))
+        >>> rows = state_rows(LinearState("n", 0, K, None, (delta,)), 2)
+        >>> [s.correction is None for s in rows.steps], rows.vector, rows.corrected, rows.writes[0][0]
+        ([True, False], True, True, 1)
     """
-    steps = []
-    for factor in state.factors:
+    steps, writes = [], []
+    pad = n_sub - len(state.factors)
+    for f, factor in enumerate(state.factors):
         if factor.decay not in DECAY_ORDER:
             raise unsupported(cell, f"needs a decay of {', '.join(DECAY_ORDER)} for {state.state}, has {factor.decay}")
         if len(factor.corrections) > 1:
@@ -199,15 +200,15 @@ def state_rows(state: LinearState, n_sub: int, cell: str = "?") -> StateRows:
             correction = (sympy.sympify(r.scale), sympy.sympify(r.u), sympy.sympify(r.w))
         log_decay = None if factor.decay == "identity" else sympy.sympify(factor.log_decay)
         steps.append(SubStep(factor.decay, log_decay, correction))
+        writes += [
+            (pad + f, sympy.sympify(w.scale), sympy.sympify(w.key), None if w.value is None else sympy.sympify(w.value))
+            for w in factor.writes
+        ]
     if len(steps) > n_sub:
         raise ValueError(f"{state.state} has {len(steps)} factors, more than {n_sub} rows per step")
-    steps = [SubStep("identity", None, None)] * (n_sub - len(steps)) + steps
+    steps = [SubStep("identity", None, None)] * pad + steps
     decay = max((s.decay for s in steps), key=DECAY_ORDER.index)
-    writes = tuple(
-        (sympy.sympify(w.scale), sympy.sympify(w.key), None if w.value is None else sympy.sympify(w.value))
-        for w in state.writes
-    )
-    return StateRows(state.state, state.key_axis, state.value_dim is None, decay, tuple(steps), writes)
+    return StateRows(state.state, state.key_axis, state.value_dim is None, decay, tuple(steps), tuple(writes))
 
 
 def rows_per_step(states) -> int:
@@ -232,7 +233,7 @@ def build_spec(ir, states: tuple[LinearState, ...], outputs: tuple[OutputPiece, 
         >>> from rnnc.compiler.symbols import tensor_symbol as t
         >>> ir = lower_source(open("examples/retnet.rnn").read())
         >>> K, V = (sympy.Symbol(d, positive=True, integer=True) for d in "KV")
-        >>> S = LinearState("S", 0, K, V, (Factor("scalar", t("log_gamma"), True),), (Write(1, t("k"), t("v")),))
+        >>> S = LinearState("S", 0, K, V, (Factor("scalar", t("log_gamma"), True, (), (Write(1, t("k"), t("v")),)),))
         >>> o = OutputPiece("o", (V,), t("r"), (Read(t("r"), "S", True, t("q")),))
         >>> spec = build_spec(ir, (S,), (o,))
         >>> [(x.name, x.role) for x in spec.leaves], spec.outputs[0].space
@@ -280,7 +281,7 @@ def build_spec(ir, states: tuple[LinearState, ...], outputs: tuple[OutputPiece, 
                 )
                 for st in s.steps
             ),
-            tuple((extractor(a), extractor(b), extractor(c)) for a, b, c in s.writes),
+            tuple((row, extractor(a), extractor(b), extractor(c)) for row, a, b, c in s.writes),
         )
         for s in rows
     )
@@ -312,7 +313,7 @@ def _all_exprs(rows, reads, outputs):
                 yield st.log_decay
             if st.correction is not None:
                 yield from st.correction
-        for w in s.writes:
+        for _, *w in s.writes:
             yield from (e for e in w if e is not None)
     yield from (r.query for r in reads)
     yield from (o.expr for o in outputs)
@@ -363,6 +364,12 @@ class _Reductions:
         return self._replace(expr)
 
     def _replace(self, expr):
+        if isinstance(expr, Matmul) and isinstance(expr.args[1], Outer):  # r @ outer(a, b) = (r @ a) * b
+            a, b = expr.args[1].args
+            return self._replace(Matmul(expr.args[0], a)) * self._replace(b)
+        if isinstance(expr, Matmul) and isinstance(expr.args[0], Outer):  # outer(a, b) @ r = a * (b @ r)
+            a, b = expr.args[0].args
+            return self._replace(a) * self._replace(Matmul(b, expr.args[1]))
         if isinstance(expr, (Matmul, ReduceSum)):
             if isinstance(expr, Matmul):
                 a, b = (self._replace(x) for x in expr.args)
@@ -423,47 +430,16 @@ def _check_spaces(spec: ChunkedSpec) -> None:
 def stage_spec(plan) -> ChunkedSpec:
     """The :class:`ChunkedSpec` of a Plan's chunked stage, from the analysis' components.
 
-    Until the analysis builds components (``Plan.components``, ``Plan.stages``), the pieces of the
-    one matrix state that ``chunked_pieces`` recognises stand in for them.
-
     Example:
         >>> from rnnc.compiler import analyse_source
         >>> spec = stage_spec(analyse_source(open("examples/gated_deltanet.rnn").read()))
         >>> spec.states[0].decay, spec.states[0].corrected
         ('scalar', True)
     """
-    stages = getattr(plan, "stages", None)
-    if stages:
-        chunked = [s for s in stages if s.strategy == "chunked"]
-        if len(chunked) != 1:
-            raise unsupported(plan.ir.cell, f"needs one chunked stage, has {len(chunked)}")
-        stage = chunked[0]
-        components = {c.index: c for c in plan.components}
-        states = tuple(ls for i in stage.components for ls in components[i].linear)
-        return build_spec(plan.ir, states, tuple(stage.output_pieces))
-    return build_spec(plan.ir, *_recognised(plan))
-
-
-def _recognised(plan):
-    """The one matrix state and output that ``chunked_pieces`` recognises, as a linear state and an output piece."""
-    from rnnc.compiler.components import Factor, LinearState, OutputPiece, RankOne, Read, Write
-    from rnnc.templates.chunked_pieces import find_pieces
-
-    pieces = find_pieces(plan)
-    exprs = {name: expr for name, (expr, _) in pieces.exprs.items()}
-    decay = {"none": "identity"}.get(pieces.decay, pieces.decay)
-    log_decay = exprs.get("log_decay")
-    corrections = ()
-    if pieces.delta:
-        strength = exprs["beta"] * (sympy.exp(log_decay) if decay == "scalar" else 1)
-        corrections = (RankOne(-strength, exprs["key"], exprs["key"]),)
-    factor = Factor(decay, log_decay, True, corrections)
-    state = plan.ir.states[0]
-    key_dim, value_dim = state.shape
-    linear = LinearState(
-        state.name, 0, key_dim, value_dim, (factor,), (Write(exprs.get("scale", 1), exprs["key"], exprs["value"]),)
-    )
-    out = plan.ir.outputs[0]
-    read = tensor_symbol(f"{state.name} read")
-    piece = OutputPiece(out.name, tuple(out.shape), read, (Read(read, state.name, True, exprs["query"]),))
-    return (linear,), (piece,)
+    chunked = [s for s in plan.stages if s.strategy == "chunked"]
+    if len(chunked) != 1:
+        raise unsupported(plan.ir.cell, f"needs one chunked stage, has {len(chunked)}")
+    stage = chunked[0]
+    components = {c.index: c for c in plan.components}
+    states = tuple(ls for i in stage.components for ls in components[i].linear)
+    return build_spec(plan.ir, states, tuple(stage.output_pieces))

@@ -88,12 +88,12 @@ class StateLines:
             w = [f"{p}_w{f}" if st.correction else "zero_key" for f, st in enumerate(s.steps)]
             u = [f"{p}_c{f}[:, None] * {p}_u{f}" if st.correction else "zero_key" for f, st in enumerate(s.steps)]
             lines += [f"{p}_W = {self._place(w)}", f"{p}_U = {self._place(u)}"]
-        for w, (_, _, value) in enumerate(s.writes):
-            lines.append(f"{p}_A{w} = {self._at(f'{p}_scale{w}[:, None] * {p}_key{w}', self.last_row, 'zero_key')}")
+        for w, (row, _, _, value) in enumerate(s.writes):
+            lines.append(f"{p}_A{w} = {self._at(f'{p}_scale{w}[:, None] * {p}_key{w}', row, 'zero_key')}")
             if value is None:
                 lines.append(f"{p}_B{w} = ones_unit")
             else:
-                lines.append(f"{p}_B{w} = {self._at(f'{p}_val{w}', self.last_row, 'zero_val')}")
+                lines.append(f"{p}_B{w} = {self._at(f'{p}_val{w}', row, 'zero_val')}")
         for k, r in self.reads:
             lines.append(f"qr{k} = {self._at(f'q{k}', self.last_row if r.new else 0, 'zero_key')}")
         return lines
@@ -310,12 +310,12 @@ class StateLines:
                 lines.append(f"dU_ = {self._from(f'{p}_dU', f)}")
                 lines.append(f"d_{p}_c{f} = tl.sum(dU_ * {p}_u{f}, axis=1)")
                 lines.append(f"d_{p}_u{f} = dU_ * {p}_c{f}[:, None]")
-        for w, (_, _, value) in enumerate(s.writes):
-            lines.append(f"dA_ = {self._from(f'{p}_dA{w}', self.last_row)}")
+        for w, (row, _, _, value) in enumerate(s.writes):
+            lines.append(f"dA_ = {self._from(f'{p}_dA{w}', row)}")
             lines.append(f"d_{p}_scale{w} = tl.sum(dA_ * {p}_key{w}, axis=1)")
             lines.append(f"d_{p}_key{w} = dA_ * {p}_scale{w}[:, None]")
             if value is not None:
-                lines.append(f"d_{p}_val{w} = {self._from(f'{p}_dB{w}', self.last_row)}")
+                lines.append(f"d_{p}_val{w} = {self._from(f'{p}_dB{w}', row)}")
         for k, r in self.reads:
             lines.append(f"d_q{k} = {self._from(f'dqr{k}', self.last_row if r.new else 0)}")
         return lines
