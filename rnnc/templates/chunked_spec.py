@@ -191,8 +191,7 @@ def state_rows(state: LinearState, n_sub: int, cell: str = "?") -> StateRows:
             terms = " + ".join(f"({show(r.scale)}) {show(r.u)} {show(r.w)}^T" for r in factor.corrections)
             raise unsupported(
                 cell,
-                f"needs at most one rank-one correction per factor of {state.state}'s transition, has {terms} "
-                "(write it as a product of factors)",
+                f"needs at most one rank-one correction per factor of {state.state}'s transition, has {terms}",
             )
         correction = None
         if factor.corrections:
