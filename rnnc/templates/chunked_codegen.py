@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rnnc.templates.chunked_lines import MASK, ZERO, StepLines, sanitize
+from rnnc.templates.chunked_lines import MASK, ZERO, StepLines, sanitize, step_offsets
 from rnnc.templates.chunked_spec import ChunkedSpec
 from rnnc.templates.chunked_state import StateLines
 from rnnc.templates.loading import template
@@ -54,7 +54,8 @@ ones_unit = tl.where(uu[None, :] == 0, 1.0, 0.0) + tl.zeros([CHUNK, BU], dtype=C
 
 CHUNK_PROLOGUE = """t = c * STEPS + step
 mask_t = t < T_b
-row = (bos + t) * NH + h  # [B, T, NH] row of each step (int64)
+first = (bos + c * STEPS) * NH + h  # [B, T, NH] row of the chunk's first step (int64)
+rows = step * NH  # each step's row after the first (int32: addresses need few registers)
 mask_tk = mask_t[:, None] & mask_k[None, :]
 mask_tv = mask_t[:, None] & mask_v[None, :]
 slot = slot_base + c  # where this chunk's starting states are saved""".splitlines()
@@ -161,10 +162,9 @@ def _output_store(steps: StepLines, m: int, name: str, kind: str) -> str:
     out = steps.spec.outputs[m]
     space = out.space
     if space == "scalar":
-        offsets = "row"
+        offsets = "first + rows"
     else:
-        size = steps.dim_text(out.shape[0])
-        offsets = f"row[:, None] * {size} + {'vv' if space == 'value' else 'kk'}[None, :]"
+        offsets = step_offsets(steps.dim_text(out.shape[0]), "vv" if space == "value" else "kk")
     if kind == "grad":
         return f"d_out{m} = tl.load({name}_grad_ptr + {offsets}, mask={MASK[space]}, other=0.0).to(COMPUTE)"
     return f"tl.store({name}_ptr + {offsets}, out{m}.to({name}_ptr.dtype.element_ty), mask={MASK[space]})"

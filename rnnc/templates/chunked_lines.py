@@ -11,8 +11,9 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> from rnnc.templates.chunked_spec import stage_spec
     >>> lines = StepLines(stage_spec(analyse_source(open("examples/gla.rnn").read())))
-    >>> lines.leaf_loads()[-1]
-    'u3_g_key = tl.load(u3_g_ptr + row[:, None] * d0_K + kk[None, :], mask=mask_tk, other=0.0).to(COMPUTE)'
+    >>> print(lines.leaf_loads()[-1].replace(", mask", ",\n    mask"))
+    u3_g_key = tl.load(u3_g_ptr + first * d0_K + (rows[:, None] * d0_K + kk[None, :]),
+        mask=mask_tk, other=0.0).to(COMPUTE)
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ ACCUMULATOR = {
     "key": "tl.zeros([BK], dtype=COMPUTE)",
     "value": "tl.zeros([BV], dtype=COMPUTE)",
 }
+
+
+def step_offsets(size: str, lanes: str) -> str:
+    """Offsets of a chunk's ``[STEPS, lanes]`` tile in a ``[B, T, NH, size]`` tensor: the chunk's first row
+    (int64) times ``size`` plus small int32 offsets inside the chunk (addresses need few registers).
+
+    Example:
+        >>> step_offsets("d0_K", "kk")
+        'first * d0_K + (rows[:, None] * d0_K + kk[None, :])'
+    """
+    return f"first * {size} + (rows[:, None] * {size} + {lanes}[None, :])"
 
 
 def sanitize(name: str) -> str:
@@ -162,12 +174,12 @@ class StepLines:
             base = self.leaf[leaf.name]
             for space in sorted(self.spaces[leaf.name]):
                 if space == "scalar":
-                    lines.append(f"{base}_sc = tl.load({base}_ptr + row, mask=mask_t, other=0.0).to(COMPUTE)")
+                    lines.append(f"{base}_sc = tl.load({base}_ptr + first + rows, mask=mask_t, other=0.0).to(COMPUTE)")
                 else:
                     lanes, _ = LANES[space]
                     size = self.dim_text(leaf.shape[0])
                     lines.append(
-                        f"{base}_{TAG[space]} = tl.load({base}_ptr + row[:, None] * {size} + {lanes}[None, :], "
+                        f"{base}_{TAG[space]} = tl.load({base}_ptr + {step_offsets(size, lanes)}, "
                         f"mask={MASK[space]}, other=0.0).to(COMPUTE)"
                     )
         return lines
@@ -261,13 +273,12 @@ class StepLines:
                         accumulate.append(f"{acc} += tl.sum({tile}, axis=0)")
                         finals.append(f"tl.atomic_add({base}_grad_ptr + h * {size} + {lanes}, {acc}, mask={mask})")
                 elif space == "scalar":
-                    stores.append(f"tl.atomic_add({base}_grad_ptr + row, {tile}, mask=mask_t)")
+                    stores.append(f"tl.atomic_add({base}_grad_ptr + first + rows, {tile}, mask=mask_t)")
                 else:
                     lanes, _ = LANES[space]
                     size = self.dim_text(leaf.shape[0])
                     stores.append(
-                        f"tl.atomic_add({base}_grad_ptr + row[:, None] * {size} + {lanes}[None, :], {tile}, "
-                        f"mask={MASK[space]})"
+                        f"tl.atomic_add({base}_grad_ptr + {step_offsets(size, lanes)}, {tile}, mask={MASK[space]})"
                     )
         return stores, accumulate, finals
 

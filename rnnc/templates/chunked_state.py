@@ -120,9 +120,9 @@ class StateLines:
         if s.decay == "scalar":
             strict_needed = s.corrected or any(not r.new for _, r in self.reads)
             if strict_needed:
-                lines.append(f"{p}_fs = _pair_factor({p}_lam, CHUNK, True, COMPUTE)")
+                lines.append(f"{p}_fs = _pair_factor({p}_lam, {p}_through, CHUNK, True)")
             if any(r.new for _, r in self.reads):
-                lines.append(f"{p}_fi = _pair_factor({p}_lam, CHUNK, False, COMPUTE)")
+                lines.append(f"{p}_fi = _pair_factor({p}_lam, {p}_through, CHUNK, False)")
         st = f"st{self.j}"
         if s.corrected:
             lines.append(f"{p}_M = {self._scores(f'{p}_W', f'{p}_U', True)}")
@@ -322,14 +322,15 @@ class StateLines:
 
     # --- memory ----------------------------------------------------------------------------------
     def offsets(self, kind: str) -> tuple[str, str]:
-        """(offsets, mask) of the state tile in the initial/final tensors (``kind`` "io") or the saved ones."""
+        """(offsets, mask) of the state tile in the initial/final tensors (``kind`` "io") or the saved ones:
+        an int64 base per (sequence, head) or chunk slot plus small int32 offsets inside the tile."""
         s = self.state
-        if kind == "saved":
-            if s.vector:
-                return "(slot * NH + h) * DK + kk[:, None] + 0 * uu[None, :]", "mask_k[:, None] & (uu[None, :] == 0)"
-            return "((slot * NH + h) * DK + kk[:, None]) * DV + vv[None, :]", "mask_kv"
         if s.vector:
-            return "state_row * DK + kk[:, None] + 0 * uu[None, :]", "mask_k[:, None] & (uu[None, :] == 0)"
-        if s.key_axis == 1:
-            return "(state_row * DV + vv[None, :]) * DK + kk[:, None]", "mask_kv"
-        return "(state_row * DK + kk[:, None]) * DV + vv[None, :]", "mask_kv"
+            local, mask = "(kk[:, None] + 0 * uu[None, :])", "mask_k[:, None] & (uu[None, :] == 0)"
+            size = "DK"
+        elif s.key_axis == 1 and kind != "saved":
+            local, mask, size = "(vv[None, :] * DK + kk[:, None])", "mask_kv", "DK * DV"
+        else:
+            local, mask, size = "(kk[:, None] * DV + vv[None, :])", "mask_kv", "DK * DV"
+        base = "(slot * NH + h)" if kind == "saved" else "state_row"
+        return f"{base} * {size} + {local}", mask
