@@ -11,9 +11,8 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> from rnnc.templates.chunked_spec import stage_spec
     >>> lines = StepLines(stage_spec(analyse_source(open("examples/gla.rnn").read())))
-    >>> print(lines.leaf_loads()[-1].replace(", mask", ",\n    mask"))
-    u3_g_key = tl.load(u3_g_ptr + first * d0_K + (rows[:, None] * d0_K + kk[None, :]),
-        mask=mask_tk, other=0.0).to(COMPUTE)
+    >>> lines.leaf_loads()[-1].split(", mask")[0]
+    'u3_g_key = tl.load(u3_g_ptr + first * d0_K + (rows[:, None] * d0_K + kk[None, :])'
 """
 
 from __future__ import annotations
