@@ -30,6 +30,7 @@ from triton.compiler import ASTSource
 
 from rnnc.compiler import analyse_source
 from rnnc.runtime.triton_chunked import ChunkedStage
+from rnnc.templates.chunked_codegen import render_chunked
 from rnnc.templates.chunked_spec import stage_spec
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -56,7 +57,7 @@ def signature(kernel, stage: ChunkedStage, forward: bool) -> dict:
 
 def compile_one(cell: str, forward: bool, tiles: dict) -> dict:
     plan = analyse_source(open(f"examples/{cell}.rnn").read())
-    stage = ChunkedStage(stage_spec(plan), plan.key())
+    stage = ChunkedStage(render_chunked(stage_spec(plan), plan.key()))
     kernel = stage.kernels.forward_kernel if forward else stage.kernels.backward_kernel
     dims = {d: 128 for d in plan.ir.dims}
     tiles = stage.tiles(dims, tiles)  # as the launcher would: a per-channel decay keeps chunks of 16

@@ -106,19 +106,19 @@ def test_several_value_blocks_add_their_shared_gradients(name):
 
 def test_a_pinned_tiling_is_used_in_the_interpreter(monkeypatch):
     """Cell.use_tiling reaches the launch: BV = 16 runs two value blocks, CHUNK = 32 two chunks of 32 steps."""
-    from rnnc.runtime import triton_chunked
+    from rnnc.runtime.triton_chunked import ChunkedStage
 
     cell = rnnc.compile("examples/simple_gla.rnn", backend="triton")
     cell.use_tiling({"BV": 16, "CHUNK": 32})
     launched = []
-    original = triton_chunked._launch
+    original = ChunkedStage._launch
 
-    def recording(*args):
-        grid, sizes, meta, tiles = original(*args)
+    def recording(self, *args):
+        grid, sizes, meta, tiles = original(self, *args)
         launched.append((grid, tiles))
         return grid, sizes, meta, tiles
 
-    monkeypatch.setattr(triton_chunked, "_launch", recording)
+    monkeypatch.setattr(ChunkedStage, "_launch", recording)
     leaves, states, _ = make_call("simple_gla", 1, 40, 1, 16, 32, torch.float64)
     ours = cell(state=states, **leaves)
     grid, tiles = launched[0]

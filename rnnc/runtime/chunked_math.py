@@ -21,7 +21,7 @@ Example:
     >>> import torch
     >>> B, H, R, K, V = 1, 1, 5, 3, 2
     >>> k, v, q = torch.randn(B, H, R, K), torch.randn(B, H, R, V), torch.randn(B, H, R, K)
-    >>> (y,), final = run_state(torch.zeros(B, H, K, V), None, "identity", None, None, [(k, v)], [(q, False)], 4)
+    >>> (y,), final = run_state(torch.zeros(B, H, K, V), None, "identity", None, [(k, v, None)], [(q, False)], 4)
     >>> S = torch.zeros(K, V); ref = []
     >>> for r in range(R):
     ...     S = S + torch.outer(k[0, 0, r], v[0, 0, r]); ref.append(q[0, 0, r] @ S)
@@ -218,22 +218,26 @@ def _pad_chunks(x: torch.Tensor | None, R_pad: int, C: int) -> torch.Tensor | No
     return x.reshape(*x.shape[:-2], R_pad // C, C, x.shape[-1])
 
 
-def run_state(S0, lam, decay: str, W, U, writes, queries, chunk: int):
+def run_state(S0, lam, decay: str, W, entries, queries, chunk: int):
     """One linear state over all rows: the queries' reads and the final state.
 
     ``S0`` ``[B, H, K, V]``; ``lam`` ``[B, H, R, 1]`` or ``[B, H, R, K]`` (None for identity);
-    ``W``, ``U`` ``[B, H, R, K]`` the correction's query and (scaled) key, or None; ``writes`` a list
-    of ``(A [B, H, R, K], B [B, H, R, V])``; ``queries`` a list of ``(Q [B, H, R, K], strict)``.
-    Returns ``([Y [B, H, R, V] per query], S_final)``; ``chunk`` (rows per chunk) is a power of two.
+    ``entries`` a list of ``(A, B, c)``: keys ``A`` ``[B, H, R, K]`` with known values ``B``
+    ``[B, H, R, V]`` (or None) and, for the first entry only, the correction's strengths ``c``
+    ``[B, H, R]`` (or None): that entry's value is ``c * (w^T S_{r-1}) + B``, so a correction and the
+    writes along its own key are one entry; ``W`` ``[B, H, R, K]`` the correction's query (or None);
+    ``queries`` a list of ``(Q [B, H, R, K], strict)``. Returns ``([Y [B, H, R, V] per query], S_final)``;
+    ``chunk`` (rows per chunk) is a power of two.
     """
-    R = queries[0][0].shape[-2] if queries else writes[0][0].shape[-2]
+    R = queries[0][0].shape[-2] if queries else entries[0][0].shape[-2]
     C = chunk
     N = -(-R // C)
     R_pad = N * C
-    keys = [_pad_chunks(a, R_pad, C) for a, _ in writes]
-    values = [_pad_chunks(b, R_pad, C) for _, b in writes]
+    keys = [_pad_chunks(a, R_pad, C) for a, _, _ in entries]
+    values = [_pad_chunks(b, R_pad, C) for _, b, _ in entries]
+    strength = entries[0][2] if entries and W is not None else None
     queries = [(_pad_chunks(q, R_pad, C), strict) for q, strict in queries]
-    W, U = _pad_chunks(W, R_pad, C), _pad_chunks(U, R_pad, C)
+    W = _pad_chunks(W, R_pad, C)
     decays = None
     if decay != "identity":
         decays = ChunkDecays(_pad_chunks(lam.clamp(min=log_floor(lam.dtype)), R_pad, C), decay)
@@ -241,53 +245,58 @@ def run_state(S0, lam, decay: str, W, U, writes, queries, chunk: int):
     def scale(x, which: str):  # x decayed by one of the decays' sums, or x for the identity
         return x if decays is None else x * torch.exp(getattr(decays, which))
 
-    def scores(Q, entries, strict):  # the scores of a query tile against several entry tiles
+    def scores(Q, tiles, strict):  # the scores of a query tile against several entry tiles
         if decays is not None and decays.kind == "diagonal":
-            return [_halving_scores(Q, a, decays.lam, strict) for a in entries]
-        return _masked_scores(Q, entries, decays, strict)
+            return [_halving_scores(Q, a, decays.lam, strict) for a in tiles]
+        return _masked_scores(Q, tiles, decays, strict)
 
+    ends = [scale(a, "to_end").transpose(-1, -2) for a in keys]  # entries decayed to the chunk's end
     local = None  # the state a chunk adds from its own rows: [B, H, N, K, V]
-    for a, b in zip(keys, values):
-        local = _add(local, scale(a, "to_end").transpose(-1, -2) @ b)
+    known = [(i, b) for i, b in enumerate(values) if b is not None and (i > 0 or W is None)]
+    for i, b in known:
+        local = _add(local, ends[i] @ b)
     if W is not None:
-        # corrections: X = Wd S0 + Mcc X + sum Mcw B, so X = X_loc + Yw S0 by one triangular solve
-        into_corrections = scores(W, [U, *keys], True)
-        system = torch.eye(C, dtype=W.dtype, device=W.device) - into_corrections[0]
+        # the correcting entry's value Z = c (Wd S0 + M Z + sum_e M_e B_e) + B_0, M = P(W, A_0) strictly
+        # causal: (I - c M) Z = c Wd S0 + (c rhs + B_0), so Z = Zw S0 + Z_loc by one triangular solve
+        c = _pad_chunks(strength[..., None], R_pad, C)
+        into = scores(W, keys, True)
+        system = torch.eye(C, dtype=W.dtype, device=W.device) - c * into[0]
         rhs = None
-        for m, b in zip(into_corrections[1:], values):
+        for m, (_, b) in zip(into[1:], known):
             rhs = _add(rhs, causal_product(m, b, True))
-        Wd = scale(W, "before")
+        rhs = None if rhs is None else c * rhs
+        if values[0] is not None:
+            rhs = _add(rhs, values[0])
+        Wd = c * scale(W, "before")
         both = _solve_causal(system, Wd if rhs is None else torch.cat([Wd, rhs], dim=-1))
-        Yw, X_loc = (both, None) if rhs is None else both.split([Wd.shape[-1], rhs.shape[-1]], dim=-1)
-        U_end = scale(U, "to_end").transpose(-1, -2)
-        transition = (U_end @ Yw).unbind(2)  # [B, H, K, K] per chunk
-        if X_loc is not None:
-            local = _add(local, U_end @ X_loc)
+        Zw, Z_loc = (both, None) if rhs is None else both.split([Wd.shape[-1], rhs.shape[-1]], dim=-1)
+        transition = (ends[0] @ Zw).unbind(2)  # [B, H, K, K] per chunk
+        if Z_loc is not None:
+            local = _add(local, ends[0] @ Z_loc)
     decay_end = None if decays is None else torch.exp(decays.last).transpose(-1, -2).unbind(2)  # [B, H, Kd, 1]
     local = None if local is None else local.unbind(2)
 
     starts = []
     S = S0
-    for c in range(N):
+    for n in range(N):
         starts.append(S)
-        nxt = S if decay_end is None else decay_end[c] * S
+        nxt = S if decay_end is None else decay_end[n] * S
         if W is not None:
-            nxt = nxt + transition[c] @ S
-        S = nxt + local[c] if local is not None else nxt
+            nxt = nxt + transition[n] @ S
+        S = nxt + local[n] if local is not None else nxt
     starts = torch.stack(starts, dim=2)  # [B, H, N, K, V]
 
     reads = []
     for Q, strict in queries:
         reader = scale(Q, "before" if strict else "through")
         const = None
-        entries = scores(Q, [U, *keys] if W is not None else keys, strict)
+        into = scores(Q, keys, strict)
         if W is not None:
-            reader = reader + causal_product(entries[0], Yw, strict)
-            if X_loc is not None:
-                const = causal_product(entries[0], X_loc, strict)
-            entries = entries[1:]
-        for p, b in zip(entries, values):
-            const = _add(const, causal_product(p, b, strict))
+            reader = reader + causal_product(into[0], Zw, strict)
+            if Z_loc is not None:
+                const = causal_product(into[0], Z_loc, strict)
+        for i, b in known:
+            const = _add(const, causal_product(into[i], b, strict))
         y = reader @ starts
         y = y + const if const is not None else y
         reads.append(y.reshape(*y.shape[:2], R_pad, y.shape[-1])[:, :, :R])

@@ -27,12 +27,13 @@ from __future__ import annotations
 import sympy
 import torch
 
+from rnnc.runtime.binding import concrete_shape
 from rnnc.runtime.chunked_math import run_state
-from rnnc.runtime.reference import load_source
+from rnnc.runtime.modules import load_module
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.chunked_spec import ChunkedSpec, StateRows
 
-CHUNK = 64  # rows per chunk (a multiple of the 16-row sub-blocks of per-channel decays)
+CHUNK = 32  # rows per chunk (the fastest on CPU at K = V = 64: bench/cpu.py)
 
 
 def _names(spec: ChunkedSpec, space: str, reads: bool) -> dict[str, str]:
@@ -102,7 +103,7 @@ class ChunkedTorch:
         self.spec = spec
         self.chunk = chunk
         self.text = pieces_source(spec)
-        namespace = load_source(self.text, f"{spec.cell}_chunked_pieces")
+        namespace = vars(load_module(self.text, f"{spec.cell}_chunked_pieces"))
         self._pieces, self._outputs = namespace["pieces"], namespace["outputs"]
 
     def __call__(self, leaves: dict, initial: dict, dims: dict):
@@ -123,8 +124,7 @@ class ChunkedTorch:
                 L[leaf.name] = x.movedim(1, 2)  # [B, NH, T, *shape]
         if B is None:
             raise ValueError(f"chunked stage of cell {spec.cell} needs at least one per-step input")
-        K = int(sympy.sympify(spec.key_dim).subs(_dims(dims)))
-        V = int(sympy.sympify(spec.value_dim).subs(_dims(dims))) if spec.value_dim is not None else 1
+        K, V = concrete_shape((spec.key_dim, spec.value_dim if spec.value_dim is not None else 1), dims)
         shapes = {"scalar": (B, NH, T), "key": (B, NH, T, K), "value": (B, NH, T, V)}
         P = self._pieces(L, {k: like.new_tensor(float(v)) for k, v in dims.items()}, shapes, like)
         R, finals = {}, {}
@@ -157,29 +157,37 @@ class ChunkedTorch:
                     g = P[f"{name}.log_decay{f}"]
                     subs.append((g if step.decay == "diagonal" else g[..., None]).expand(B, NH, T, width))
             lam = _rows(subs)
-        W = U = None
+        W, entries = None, []
+        writes = list(enumerate(state.writes))
         if state.corrected:
+            # the correction of each row and the writes of that row along its own key are one entry
             W = _rows([P[f"{name}.w{f}"] if s.correction else zeros_k for f, s in enumerate(state.steps)])
-            U = _rows(
-                [
-                    P[f"{name}.c{f}"][..., None] * P[f"{name}.u{f}"] if s.correction else zeros_k
-                    for f, s in enumerate(state.steps)
-                ]
-            )
-        last = n - 1
-        writes = []
-        for j, (row, _, _, value) in enumerate(state.writes):
+            keys, strengths, merged = [], [], []
+            for f, step in enumerate(state.steps):
+                if step.correction is None:
+                    keys.append(zeros_k)
+                    strengths.append(like.new_zeros(B, NH, T))
+                    continue
+                keys.append(P[f"{name}.u{f}"])
+                strengths.append(P[f"{name}.c{f}"])
+                for j, (row, _, key, value) in writes:
+                    if row == f and key == step.correction[1] and value is not None:
+                        merged.append((j, f))
+            values = None
+            for j, f in merged:
+                part = _at_row(P[f"{name}.scale{j}"][..., None] * P[f"{name}.value{j}"], f, n)
+                values = part if values is None else values + part
+            entries.append((_rows(keys), values, _rows([x[..., None] for x in strengths])[..., 0]))
+            writes = [(j, w) for j, w in writes if j not in {m for m, _ in merged}]
+        for j, (row, _, _, value) in writes:
             key = P[f"{name}.scale{j}"][..., None] * P[f"{name}.key{j}"]
             val = like.new_ones(B, NH, T, 1) if value is None else P[f"{name}.value{j}"]
-            writes.append((_at_row(key, row, n), _at_row(val, row, n)))
+            entries.append((_at_row(key, row, n), _at_row(val, row, n), None))
+        last = n - 1
         queries = [(_at_row(P[f"{r.symbol}.query"], last if r.new else 0, n), not r.new) for r in reads]
-        values, final = run_state(s0, lam, state.decay, W, U, writes, queries, self.chunk)
+        values, final = run_state(s0, lam, state.decay, W, entries, queries, self.chunk)
         values = [_from_row(y, last if r.new else 0, n) for y, r in zip(values, reads)]
         return values, final
-
-
-def _dims(dims: dict) -> dict:
-    return {sympy.Symbol(k, positive=True, integer=True): v for k, v in dims.items()}
 
 
 def _rows(per_sub: list[torch.Tensor]) -> torch.Tensor:
@@ -255,3 +263,32 @@ class ChunkedCell:
         own = {s.name for s in self.stage.spec.states}
         outputs, mine = self.stage(leaves, {k: v for k, v in initial.items() if k in own}, dims)
         return outputs, {**finals, **mine}
+
+
+def chunked_fast_path(runner, call):
+    """The reference backend's form of a chunked cell (registered for the "chunked" strategy): the cell in
+    chunkwise form with autograd, or None (the plain loop runs) where the chunked form does not cover it.
+
+    Example:
+        >>> import torch
+        >>> from rnnc.runtime.reference import ReferenceRunner, run_dense
+        >>> from rnnc.compiler import analyse_source
+        >>> runner = ReferenceRunner(analyse_source(open("examples/retnet.rnn").read()))
+        >>> x = torch.randn(1, 70, 1, 4, dtype=torch.float64)
+        >>> call = runner.bind({"q": x, "k": x, "v": x, "log_gamma": -torch.ones(1, dtype=torch.float64)}, {})
+        >>> fast, loop = chunked_fast_path(runner, call), run_dense(runner, call)
+        >>> torch.allclose(fast[0]["o"], loop[0]["o"]), torch.allclose(fast[1]["S"], loop[1]["S"])
+        (True, True)
+    """
+    from rnnc.errors import BackendError
+
+    cell = getattr(runner, "_chunked_form", None)
+    if cell is None:
+        try:
+            cell = ChunkedCell(runner.plan)
+        except BackendError:
+            cell = False
+        runner._chunked_form = cell
+    if cell is False:
+        return None
+    return cell({**call.inputs, **call.weights}, dict(call.states), call.dims)

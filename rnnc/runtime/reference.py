@@ -265,3 +265,13 @@ def run_packed(runner: ReferenceRunner, call: Call):
 def run_each_sequence(runner, call: Call):
     """A packed call run one sequence at a time through ``runner`` (any backend)."""
     return each_sequence(call, runner.plan.ir, lambda tensors, state: runner.run(runner.bind(tensors, state)))
+
+
+def _register_strategies() -> None:
+    """The strategies' whole-sequence forms: the chunked form of chunked cells."""
+    from rnnc.runtime.chunked_torch import chunked_fast_path
+
+    register_fast_path("chunked", chunked_fast_path)
+
+
+_register_strategies()

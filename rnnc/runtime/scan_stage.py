@@ -28,7 +28,8 @@ import sympy
 import torch
 
 from rnnc.compiler.symbols import STRUCTURAL, Matmul, ReduceSum
-from rnnc.runtime.reference import load_source
+from rnnc.runtime.binding import concrete_shape
+from rnnc.runtime.modules import load_module
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.chunked_spec import unsupported
 
@@ -73,7 +74,7 @@ class ScanStage:
             lines.append("")
             self.kinds[state] = (c.kind, rank)
         self.text = "\n".join(lines) + "\n"
-        namespace = load_source(self.text, f"{self.cell}_scan_stage")
+        namespace = vars(load_module(self.text, f"{self.cell}_scan_stage"))
         self._functions = [namespace[f"pieces_{i}"] for i in range(len(self.components))]
 
     def _pieces(self, component) -> list[str]:
@@ -173,8 +174,7 @@ class ScanStage:
         return values, finals
 
     def _sizes(self, state: str, dims: dict) -> tuple[int, ...]:
-        subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in dims.items()}
-        return tuple(int(sympy.sympify(d).subs(subs)) for d in self.shapes[state])
+        return concrete_shape(self.shapes[state], dims)
 
 
 def _fit(value, like: torch.Tensor) -> torch.Tensor:
