@@ -174,15 +174,36 @@ def test_generated_module_is_deterministic_and_readable():
     assert rwkv6.count("_diagonal_scores(qr0, s0_A0, s0_lam, CHUNK, True)") == 2  # a read of the old state
 
 
-@pytest.mark.parametrize("name", ZOO)
-def test_inference_moves_each_byte_about_once(name):
-    """Forward at inference: inputs, weights and the initial state read once, the output and the final
-    state written once, within 30 % (weights are read once per program; nothing per chunk is stored)."""
-    from interpreter_bytes import inference_traffic
+def _chunked_examples() -> list[str]:
+    from conftest import PAPER_CELLS
 
-    cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
-    leaves, states, _ = make_call(name, 2, 37, 2, 24, 20, torch.float32)
+    from rnnc.compiler import analyse_source
+
+    def strategy(name):
+        return analyse_source(open(f"examples/{name}.rnn").read()).strategy
+
+    return ZOO + [name for name in PAPER_CELLS if strategy(name) == "chunked"]
+
+
+@pytest.mark.parametrize("name", _chunked_examples())
+def test_inference_moves_each_byte_about_once(name):
+    """Forward at inference: inputs, weights and the initial states read once, the outputs and the final
+    states written once, within 30 % (weights are read once per program; nothing per chunk is stored).
+    A scan stage before the chunked stage runs in PyTorch, which the counter does not see."""
+    from interpreter_bytes import inference_traffic
+    from refs import paper_data
+
+    try:
+        cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
+    except rnnc.BackendError as exc:
+        pytest.skip(f"no chunked kernel: {str(exc).splitlines()[0]}")
+    if name in ZOO:
+        leaves, states, _ = make_call(name, 2, 37, 2, 24, 20, torch.float32)
+    else:
+        leaves, states = paper_data.make(name, B=2, T=37, NH=2, seed=1)
+        leaves, states = {k: v.float() for k, v in leaves.items()}, {k: v.float() for k, v in states.items()}
     moved, read, written = inference_traffic(cell, leaves, states)
     assert moved["store"] <= 1.3 * written, (moved, written)
     assert moved["load"] <= 1.3 * read, (moved, read)
-    assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte
+    if not any(s.strategy == "scan" for s in cell.plan.stages):
+        assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte
