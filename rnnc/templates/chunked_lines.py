@@ -189,8 +189,13 @@ class StepLines:
         for j, r in enumerate(self.spec.reductions):
             summand = self.print(r.summand, r.space)
             lines.append(f"red{j} = tl.sum(tl.where({MASK[r.space]}, {summand}, 0.0), axis=1)")
+        seen: dict[tuple, str] = {}
         for var, expr, space in self.pieces:
-            lines.append(f"{var} = tl.where({MASK[space]}, {self.print(expr, space)}, 0.0)")
+            same = seen.setdefault((space, sympy.srepr(expr)), var)
+            if same != var:  # the same piece twice (mLSTM's C and n share their decay): computed once
+                lines.append(f"{var} = {same}")
+            else:
+                lines.append(f"{var} = tl.where({MASK[space]}, {self.print(expr, space)}, 0.0)")
         return lines
 
     def output_lines(self) -> list[str]:
