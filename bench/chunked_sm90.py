@@ -31,7 +31,6 @@ from triton.compiler import ASTSource
 from rnnc.compiler import analyse_source
 from rnnc.runtime.triton_chunked import ChunkedStage
 from rnnc.templates.chunked_codegen import render_chunked
-from rnnc.templates.chunked_spec import stage_spec
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 RESULTS = Path(__file__).parent / "results" / "chunked-sm90.json"
@@ -39,10 +38,10 @@ RESULTS = Path(__file__).parent / "results" / "chunked-sm90.json"
 
 def signature(kernel, stage: ChunkedStage, forward: bool) -> dict:
     """Argument types: inputs and weights bf16, states, saved states and cotangents float32, sizes int32."""
-    leaves = {f"{stage.module.names.leaf[x.name]}_ptr" for x in stage.spec.leaves if x.role != "dim"}
+    leaves = {stage.module.names.ptr(x.name) for x in stage.spec.leaves if x.role != "dim"}
     types = {}
     for name in kernel.arg_names:
-        if name in leaves or (forward and name.startswith("o")):
+        if name in leaves or (forward and name.startswith("out_ptr")):
             types[name] = "*bf16"
         elif name.endswith("_ptr"):
             types[name] = "*fp32"
@@ -57,7 +56,7 @@ def signature(kernel, stage: ChunkedStage, forward: bool) -> dict:
 
 def compile_one(cell: str, forward: bool, tiles: dict) -> dict:
     plan = analyse_source(open(f"examples/{cell}.rnn").read())
-    stage = ChunkedStage(render_chunked(stage_spec(plan), plan.key()))
+    stage = ChunkedStage(render_chunked(plan))
     kernel = stage.kernels.forward_kernel if forward else stage.kernels.backward_kernel
     dims = {d: 128 for d in plan.ir.dims}
     tiles = stage.tiles(dims, tiles)  # as the launcher would: a per-channel decay keeps chunks of 16

@@ -168,7 +168,7 @@ def test_generated_module_is_deterministic_and_readable():
     second = rnnc.compile(open("examples/gated_deltanet.rnn").read(), backend="triton").source
     assert first == second
     assert "def forward_kernel(" in first and "def backward_kernel(" in first
-    assert "s0_lam0 = tl.where(mask_t, u3_g_sc, 0.0)" in first  # the log decay, printed from exp(g)
+    assert "s0_lam0 = tl.where(mask_t, sc_in_g, 0.0)" in first  # the log decay, printed from exp(g)
     assert "_unit_lower_inverse(s0_M, CHUNK)" in first  # the correction's UT form
     rwkv6 = triton_cell("rwkv6").kernels.source
     assert rwkv6.count("_diagonal_scores(qr0, s0_A0, s0_lam, CHUNK, True)") == 2  # a read of the old state

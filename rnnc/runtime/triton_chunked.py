@@ -14,7 +14,7 @@ Example (the interpreter runs it on CPU when TRITON_INTERPRET=1):
     >>> from rnnc.compiler import analyse_source
     >>> kernels = ChunkedKernels(analyse_source(open("examples/simple_gla.rnn").read()))
     >>> kernels.module.forward_args[-1], kernels.varlen
-    ('s0_S_saved_ptr', True)
+    ('saved_ptr_S', True)
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from rnnc.runtime.modules import load_module
 from rnnc.runtime.scan_stage import ScanStage, scan_components
 from rnnc.templates.chunked_codegen import ChunkedModule, render_chunked
 from rnnc.templates.chunked_lines import value_space_whole
-from rnnc.templates.chunked_spec import stage_spec
 
 DIAGONAL_CHUNK = 16  # per-channel decays sum the pairs of a chunk's rows elementwise: cost grows as CHUNK^2
 UNIT = 16  # a vector state's one value column, padded to the tl.dot minimum
@@ -207,7 +206,7 @@ class ChunkedKernels(GeneratedKernels):
 
     @staticmethod
     def render(plan) -> ChunkedModule:
-        return render_chunked(stage_spec(plan), plan.key())
+        return render_chunked(plan)
 
     def __init__(self, plan):
         self.scan = ScanStage(plan) if scan_components(plan) else None  # components the chunked stage reads

@@ -6,20 +6,20 @@ its chunk forward and backward (``chunked_state``); ``chunked.py.jinja`` only as
 
 Example:
     >>> from rnnc.compiler import analyse_source
-    >>> from rnnc.templates.chunked_spec import stage_spec
-    >>> module = render_chunked(stage_spec(analyse_source(open("examples/gla.rnn").read())), "0" * 16)
+    >>> module = render_chunked(analyse_source(open("examples/gla.rnn").read()))
     >>> module.forward_args
-    ['u0_q_ptr', 'u1_k_ptr', 'u2_v_ptr', 'u3_g_ptr', 's0_S_init_ptr', 'o0_o_ptr', 's0_S_final_ptr', 's0_S_saved_ptr']
+    ['ptr_in_q', 'ptr_in_k', 'ptr_in_v', 'ptr_in_g', 'init_ptr_S', 'out_ptr_o', 'final_ptr_S', 'saved_ptr_S']
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rnnc.templates.chunked_lines import MASK, ZERO, StepLines, sanitize, step_offsets
-from rnnc.templates.chunked_spec import ChunkedSpec
+from rnnc.templates.chunked_lines import MASK, ZERO, StepLines, step_offsets
+from rnnc.templates.chunked_spec import ChunkedSpec, stage_spec
 from rnnc.templates.chunked_state import StateLines
 from rnnc.templates.loading import template
+from rnnc.templates.names import derived
 
 PROLOGUE = """pid_v = tl.program_id(0)
 pid_bh = tl.program_id(1)
@@ -72,19 +72,31 @@ class ChunkedModule:
     names: StepLines
 
 
-def render_chunked(spec: ChunkedSpec, key: str) -> ChunkedModule:
-    """The Triton module (forward and backward kernels) of a chunked stage."""
+def render_chunked(plan) -> ChunkedModule:
+    """The Triton module (forward and backward kernels) of a Plan's chunked stage."""
+    return render_spec(stage_spec(plan), plan.key())
+
+
+def state_pointer(*role: str, state: str) -> str:
+    """A pointer argument of a state's values (``init``, ``final``, ``saved``; ``grad`` in front for cotangents)."""
+    return derived(*role, "ptr", user=state)
+
+
+def render_spec(spec: ChunkedSpec, key: str) -> ChunkedModule:
+    """The Triton module of a chunked stage's spec (``key`` names the Plan in its docstring)."""
     steps = StepLines(spec)
     states = [StateLines(steps, j) for j in range(len(spec.states))]
-    state_names = [f"s{j}_{sanitize(s.name)}" for j, s in enumerate(spec.states)]
-    output_names = [f"o{m}_{sanitize(o.name)}" for m, o in enumerate(spec.outputs)]
-    leaf_ptrs = [f"{steps.leaf[x.name]}_ptr" for x in spec.leaves if x.role != "dim"]
-    forward_args = leaf_ptrs + [f"{n}_init_ptr" for n in state_names] + [f"{n}_ptr" for n in output_names]
-    forward_args += [f"{n}_final_ptr" for n in state_names] + [f"{n}_saved_ptr" for n in state_names]
-    backward_args = leaf_ptrs + [f"{n}_saved_ptr" for n in state_names] + [f"{n}_grad_ptr" for n in output_names]
-    backward_args += [f"{n}_grad_final_ptr" for n in state_names]
-    backward_args += [f"{steps.leaf[x.name]}_grad_ptr" for x in spec.leaves if x.role != "dim"]
-    backward_args += [f"{n}_grad_init_ptr" for n in state_names]
+    names = [s.name for s in spec.states]
+    outputs = [o.name for o in spec.outputs]
+    leaf_ptrs = [steps.ptr(x.name) for x in spec.leaves if x.role != "dim"]
+    forward_args = leaf_ptrs + [state_pointer("init", state=n) for n in names]
+    forward_args += [derived("out", "ptr", user=o) for o in outputs]
+    forward_args += [state_pointer("final", state=n) for n in names] + [state_pointer("saved", state=n) for n in names]
+    backward_args = leaf_ptrs + [state_pointer("saved", state=n) for n in names]
+    backward_args += [derived("grad", "out", "ptr", user=o) for o in outputs]
+    backward_args += [state_pointer("grad", "final", state=n) for n in names]
+    backward_args += [steps.ptr(x.name, grad=True) for x in spec.leaves if x.role != "dim"]
+    backward_args += [state_pointer("grad", "init", state=n) for n in names]
 
     dims = [
         f"DK = {steps.dim_text(spec.key_dim)}",
@@ -94,34 +106,36 @@ def render_chunked(spec: ChunkedSpec, key: str) -> ChunkedModule:
 
     state_loads, final_stores, forward_body = [], [], steps.leaf_loads() + steps.piece_lines()
     final_grad_loads, backward_finals = [], []
-    for lines, name in zip(states, state_names):
+    for lines, name in zip(states, names):
         j, vector = lines.j, lines.state.vector
         io, io_mask = lines.offsets("io")
         saved, saved_mask = lines.offsets("saved")
         owner = "mask_k[:, None] & (uu[None, :] + pid_v == 0)" if vector else io_mask  # one value block owns it
-        state_loads.append(f"st{j} = tl.load({name}_init_ptr + {io}, mask={io_mask}, other=0.0).to(COMPUTE)")
-        final_stores.append(f"tl.store({name}_final_ptr + {io}, st{j}, mask={owner})")
+        init, final = state_pointer("init", state=name), state_pointer("final", state=name)
+        saved_ptr = state_pointer("saved", state=name)
+        state_loads.append(f"st{j} = tl.load({init} + {io}, mask={io_mask}, other=0.0).to(COMPUTE)")
+        final_stores.append(f"tl.store({final} + {io}, st{j}, mask={owner})")
         forward_body += lines.row_lines()
         forward_body += ["if STORE_STATES:  # the chunk-start state, which backward reads instead of re-running"]
-        forward_body += [f"    tl.store({name}_saved_ptr + {saved}, st{j}, mask={saved_mask})"]
+        forward_body += [f"    tl.store({saved_ptr} + {saved}, st{j}, mask={saved_mask})"]
         forward_body += lines.recompute_lines() + lines.advance_lines()
-        final_grad_loads.append(f"dst{j} = tl.load({name}_grad_final_ptr + {io}, mask={owner}, other=0.0).to(COMPUTE)")
+        grad_final, grad_init = state_pointer("grad", "final", state=name), state_pointer("grad", "init", state=name)
+        final_grad_loads.append(f"dst{j} = tl.load({grad_final} + {io}, mask={owner}, other=0.0).to(COMPUTE)")
         if vector:  # every value block holds a part of a vector state's cotangent
-            backward_finals.append(f"tl.atomic_add({name}_grad_init_ptr + {io}, dst{j}, mask={io_mask})")
+            backward_finals.append(f"tl.atomic_add({grad_init} + {io}, dst{j}, mask={io_mask})")
         else:
-            backward_finals.append(f"tl.store({name}_grad_init_ptr + {io}, dst{j}, mask={io_mask})")
+            backward_finals.append(f"tl.store({grad_init} + {io}, dst{j}, mask={io_mask})")
     forward_body += steps.output_lines()
-    forward_body += [_output_store(steps, m, name, "") for m, name in enumerate(output_names)]
+    forward_body += [_output_store(steps, m, name, "") for m, name in enumerate(outputs)]
 
     backward_body = steps.leaf_loads() + steps.piece_lines()
-    for lines, name in zip(states, state_names):
+    for lines, name in zip(states, names):
         saved, saved_mask = lines.offsets("saved")
         backward_body += lines.row_lines()
-        backward_body.append(
-            f"st{lines.j} = tl.load({name}_saved_ptr + {saved}, mask={saved_mask}, other=0.0).to(COMPUTE)"
-        )
+        saved_ptr = state_pointer("saved", state=name)
+        backward_body.append(f"st{lines.j} = tl.load({saved_ptr} + {saved}, mask={saved_mask}, other=0.0).to(COMPUTE)")
         backward_body += lines.recompute_lines() + lines.end_lines()
-    backward_body += [_output_store(steps, m, name, "grad") for m, name in enumerate(output_names)]
+    backward_body += [_output_store(steps, m, name, "grad") for m, name in enumerate(outputs)]
     output_lines, used = steps.cotangent_lines(steps.outputs())
     core = [line for lines in states for line in lines.backward_lines()]
     piece_lines, piece_used = steps.cotangent_lines(steps.pieces)
@@ -131,7 +145,7 @@ def render_chunked(spec: ChunkedSpec, key: str) -> ChunkedModule:
     for k, r in enumerate(spec.reads):
         inits.append(f"dy{k} = {'zero_sc' if spec.state(r.state).vector else 'zero_val'}")
     inits += [f"dred{j} = zero_sc" for j in range(len(spec.reductions))]
-    inits += [f"{target} = {ZERO[space]}" for target, space in sorted(used) if target.startswith("g")]
+    inits += [f"{target} = {ZERO[space]}" for target, space in sorted(used) if target.startswith("g_")]
     stores, accumulate, weight_finals = steps.leaf_gradient_lines(used)
     backward_body += inits + output_lines + core + piece_lines + reduction_lines + stores + accumulate
     backward_finals += weight_finals
@@ -166,8 +180,10 @@ def _output_store(steps: StepLines, m: int, name: str, kind: str) -> str:
     else:
         offsets = step_offsets(steps.dim_text(out.shape[0]), "vv" if space == "value" else "kk")
     if kind == "grad":
-        return f"d_out{m} = tl.load({name}_grad_ptr + {offsets}, mask={MASK[space]}, other=0.0).to(COMPUTE)"
-    return f"tl.store({name}_ptr + {offsets}, out{m}.to({name}_ptr.dtype.element_ty), mask={MASK[space]})"
+        grad = derived("grad", "out", "ptr", user=name)
+        return f"d_out{m} = tl.load({grad} + {offsets}, mask={MASK[space]}, other=0.0).to(COMPUTE)"
+    ptr = derived("out", "ptr", user=name)
+    return f"tl.store({ptr} + {offsets}, out{m}.to({ptr}.dtype.element_ty), mask={MASK[space]})"
 
 
 def _describe(spec: ChunkedSpec) -> list[str]:

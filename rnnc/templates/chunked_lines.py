@@ -1,8 +1,10 @@
 """The chunked kernels' lines for the step values: leaf tiles, the pieces, and the pieces' cotangents.
 
-Names in the generated source are collision-free by construction: everything that comes from a
-user's name carries a prefix and an index that no internal name has (``u3_q`` is leaf 3, ``s0_S``
-state 0, ``o1_h`` output 1, ``d0_K`` dim 0); internal names never look like that.
+Names in the generated source are collision-free by construction (``rnnc.templates.names``):
+every identifier that carries a user's name is derived from it (``key_in_q`` is input ``q``'s tile
+in the key space, ``ptr_wt_log__gamma`` weight ``log_gamma``'s pointer, ``ptr_new_m`` the new values
+of an earlier state ``m``, ``dim_K`` dim ``K``); the template's own variables are numbered per state,
+read or output (``s0_lam0``, ``qr1``, ``out0``) and have no role a derived identifier uses.
 
 Spaces: a tile of the scalar space is ``[STEPS]``, of the key space ``[STEPS, BK]`` (lanes ``kk``),
 of the value space ``[STEPS, BV]`` (lanes ``vv``, this program's block of the value dim).
@@ -12,7 +14,7 @@ Example:
     >>> from rnnc.templates.chunked_spec import stage_spec
     >>> lines = StepLines(stage_spec(analyse_source(open("examples/gla.rnn").read())))
     >>> lines.leaf_loads()[-1].split(", mask")[0]
-    'u3_g_key = tl.load(u3_g_ptr + first * d0_K + (rows[:, None] * d0_K + kk[None, :])'
+    'key_in_g = tl.load(ptr_in_g + first * dim_K + (rows[:, None] * dim_K + kk[None, :])'
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import sympy
 
 from rnnc.templates.chunked_spec import ChunkedSpec
+from rnnc.templates.names import derived, internal
 from rnnc.templates.triton_printer import to_triton
 
 TAG = {"scalar": "sc", "key": "key", "value": "val"}
@@ -44,14 +47,20 @@ def step_offsets(size: str, lanes: str) -> str:
     return f"first * {size} + (rows[:, None] * {size} + {lanes}[None, :])"
 
 
-def sanitize(name: str) -> str:
-    """A user's name as part of an identifier (a new value ``m'`` becomes ``m_new``).
+KIND = {"input": "in", "weight": "wt"}  # the role word of a leaf (earlier states: old, new)
+
+
+def leaf_role(leaf) -> tuple[str, str]:
+    """(role word, user name) of a leaf: ``in``/``wt`` and its name, or ``old``/``new`` and its state's name.
 
     Example:
-        >>> sanitize("m'")
-        'm_new'
+        >>> from types import SimpleNamespace as NS
+        >>> leaf_role(NS(role="earlier", state="m", new=True, name="m'"))
+        ('new', 'm')
     """
-    return name.replace("'", "_new")
+    if leaf.role == "earlier":
+        return ("new" if leaf.new else "old"), leaf.state
+    return KIND[leaf.role], leaf.name
 
 
 class StepLines:
@@ -59,15 +68,24 @@ class StepLines:
 
     def __init__(self, spec: ChunkedSpec):
         self.spec = spec
-        per_step = [x for x in spec.leaves if x.role != "dim"]
-        self.leaf = {x.name: f"u{i}_{sanitize(x.name)}" for i, x in enumerate(per_step)}
-        self.dim = {x.name: f"d{i}_{sanitize(x.name)}" for i, x in enumerate(d for d in spec.leaves if d.role == "dim")}
+        self.roles = {x.name: leaf_role(x) for x in spec.leaves if x.role != "dim"}
+        self.dim = {x.name: derived("dim", user=x.name) for x in spec.leaves if x.role == "dim"}
         self.read = {r.symbol: f"y{k}" for k, r in enumerate(spec.reads)}
         self.reduction = {r.symbol.name: f"red{j}" for j, r in enumerate(spec.reductions)}
         self.pieces = self._pieces()
         self.spaces = self._leaf_spaces()
 
     # --- names -----------------------------------------------------------------------------
+    def ptr(self, name: str, grad: bool = False) -> str:
+        """The pointer argument of a leaf (or of its cotangent)."""
+        kind, user = self.roles[name]
+        return derived(*(("grad",) if grad else ()), "ptr", kind, user=user)
+
+    def tile(self, name: str, space: str, grad: bool = False) -> str:
+        """A leaf's tile in ``space`` (or the tile of its cotangent there)."""
+        kind, user = self.roles[name]
+        return derived(*(("g",) if grad else ()), TAG[space], kind, user=user)
+
     def dim_text(self, expr) -> str:
         """An integer expression of the dims (``K``, ``2 * H``) as source over the dim arguments."""
         expr = sympy.sympify(expr)
@@ -85,11 +103,11 @@ class StepLines:
             if leaf.role == "dim":
                 names[leaf.name] = f"({ZERO[space]} + {self.dim[leaf.name]})"
             elif not leaf.shape:
-                names[leaf.name] = f"{self.leaf[leaf.name]}_sc" + (widen if leaf.role != "weight" else "")
+                names[leaf.name] = self.tile(leaf.name, "scalar") + (widen if leaf.role != "weight" else "")
             elif leaf.role == "weight":
-                names[leaf.name] = f"{self.leaf[leaf.name]}_{TAG[space]}[None, :]"
+                names[leaf.name] = f"{self.tile(leaf.name, space)}[None, :]"
             else:
-                names[leaf.name] = f"{self.leaf[leaf.name]}_{TAG[space]}"
+                names[leaf.name] = self.tile(leaf.name, space)
         names.update({k: v + widen for k, v in self.reduction.items()})
         for r in self.spec.reads:
             vector = self.spec.state(r.state).vector
@@ -151,15 +169,15 @@ class StepLines:
         for leaf in self.spec.leaves:
             if leaf.role != "weight":
                 continue
-            base = self.leaf[leaf.name]
+            ptr = self.ptr(leaf.name)
             for space in sorted(self.spaces[leaf.name]):
                 if space == "scalar":
-                    lines.append(f"{base}_sc = tl.load({base}_ptr + h).to(COMPUTE)")
+                    lines.append(f"{self.tile(leaf.name, space)} = tl.load({ptr} + h).to(COMPUTE)")
                 else:
                     lanes, mask = LANES[space]
                     size = self.dim_text(leaf.shape[0])
                     lines.append(
-                        f"{base}_{TAG[space]} = tl.load({base}_ptr + h * {size} + {lanes}, mask={mask}, other=0.0)"
+                        f"{self.tile(leaf.name, space)} = tl.load({ptr} + h * {size} + {lanes}, mask={mask}, other=0.0)"
                         ".to(COMPUTE)"
                     )
         return lines
@@ -170,16 +188,17 @@ class StepLines:
         for leaf in self.spec.leaves:
             if leaf.role not in ("input", "earlier"):
                 continue
-            base = self.leaf[leaf.name]
+            ptr = self.ptr(leaf.name)
             for space in sorted(self.spaces[leaf.name]):
+                tile = self.tile(leaf.name, space)
                 if space == "scalar":
-                    lines.append(f"{base}_sc = tl.load({base}_ptr + first + rows, mask=mask_t, other=0.0).to(COMPUTE)")
+                    lines.append(f"{tile} = tl.load({ptr} + first + rows, mask=mask_t, other=0.0).to(COMPUTE)")
                 else:
                     lanes, _ = LANES[space]
                     size = self.dim_text(leaf.shape[0])
                     lines.append(
-                        f"{base}_{TAG[space]} = tl.load({base}_ptr + {step_offsets(size, lanes)}, "
-                        f"mask={MASK[space]}, other=0.0).to(COMPUTE)"
+                        f"{tile} = tl.load({ptr} + {step_offsets(size, lanes)}, mask={MASK[space]}, other=0.0)"
+                        ".to(COMPUTE)"
                     )
         return lines
 
@@ -211,10 +230,10 @@ class StepLines:
         they use (the caller zeroes them).
         """
         lines, used = [], set()
-        d_names = {f"__d_{var}": f"d_{var}" for var, _, _ in exprs}
+        d_names = {internal(f"d_{var}"): f"d_{var}" for var, _, _ in exprs}
         for var, expr, space in exprs:
             expr = sympy.sympify(expr)
-            seed = sympy.Symbol(f"__d_{var}", real=True)
+            seed = sympy.Symbol(internal(f"d_{var}"), real=True)
             for symbol in sorted(expr.free_symbols, key=lambda s: s.name):
                 target, target_space = self._target(symbol.name, space)
                 if target is None:
@@ -237,10 +256,9 @@ class StepLines:
         if name in self.read:
             read = next(r for r in self.spec.reads if r.symbol == name)
             return "d" + self.read[name], "scalar" if self.spec.state(read.state).vector else "value"
-        if name in self.leaf:
-            if self.is_scalar(name):
-                return f"g{self.leaf[name]}_sc", "scalar"
-            return f"g{self.leaf[name]}_{TAG[space]}", space
+        if name in self.roles:
+            space = "scalar" if self.is_scalar(name) else space
+            return self.tile(name, space, grad=True), space
         return None, space
 
     def reduction_cotangents(self) -> tuple[list[str], set[str]]:
@@ -257,45 +275,47 @@ class StepLines:
     def leaf_gradient_lines(self, used: set) -> tuple[list[str], list[str], list[str]]:
         """(per-chunk stores of per-step leaves' cotangents, per-chunk weight accumulation, final weight stores)."""
         stores, accumulate, finals = [], [], []
+        targets = {target for target, _ in used}
         for leaf in self.spec.leaves:
             if leaf.role == "dim":
                 continue
-            base = self.leaf[leaf.name]
-            spaces = sorted(sp for (target, sp) in used if target.startswith(f"g{base}_"))
-            if not spaces:
-                continue
-            for space in spaces:
-                tile = f"g{base}_{TAG[space]}"
+            ptr = self.ptr(leaf.name, grad=True)
+            for space in ("key", "scalar", "value"):
+                tile = self.tile(leaf.name, space, grad=True)
+                if tile not in targets:
+                    continue
                 if leaf.role == "weight":
-                    acc = f"w{tile}"
+                    acc = self.accumulator(leaf.name, space)
+                    accumulate.append(f"{acc} += tl.sum({tile}, axis=0)")
                     if space == "scalar":
-                        accumulate.append(f"{acc} += tl.sum({tile}, axis=0)")
-                        finals.append(f"tl.atomic_add({base}_grad_ptr + h + tl.arange(0, 1), {acc})")
+                        finals.append(f"tl.atomic_add({ptr} + h + tl.arange(0, 1), {acc})")
                     else:
                         lanes, mask = LANES[space]
                         size = self.dim_text(leaf.shape[0])
-                        accumulate.append(f"{acc} += tl.sum({tile}, axis=0)")
-                        finals.append(f"tl.atomic_add({base}_grad_ptr + h * {size} + {lanes}, {acc}, mask={mask})")
+                        finals.append(f"tl.atomic_add({ptr} + h * {size} + {lanes}, {acc}, mask={mask})")
                 elif space == "scalar":
-                    stores.append(f"tl.atomic_add({base}_grad_ptr + first + rows, {tile}, mask=mask_t)")
+                    stores.append(f"tl.atomic_add({ptr} + first + rows, {tile}, mask=mask_t)")
                 else:
                     lanes, _ = LANES[space]
                     size = self.dim_text(leaf.shape[0])
-                    stores.append(
-                        f"tl.atomic_add({base}_grad_ptr + {step_offsets(size, lanes)}, {tile}, mask={MASK[space]})"
-                    )
+                    stores.append(f"tl.atomic_add({ptr} + {step_offsets(size, lanes)}, {tile}, mask={MASK[space]})")
         return stores, accumulate, finals
+
+    def accumulator(self, name: str, space: str) -> str:
+        """A weight's on-chip cotangent accumulator in ``space``."""
+        kind, user = self.roles[name]
+        return derived("acc", TAG[space], kind, user=user)
 
     def weight_accumulators(self, used: set) -> list[str]:
         """Zeroed on-chip accumulators of the weights' cotangents."""
         lines = []
+        targets = {target for target, _ in used}
         for leaf in self.spec.leaves:
             if leaf.role != "weight":
                 continue
-            base = self.leaf[leaf.name]
-            for target, space in sorted(used):
-                if target.startswith(f"g{base}_"):
-                    lines.append(f"w{target} = {ACCUMULATOR[space]}")
+            for space in ("key", "scalar", "value"):
+                if self.tile(leaf.name, space, grad=True) in targets:
+                    lines.append(f"{self.accumulator(leaf.name, space)} = {ACCUMULATOR[space]}")
         return lines
 
 

@@ -41,6 +41,7 @@ from rnnc.compiler.shapes import same_dim
 from rnnc.compiler.shapes import show as show_shape
 from rnnc.compiler.symbols import STRUCTURAL, Matmul, Outer, ReduceSum, tensor_symbol
 from rnnc.errors import BackendError
+from rnnc.templates.names import internal
 
 DECAY_ORDER = ("identity", "scalar", "diagonal")
 SPACES = ("scalar", "key", "value")
@@ -379,7 +380,7 @@ class _Reductions:
                 summand = self._replace(expr.args[0])
             space = self._vector_space(expr, summand)
             if summand not in self.found:
-                self.found[summand] = Reduction(tensor_symbol(f"red{len(self.found)}"), space, summand)
+                self.found[summand] = Reduction(tensor_symbol(internal(f"red{len(self.found)}")), space, summand)
             return self.found[summand].symbol
         if isinstance(expr, STRUCTURAL):
             raise unsupported(self.cell, f"needs pointwise pieces and reductions of vectors, has {show(expr)}")
