@@ -9,6 +9,7 @@ rest), written from the papers' equations.
 from __future__ import annotations
 
 import functools
+import math
 
 import sympy
 import torch
@@ -205,3 +206,27 @@ def make_call(name: str, B: int, T: int, NH: int, key: int, value: int, dtype=to
     leaves = {k: v.to(dtype).requires_grad_() for k, v in leaves.items()}
     states = {k: v.to(dtype).requires_grad_() for k, v in states.items()}
     return leaves, states, dims
+
+
+def poisoned(name: str, step: int, T: int = 40):
+    """(leaves, states, dims) with every input NaN at ``step`` (weights and initial states untouched)."""
+    leaves, states, dims = make_call(name, 1, T, 1, 24, 20)
+    leaves = {k: v.detach().clone() for k, v in leaves.items()}
+    inputs = {d.name for d in ir_of(name).inputs}
+    for key, x in leaves.items():
+        if key in inputs:
+            x[:, step] = float("nan")
+    return leaves, {k: v.detach() for k, v in states.items()}, dims
+
+
+def with_log_decay(name: str, key: str, value, B: int, T: int, reset: int):
+    """(leaves, states, dims) of a float64 call whose log decay input ``key`` is the constant ``value``, or
+    (``value`` "reset") its random draw with ``-inf`` at step ``reset``."""
+    leaves, states, dims = make_call(name, B, T, 1, 24, 20)
+    leaves = {k: v.detach() for k, v in leaves.items()}
+    if value == "reset":
+        leaves[key] = leaves[key].clone()
+        leaves[key][:, reset] = -math.inf
+    else:
+        leaves[key] = torch.full_like(leaves[key], value)
+    return leaves, {k: v.detach() for k, v in states.items()}, dims

@@ -6,11 +6,9 @@ step leaves every earlier output finite; extreme constant log decays and a -inf 
 and match the loop.
 """
 
-import math
-
 import pytest
 import torch
-from chunked_cells import NEW, ZOO, make_call, oracle, plan_of
+from chunked_cells import NEW, ZOO, make_call, oracle, plan_of, poisoned, with_log_decay
 from chunked_harness import errors, torch_cell
 from refs.check import rel_err
 
@@ -38,19 +36,10 @@ def test_chunked_torch_matches_the_loop(name, size, chunk, dtype, tol):
     assert found[worst] < tol, (worst, found)
 
 
-def _poisoned(name: str, step: int):
-    leaves, states, dims = make_call(name, 1, 40, 1, 24, 20)
-    leaves = {k: v.detach().clone() for k, v in leaves.items()}
-    for x in leaves.values():
-        if x.dim() >= 3 and x.shape[1] == 40:  # an input (not a weight)
-            x[:, step] = float("nan")
-    return leaves, {k: v.detach() for k, v in states.items()}, dims
-
-
 @pytest.mark.parametrize("name", CELLS)
 def test_a_nan_reaches_no_earlier_output(name):
     """NaN in every input at step 23 (inside the second 16-step chunk): outputs before it stay finite."""
-    leaves, states, dims = _poisoned(name, 23)
+    leaves, states, dims = poisoned(name, 23)
     outputs, _ = torch_cell(name, 16)(leaves, states, dims)
     for key, value in outputs.items():
         assert torch.isfinite(value[:, :23]).all(), f"{key}: a NaN at step 23 reached an earlier output"
@@ -71,15 +60,7 @@ DECAY_INPUT = {
 @pytest.mark.parametrize("name", sorted(DECAY_INPUT))
 def test_extreme_log_decays_stay_finite_and_exact(name, value):
     """A constant log decay (or a -inf reset at one step) in float32: finite and within 1e-4 of the loop."""
-    leaves, states, dims = make_call(name, 2, 100, 1, 24, 20)
-    leaves = {k: v.detach() for k, v in leaves.items()}
-    states = {k: v.detach() for k, v in states.items()}
-    key = DECAY_INPUT[name]
-    if value == "reset":
-        leaves[key] = leaves[key].clone()
-        leaves[key][:, 37] = -math.inf
-    else:
-        leaves[key] = torch.full_like(leaves[key], value)
+    leaves, states, dims = with_log_decay(name, DECAY_INPUT[name], value, B=2, T=100, reset=37)
     reference, _ = oracle(name, leaves, states)
     single = {k: v.float() for k, v in leaves.items()}
     ours, _ = torch_cell(name, 64)(single, {k: v.float() for k, v in states.items()}, dims)

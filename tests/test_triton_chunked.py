@@ -9,11 +9,9 @@ one step reaches no earlier output; extreme log decays stay finite; several valu
 tilings; packed variable-length batches; bytes moved at inference.
 """
 
-import math
-
 import pytest
 import torch
-from chunked_cells import NEW, ZOO, make_call, oracle
+from chunked_cells import NEW, ZOO, make_call, oracle, poisoned, with_log_decay
 from chunked_harness import errors, functional, triton_cell
 from refs.check import rel_err
 
@@ -50,19 +48,10 @@ def test_zoo_cells_run_on_the_triton_backend(name):
         assert rel_err(ours.state["S"], finals["S"]) < 1e-9
 
 
-def _poisoned(name: str, step: int):
-    leaves, states, dims = make_call(name, 1, 40, 1, 24, 20)
-    leaves = {k: v.detach().clone() for k, v in leaves.items()}
-    for x in leaves.values():
-        if x.dim() >= 3 and x.shape[1] == 40:  # an input (not a weight)
-            x[:, step] = float("nan")
-    return leaves, {k: v.detach() for k, v in states.items()}, dims
-
-
 @pytest.mark.parametrize("name", CELLS)
 def test_a_nan_reaches_no_earlier_output(name):
     """NaN in every input at step 20 (inside the second 16-step chunk): every earlier output stays finite."""
-    leaves, states, dims = _poisoned(name, 20)
+    leaves, states, dims = poisoned(name, 20)
     outputs, _ = triton_cell(name)(leaves, states, dims)
     for key, value in outputs.items():
         assert torch.isfinite(value[:, :20]).all(), f"{key}: a NaN at step 20 reached an earlier output"
@@ -76,15 +65,8 @@ DECAYS = {"gla": "g", "simple_gla": "g", "gated_deltanet": "g", "kda": "g"}
 @pytest.mark.parametrize("name", sorted(DECAYS))
 def test_extreme_log_decays_stay_finite_and_exact(name, value):
     """A constant log decay (or -inf at one step) in float32: outputs and gradients finite, outputs within 1e-4."""
-    leaves, states, dims = make_call(name, 1, 40, 1, 24, 20)
-    leaves = {k: v.detach() for k, v in leaves.items()}
-    states = {k: v.detach() for k, v in states.items()}
     key = DECAYS[name]
-    if value == "reset":
-        leaves[key] = leaves[key].clone()
-        leaves[key][:, 21] = -math.inf
-    else:
-        leaves[key] = torch.full_like(leaves[key], value)
+    leaves, states, dims = with_log_decay(name, key, value, B=1, T=40, reset=21)
     reference, _ = oracle(name, leaves, states)
     single = {k: v.float().requires_grad_() for k, v in leaves.items()}
     ours, finals = triton_cell(name)(single, {k: v.float() for k, v in states.items()}, dims)

@@ -165,41 +165,33 @@ class StepLines:
     # --- lines -----------------------------------------------------------------------------
     def weight_loads(self) -> list[str]:
         """Weights, loaded once per program."""
-        lines = []
-        for leaf in self.spec.leaves:
-            if leaf.role != "weight":
-                continue
-            ptr = self.ptr(leaf.name)
-            for space in sorted(self.spaces[leaf.name]):
-                if space == "scalar":
-                    lines.append(f"{self.tile(leaf.name, space)} = tl.load({ptr} + h).to(COMPUTE)")
-                else:
-                    lanes, mask = LANES[space]
-                    size = self.dim_text(leaf.shape[0])
-                    lines.append(
-                        f"{self.tile(leaf.name, space)} = tl.load({ptr} + h * {size} + {lanes}, mask={mask}, other=0.0)"
-                        ".to(COMPUTE)"
-                    )
-        return lines
+        return self._loads(("weight",))
 
     def leaf_loads(self) -> list[str]:
         """Per-step leaves of the chunk's steps (zero past the sequence's end)."""
+        return self._loads(("input", "earlier"))
+
+    def _address(self, leaf, space: str) -> tuple[str, str | None]:
+        """(offsets, mask) of a leaf's tile in ``space``: a weight's row of its head, or the chunk's steps."""
+        if space == "scalar":
+            return ("h", None) if leaf.role == "weight" else ("first + rows", "mask_t")
+        size, (lanes, lane_mask) = self.dim_text(leaf.shape[0]), LANES[space]
+        if leaf.role == "weight":
+            return f"h * {size} + {lanes}", lane_mask
+        return step_offsets(size, lanes), MASK[space]
+
+    def _loads(self, roles) -> list[str]:
+        """Loads of the leaves of ``roles`` in each space they are read in."""
         lines = []
         for leaf in self.spec.leaves:
-            if leaf.role not in ("input", "earlier"):
+            if leaf.role not in roles:
                 continue
-            ptr = self.ptr(leaf.name)
             for space in sorted(self.spaces[leaf.name]):
-                tile = self.tile(leaf.name, space)
-                if space == "scalar":
-                    lines.append(f"{tile} = tl.load({ptr} + first + rows, mask=mask_t, other=0.0).to(COMPUTE)")
-                else:
-                    lanes, _ = LANES[space]
-                    size = self.dim_text(leaf.shape[0])
-                    lines.append(
-                        f"{tile} = tl.load({ptr} + {step_offsets(size, lanes)}, mask={MASK[space]}, other=0.0)"
-                        ".to(COMPUTE)"
-                    )
+                offsets, mask = self._address(leaf, space)
+                masked = f", mask={mask}, other=0.0" if mask else ""
+                lines.append(
+                    f"{self.tile(leaf.name, space)} = tl.load({self.ptr(leaf.name)} + {offsets}{masked}).to(COMPUTE)"
+                )
         return lines
 
     def piece_lines(self) -> list[str]:
@@ -284,21 +276,16 @@ class StepLines:
                 tile = self.tile(leaf.name, space, grad=True)
                 if tile not in targets:
                     continue
-                if leaf.role == "weight":
-                    acc = self.accumulator(leaf.name, space)
-                    accumulate.append(f"{acc} += tl.sum({tile}, axis=0)")
-                    if space == "scalar":
-                        finals.append(f"tl.atomic_add({ptr} + h + tl.arange(0, 1), {acc})")
-                    else:
-                        lanes, mask = LANES[space]
-                        size = self.dim_text(leaf.shape[0])
-                        finals.append(f"tl.atomic_add({ptr} + h * {size} + {lanes}, {acc}, mask={mask})")
-                elif space == "scalar":
-                    stores.append(f"tl.atomic_add({ptr} + first + rows, {tile}, mask=mask_t)")
+                offsets, mask = self._address(leaf, space)
+                if leaf.role != "weight":
+                    stores.append(f"tl.atomic_add({ptr} + {offsets}, {tile}, mask={mask})")
+                    continue
+                acc = self.accumulator(leaf.name, space)
+                accumulate.append(f"{acc} += tl.sum({tile}, axis=0)")
+                if mask is None:  # a scalar weight: its accumulator is a [1] tile
+                    finals.append(f"tl.atomic_add({ptr} + {offsets} + tl.arange(0, 1), {acc})")
                 else:
-                    lanes, _ = LANES[space]
-                    size = self.dim_text(leaf.shape[0])
-                    stores.append(f"tl.atomic_add({ptr} + {step_offsets(size, lanes)}, {tile}, mask={MASK[space]})")
+                    finals.append(f"tl.atomic_add({ptr} + {offsets}, {acc}, mask={mask})")
         return stores, accumulate, finals
 
     def accumulator(self, name: str, space: str) -> str:

@@ -206,17 +206,9 @@ class StateLines:
             else:
                 lines.append(f"{p}_dpairs = rzero_key")
         for w in range(len(s.writes)):
-            lines.append(f"{p}_dB{w} = _dot({p}_Ad{w}, {dst}, {DOTS})")
-            lines.append(f"{p}_dAd{w} = _dot({p}_B{w}, tl.trans({dst}), {DOTS})")
-            lines.append(f"{p}_dA{w} = {decayed(p, f'{p}_dAd{w}', 'to_end', s.decay)}")
-            if s.decay != "identity":
-                lines.append(f"{p}_dto_end += {_row_sum(f'{p}_Ad{w} * {p}_dAd{w}', s.decay)}")
+            lines += self._entry_end_backward(f"{p}_B{w}", f"{p}_A{w}", f"{p}_Ad{w}")
         if s.corrected:
-            lines.append(f"{p}_dX = _dot({p}_Ud, {dst}, {DOTS})")
-            lines.append(f"{p}_dUd = _dot({p}_X, tl.trans({dst}), {DOTS})")
-            lines.append(f"{p}_dU = {decayed(p, f'{p}_dUd', 'to_end', s.decay)}")
-            if s.decay != "identity":
-                lines.append(f"{p}_dto_end += {_row_sum(f'{p}_Ud * {p}_dUd', s.decay)}")
+            lines += self._entry_end_backward(f"{p}_X", f"{p}_U", f"{p}_Ud")
             lines.append(f"{p}_dW = {zero_rows}")
         for k, r in self.reads:
             strict = not r.new
@@ -265,6 +257,23 @@ class StateLines:
             lines.append(f"{p}_dlam = tl.where({p}_lam_raw < FLOOR, 0.0, {p}_dlam)")
         lines.append(f"{dst} = {p}_ds0")
         lines += self._piece_cotangents()
+        return lines
+
+    def _entry_end_backward(self, value: str, key: str, decayed_key: str) -> list[str]:
+        """The adjoint of ``S' += decayed_key^T value`` (an entry decayed to the chunk's end): the cotangents
+        ``d<value>`` (``prefix_dB0``, ``prefix_dX``) and ``d<key>``, and the end decays' share."""
+        s, p, dst = self.state, self.p, f"dst{self.j}"
+
+        def cotangent(tile: str) -> str:
+            return tile.replace(f"{p}_", f"{p}_d", 1)
+
+        lines = [
+            f"{cotangent(value)} = _dot({decayed_key}, {dst}, {DOTS})",
+            f"{cotangent(decayed_key)} = _dot({value}, tl.trans({dst}), {DOTS})",
+            f"{cotangent(key)} = {decayed(p, cotangent(decayed_key), 'to_end', s.decay)}",
+        ]
+        if s.decay != "identity":
+            lines.append(f"{p}_dto_end += {_row_sum(f'{decayed_key} * {cotangent(decayed_key)}', s.decay)}")
         return lines
 
     def _scores_backward(
