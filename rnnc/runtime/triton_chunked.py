@@ -303,25 +303,25 @@ class ChunkedKernels(GeneratedKernels):
 
     def _scan_backward(self, call: Call, leaves: dict, initial: dict, grads: dict, d_finals: dict) -> None:
         """Add the scan stage's share: its values' cotangents (from the chunked stage) back to the leaves."""
+        from rnnc.errors import BackendError
+
         with torch.enable_grad():
             own = {k: v.detach().requires_grad_() for k, v in leaves.items()}
             start = {k: v.detach().requires_grad_() for k, v in initial.items() if k in self.scan.states}
             values, finals = self._scan_values(call, own, start)
-            results, cotangents = [], []
-            for name, value in values.items():
-                if grads.get(name) is not None and value.requires_grad:
-                    results.append(value)
-                    cotangents.append(grads.pop(name).to(value.dtype))
-            for name, value in finals.items():
-                if d_finals.get(name) is not None and value.requires_grad:
-                    results.append(value)
-                    cotangents.append(d_finals[name].to(value.dtype))
-            if not results:
+            pairs = [(v, grads.pop(k)) for k, v in values.items() if grads.get(k) is not None]
+            pairs += [(v, d_finals[k]) for k, v in finals.items() if d_finals.get(k) is not None]
+            if not pairs:
                 return
-            if not all(r.requires_grad for r in results):  # pragma: no cover - autograd is off inside a custom op
-                raise RuntimeError(f"cell {self.plan.ir.cell}: the scan stage's backward needs autograd")
+            if not all(value.requires_grad for value, _ in pairs):  # inside torch.compile's custom op
+                raise BackendError(
+                    f"cell {self.plan.ir.cell}: the backward of the scan stage before the chunked stage replays it "
+                    "under autograd, which does not run inside torch.compile's custom op; run it eagerly"
+                )
             wrt = [*own.values(), *start.values()]
-            found = torch.autograd.grad(results, wrt, cotangents, allow_unused=True)
+            found = torch.autograd.grad(
+                [v for v, _ in pairs], wrt, [g.to(v.dtype) for v, g in pairs], allow_unused=True
+            )
         for name, g in zip([*own, *(k + "/initial" for k in start)], found):
             if g is not None:
                 grads[name] = g if grads.get(name) is None else grads[name] + g.to(grads[name].dtype)
