@@ -1,6 +1,6 @@
 """The CPU path (the reference backend), forward + backward, one thread, against its anchors.
 
-    python bench/cpu.py [OUT.json] [--smoke]
+    python bench/cpu.py [OUT.json] [--smoke] [--only sequential,scan,chunked]
 
 Rows, all in one process, interleaved (each repeat runs every contender once), median of the
 repeats, CPU time of this process (``time.process_time``, steadier than wall time on a shared
@@ -14,8 +14,8 @@ machine) and wall time:
   references (``naive_chunk_*`` where fla-core ships one, else ``naive_recurrent_*``);
 * step: host time of one ``Cell.step`` of LSTM (B1 H128) against ``nn.LSTMCell``.
 
-``--smoke`` runs every row once on tiny sizes (what the test suite does). Raw results go to
-OUT.json (default ``bench/results/cpu.json``).
+``--smoke`` runs every row once on tiny sizes (what the test suite does); ``--only`` keeps the
+named groups of rows. Raw results go to OUT.json (default ``bench/results/cpu.json``).
 """
 
 from __future__ import annotations
@@ -219,13 +219,20 @@ def step_row(s, repeats: int) -> dict:
 
 def main(argv: list[str]) -> int:
     smoke = "--smoke" in argv
+    only = next((a.split("=", 1)[1] for a in argv if a.startswith("--only=")), None)
+    if "--only" in argv:
+        only = argv[argv.index("--only") + 1]
+        argv = [a for i, a in enumerate(argv) if i != argv.index("--only") + 1]
+    groups = set(only.split(",")) if only else {"sequential", "scan", "chunked"}
     paths = [a for a in argv if not a.startswith("--")]
     out = Path(paths[0]) if paths else ROOT / "bench" / "results" / "cpu.json"
     torch.set_num_threads(1)
     torch.manual_seed(0)
     repeats = 1 if smoke else 7
     rows = []
-    for group, name, shape, contenders in [*sequential_rows(smoke), *scan_rows(smoke), *chunked_rows(smoke)]:
+    makers = {"sequential": sequential_rows, "scan": scan_rows, "chunked": chunked_rows}
+    chosen = [row for group, make in makers.items() if group in groups for row in make(smoke)]
+    for group, name, shape, contenders in chosen:
         result = measure(contenders, repeats)
         ours = result["rnnc"]["cpu_ms"]
         ratios = {n: ours / r["cpu_ms"] for n, r in result.items() if n != "rnnc"}

@@ -572,17 +572,17 @@ def test_strategy_explain_and_source():
         assert re.search(rf"<rnnc\.Cell {name} strategy={strategy}", repr(cell))
 
 
-# a chunked cell the Triton template does not cover: it emits two reads of the state
+# a chunked cell the Triton template does not cover: two rank-one erasures in one step's transition
 UNCOVERED = (
-    "cell two_reads(K, V) { input q: [K]; input k: [K]; input v: [V]; state S: [K, V]\n"
-    "S = S + outer(k, v)\nemit o = q @ S\nemit p = k @ S }"
+    "cell two_erasures(K, V) { input a: [K]; input b: [K]; input k: [K]; input q: [K]; input v: [V]\n"
+    "state S: [K, V]\nS = S - outer(a, a @ S) - outer(b, b @ S) + outer(k, v)\nemit o = q @ S }"
 )
 
 
 def test_triton_backend_refuses_a_cell_its_templates_do_not_cover():
     with pytest.raises(BackendError) as caught:
         rnnc.compile(UNCOVERED, backend="triton")
-    assert "does not cover cell two_reads" in str(caught.value)
+    assert "do not cover cell two_erasures: needs at most one rank-one correction" in str(caught.value)
     assert "reference" in str(caught.value)  # says what to use instead
 
 
@@ -603,7 +603,7 @@ def test_auto_backend_picks_triton_only_on_gpu_or_in_the_interpreter(monkeypatch
     assert cell(**args).h.shape == (1, 2, 1, 3) and cell.last_backend == "triton"
     uncovered = rnnc.compile(UNCOVERED)  # no Triton template covers it: auto falls back to the reference
     q = torch.randn(1, 2, 1, 3)
-    uncovered(q=q, k=q, v=torch.randn(1, 2, 1, 4))
+    uncovered(a=q, b=q, q=q, k=q, v=torch.randn(1, 2, 1, 4))
     assert uncovered.last_backend == "reference"
 
 

@@ -1,144 +1,148 @@
-"""The chunked strategy's Triton kernels (interpreter on CPU) against the reference backend.
+"""The chunked strategy's Triton kernels (interpreter on CPU) against float64 loops of the papers' equations.
 
-Forward and backward for the zoo's matrix-state cells (linear attention, RetNet, simple GLA,
-GLA, DeltaNet, gated DeltaNet) and cells outside the zoo: every input, weight and initial
-state, float64 to 1e-9 and float32 to 1e-4 (relative, by norm), odd and power-of-two sizes,
-T not a multiple of the chunk, and several value blocks per head; outputs and the initial
-state's gradient start as NaN so anything a kernel fails to write shows.
+Every cell of ``chunked_cells`` (the zoo's six and nine more: linear attention with its normaliser,
+stabilised mLSTM, RWKV-6 with its bonus, Mamba-2 with its skip, HGRN2, a square state, RWKV-7,
+gated DeltaProduct, KDA): outputs, final states and the gradients of every input, weight and
+initial state, float64 to 1e-9 and float32 to 1e-4, T crossing several chunks, odd dims; outputs
+and the gradients a kernel owns start as NaN, so anything it fails to write shows. Then: a NaN at
+one step reaches no earlier output; extreme log decays stay finite; several value blocks; pinned
+tilings; packed variable-length batches; bytes moved at inference.
 """
 
 import pytest
 import torch
-from cells import all_gradients, random_call, rel_err
+from chunked_cells import NEW, ZOO, make_call, oracle, poisoned, with_log_decay
+from chunked_harness import errors, functional, triton_cell
+from refs.check import rel_err
 
 import rnnc
 
 pytest.importorskip("triton")
+# rows past a sequence's end are computed and never stored: an output like q @ S / (q @ z) is 0 / 0 there
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
-ZOO = ["linear_attention", "retnet", "simple_gla", "gla", "deltanet", "gated_deltanet"]
-OTHERS = {
-    # a scale c(u) on the write, a key weight, a decay through softplus, a dim read as a number
-    "scaled_write": "cell scaled(K, V) { input q: [K]; input k: [K]; input v: [V]; input f: []; input u: []\n"
-    "weight w: [K]; state S: [K, V]\n"
-    "S = exp(-softplus(f)) * S + sigmoid(u) * outer(k * w, tanh(v))\n"
-    "emit o = (q / K) @ S }",
-    # a sigmoid decay (its log printed as logsigmoid) and a value weight
-    "sigmoid_decay": "cell sig(K, V) { input q: [K]; input k: [K]; input v: [V]; input f: []; weight w: [V]\n"
-    "state S: [K, V]\nS = sigmoid(f) * S + outer(k, v * w)\nemit o = q @ S }",
-    # the delta rule with beta and the decay computed from the inputs
-    "computed_delta": "cell gdn(K, V) { input q: [K]; input k: [K]; input v: [V]; input f: []; input b: []\n"
-    "state S: [K, V]\nS = exp(logsigmoid(f)) * (S - sigmoid(b) * outer(k, k @ S)) + sigmoid(b) * outer(k, v)\n"
-    "emit o = q @ S }",
-}
+CELLS = ZOO + NEW
 
 
-def _source(name: str) -> str:
-    return OTHERS.get(name, f"examples/{name}.rnn")
+CASES = [((2, 37, 1, 24, 20), torch.float64, 1e-9), ((1, 100, 1, 24, 48), torch.float32, 1e-4)]
 
 
-def _call(name, B, T, NH, K, V, dtype):
-    """The two backends and inputs in each cell's domain: log decays <= 0, beta in (0, 1), unit keys."""
-    triton_cell = rnnc.compile(_source(name), backend="triton")
-    reference = rnnc.compile(_source(name), backend="reference")
-    ir = triton_cell.plan.ir
-    tensors, states = random_call(ir, B=B, T=T, NH=NH, dims={"K": K, "V": V}, dtype=dtype)
-    fixes = {
-        "g": lambda g: torch.nn.functional.logsigmoid(g + 1.0),
-        "beta": torch.sigmoid,
-        "k": lambda k: torch.nn.functional.normalize(k, dim=-1),  # the delta rule is stable for |k| = 1
-    }
-    for arg, fix in fixes.items():
-        if arg in tensors:
-            tensors[arg] = fix(tensors[arg].detach()).requires_grad_()
-    return triton_cell, reference, tensors, states
-
-
-def _check(triton_cell, reference, tensors, states, dtype, tol, seed):
-    leaves = [*tensors.values(), *states.values()]
-    ours = triton_cell(state=states, **tensors)
-    assert triton_cell.last_backend == "triton"
-    theirs = reference(state=states, **tensors)
-    errors = {}
-    for key, value in ours.outputs.items():
-        assert not torch.isnan(value).any(), f"output {key} has entries no kernel wrote"
-        assert value.dtype == dtype
-        errors[key] = rel_err(value, theirs.outputs[key])
-    for key, value in ours.state.items():
-        assert not torch.isnan(value).any(), f"final {key} has entries no kernel wrote"
-        errors[f"final {key}"] = rel_err(value, theirs.state[key])
-    ours_grads = all_gradients(ours.outputs, ours.state, leaves, seed=seed)
-    their_grads = all_gradients(theirs.outputs, theirs.state, leaves, seed=seed)
-    names = [*(f"d{n}" for n in tensors), *(f"d initial {n}" for n in states)]
-    for label, mine, ref in zip(names, ours_grads, their_grads):
-        assert mine is not None and not torch.isnan(mine).any(), label
-        assert mine.dtype == ref.dtype, label
-        errors[label] = rel_err(mine, ref)
-    worst = max(errors, key=lambda k: errors[k])
-    assert errors[worst] < tol, (worst, errors)
-
-
-# (B, T, NH, K, V): one step; T = 37 is not a multiple of the chunk (16); K = V = 48; powers of two
-SIZES = [(3, 1, 2, 24, 24), (3, 37, 1, 24, 24), (1, 21, 2, 48, 48), (2, 32, 1, 32, 16)]
-CASES = [(size, torch.float64, 1e-9) for size in SIZES] + [((3, 37, 1, 48, 24), torch.float32, 1e-4)]
-
-
-@pytest.mark.parametrize(
-    "size,dtype,tol", CASES, ids=[f"{str(d)[6:]}-B{b}-T{t}-NH{n}-K{k}-V{v}" for (b, t, n, k, v), d, _ in CASES]
-)
-@pytest.mark.parametrize("name", ZOO)
-def test_triton_chunked_matches_reference(name, size, dtype, tol):
-    triton_cell, reference, tensors, states = _call(name, *size, dtype)
-    _check(triton_cell, reference, tensors, states, dtype, tol, seed=size[0] * size[1])
+@pytest.mark.parametrize("size,dtype,tol", CASES, ids=["float64-T37", "float32-T100"])
+@pytest.mark.parametrize("name", CELLS)
+def test_chunked_kernels_match_the_loop(name, size, dtype, tol):
+    found = errors(triton_cell(name), name, size, dtype, seed=size[1])
+    worst = max(found, key=found.get)
+    assert found[worst] < tol, (worst, found)
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_several_value_blocks_add_their_shared_gradients(name, monkeypatch):
-    """V = 48 in blocks of 16: three programs per head share q, k, g and beta, whose gradients they add."""
-    from rnnc.runtime.triton_chunked import ChunkedKernels
-
-    tiles = ChunkedKernels.tiles
-    monkeypatch.setattr(ChunkedKernels, "tiles", lambda self, call: {**tiles(self, call), "BV": 16})
-    triton_cell, reference, tensors, states = _call(name, 2, 19, 1, 24, 48, torch.float64)
-    _check(triton_cell, reference, tensors, states, torch.float64, 1e-9, seed=3)
-
-
-@pytest.mark.parametrize("name", sorted(OTHERS))
-def test_cells_outside_the_zoo_match_reference(name):
-    """Pieces that are expressions (scales, weights, dims, computed decays and betas), not bare inputs."""
-    triton_cell, reference, tensors, states = _call(name, 2, 21, 2, 20, 12, torch.float64)
-    _check(triton_cell, reference, tensors, states, torch.float64, 1e-9, seed=5)
+def test_zoo_cells_run_on_the_triton_backend(name):
+    """Through rnnc.compile: argument binding, the launcher and the kernels, one step and several chunks."""
+    cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
+    for T in (1, 21):
+        leaves, states, dims = make_call(name, 2, T, 2, 16, 24, torch.float64, seed=T)
+        ours = cell(state=states, **leaves)
+        assert cell.last_backend == "triton"
+        theirs, finals = oracle(name, leaves, states)
+        assert rel_err(ours.o, theirs["o"]) < 1e-9
+        assert rel_err(ours.state["S"], finals["S"]) < 1e-9
 
 
-@pytest.mark.parametrize(
-    "text,why",
-    [
-        (
-            "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; state S: [K, V]\n"
-            "S = S + outer(k, v)\nemit o = q @ S\nemit p = k @ S }",
-            "needs one output, has 2",
-        ),
-        (
-            "cell c(K) { input q: [K]; input k: [K]; input v: [K]; state S: [K, K]\n"
-            "S = S + outer(k, v)\nemit o = q @ S }",
-            r"needs a state \[K, V\] of two distinct dims, has \[K, K\]",
-        ),
-        (
-            "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; state S: [K, V]\n"
-            "S = S + outer(k, v)\nemit o = q @ (S - outer(k, v)) }",
-            "needs the output to read the updated state",
-        ),
-        (
-            "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; input f: []; state S: [K, V]\n"
-            "S = (f * f + 1) * S + outer(k, v)\nemit o = q @ S }",
-            r"needs the decay written as exp\(log decay\) or sigmoid\(x\), has f\*\*2 \+ 1",
-        ),
-    ],
-    ids=["two outputs", "square state", "previous state", "decay not exp"],
-)
-def test_cells_the_template_does_not_cover_say_why(text, why):
-    assert rnnc.compile(text, backend="reference").strategy == "chunked"
-    with pytest.raises(rnnc.BackendError, match="chunked template does not cover cell c yet: " + why):
-        rnnc.compile(text, backend="triton")
+@pytest.mark.parametrize("name", CELLS)
+def test_a_nan_reaches_no_earlier_output(name):
+    """NaN in every input at step 20 (inside the second 16-step chunk): every earlier output stays finite."""
+    leaves, states, dims = poisoned(name, 20)
+    outputs, _ = triton_cell(name)(leaves, states, dims)
+    for key, value in outputs.items():
+        assert torch.isfinite(value[:, :20]).all(), f"{key}: a NaN at step 20 reached an earlier output"
+        assert torch.isnan(value[:, 20:]).any(), f"{key}: the NaN vanished"
+
+
+DECAYS = {"gla": "g", "simple_gla": "g", "gated_deltanet": "g", "kda": "g"}
+
+
+@pytest.mark.parametrize("value", [-5.6, -12.0, -1e4, "reset"])
+@pytest.mark.parametrize("name", sorted(DECAYS))
+def test_extreme_log_decays_stay_finite_and_exact(name, value):
+    """A constant log decay (or -inf at one step) in float32: outputs and gradients finite, outputs within 1e-4."""
+    key = DECAYS[name]
+    leaves, states, dims = with_log_decay(name, key, value, B=1, T=40, reset=21)
+    reference, _ = oracle(name, leaves, states)
+    single = {k: v.float().requires_grad_() for k, v in leaves.items()}
+    ours, finals = triton_cell(name)(single, {k: v.float() for k, v in states.items()}, dims)
+    grads = torch.autograd.grad(ours["o"].sum() + finals["S"].sum(), [x for k, x in single.items() if k != key])
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(ours["o"]).all(), f"non-finite outputs with log decay {value}"
+    assert rel_err(ours["o"], reference["o"]) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "la_norm", "mlstm"])
+def test_several_value_blocks_add_their_shared_gradients(name):
+    """V = 48 in blocks of 16: three programs per head share the key-side pieces (and a vector state)."""
+    run = triton_cell(name)
+    run.kernels.pinned = {"BV": 16}
+    found = errors(run, name, (2, 19, 1, 24, 48), torch.float64, seed=3)
+    worst = max(found, key=found.get)
+    assert found[worst] < 1e-9, (worst, found)
+
+
+def test_a_pinned_tiling_is_used_in_the_interpreter(monkeypatch):
+    """Cell.use_tiling reaches the launch: BV = 16 runs two value blocks, CHUNK = 32 two chunks of 32 steps."""
+    from rnnc.runtime.triton_chunked import ChunkedStage
+
+    cell = rnnc.compile("examples/simple_gla.rnn", backend="triton")
+    cell.use_tiling({"BV": 16, "CHUNK": 32})
+    launched = []
+    original = ChunkedStage._launch
+
+    def recording(self, *args):
+        grid, sizes, meta, tiles = original(self, *args)
+        launched.append((grid, tiles))
+        return grid, sizes, meta, tiles
+
+    monkeypatch.setattr(ChunkedStage, "_launch", recording)
+    leaves, states, _ = make_call("simple_gla", 1, 40, 1, 16, 32, torch.float64)
+    ours = cell(state=states, **leaves)
+    grid, tiles = launched[0]
+    assert grid[0] == 2 and tiles["BV"] == 16 and tiles["CHUNK"] == 32
+    theirs, _ = oracle("simple_gla", leaves, states)
+    assert rel_err(ours.o, theirs["o"]) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "gla", "mlstm"])
+def test_packed_sequences_equal_separate_runs(name):
+    """seq_starts: lengths 1, 17 and 40 on one time axis give each sequence its own outputs, finals, gradients."""
+    lengths = [1, 17, 40]
+    bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    run = triton_cell(name)
+    per_step = {d.name for d in run.kernels.plan.ir.inputs}
+    leaves, _, dims = make_call(name, 1, bounds[-1], 2, 16, 16, torch.float64, seed=5)
+    _, states, _ = make_call(name, len(lengths), 1, 2, 16, 16, torch.float64, seed=6)
+    leaves_in = [*leaves.values(), *states.values()]
+
+    def sequence(n):  # sequence n's own leaves and initial states
+        mine = {k: v[:, bounds[n] : bounds[n + 1]] if k in per_step else v for k, v in leaves.items()}
+        return mine, {k: v[n : n + 1] for k, v in states.items()}
+
+    separate = [run(*sequence(n), dims) for n in range(len(lengths))]
+    outputs, finals = run(leaves, states, dims, seq_starts=torch.tensor(bounds, dtype=torch.int64))
+    packed_total = separate_total = 0
+    for n, (theirs_out, theirs_fin) in enumerate(separate):
+        mine_out = {k: v[:, bounds[n] : bounds[n + 1]] for k, v in outputs.items()}
+        mine_fin = {k: v[n : n + 1] for k, v in finals.items()}
+        for key, value in {**mine_out, **mine_fin}.items():
+            assert rel_err(value, {**theirs_out, **theirs_fin}[key]) < 1e-12, (key, n)
+        packed_total = packed_total + _weighted(mine_out, mine_fin, n)
+        separate_total = separate_total + _weighted(theirs_out, theirs_fin, n)
+    mine = torch.autograd.grad(packed_total, leaves_in)
+    theirs = torch.autograd.grad(separate_total, leaves_in)
+    for a, b in zip(mine, theirs):
+        assert rel_err(a, b) < 1e-12
+
+
+def _weighted(outputs: dict, finals: dict, n: int) -> torch.Tensor:
+    """A fixed random linear functional of sequence n's outputs and final states."""
+    return functional(outputs, finals, 100 + n)
 
 
 def test_generated_module_is_deterministic_and_readable():
@@ -146,22 +150,42 @@ def test_generated_module_is_deterministic_and_readable():
     second = rnnc.compile(open("examples/gated_deltanet.rnn").read(), backend="triton").source
     assert first == second
     assert "def forward_kernel(" in first and "def backward_kernel(" in first
-    assert "log_decay = tl.where(mask_t, x_g, 0.0)" in first  # the log decay, printed from exp(g)
-    assert "beta = tl.where(mask_t, x_beta, 0.0)" in first and "_unit_lower_inverse" in first
-    gla = rnnc.compile("examples/gla.rnn", backend="triton").source
-    assert "log_decay = tl.where(mask_tk, x_g, 0.0)" in gla and "_unit_lower_inverse" not in gla
-    retnet = rnnc.compile("examples/retnet.rnn", backend="triton").source
-    assert "tl.where(mask_t, zero_c + (wt_log__gamma), 0.0)" in retnet  # a weight broadcast over the chunk
+    assert "s0_lam0 = tl.where(mask_t, sc_in_g, 0.0)" in first  # the log decay, printed from exp(g)
+    assert "_unit_lower_inverse(s0_M, CHUNK)" in first  # the correction's UT form
+    rwkv6 = triton_cell("rwkv6").kernels.source
+    assert rwkv6.count("_diagonal_scores(qr0, s0_A0, s0_lam, CHUNK, True)") == 2  # a read of the old state
 
 
-@pytest.mark.parametrize("name", ZOO)
+def _chunked_examples() -> list[str]:
+    from conftest import PAPER_CELLS
+
+    from rnnc.compiler import analyse_source
+
+    def strategy(name):
+        return analyse_source(open(f"examples/{name}.rnn").read()).strategy
+
+    return ZOO + [name for name in PAPER_CELLS if strategy(name) == "chunked"]
+
+
+@pytest.mark.parametrize("name", _chunked_examples())
 def test_inference_moves_each_byte_about_once(name):
-    """Forward at inference: inputs, weights and the initial state read once, the output and the final
-    state written once, within 30 % (weights are read once per program; nothing per chunk is stored)."""
+    """Forward at inference: inputs, weights and the initial states read once, the outputs and the final
+    states written once, within 30 % (weights are read once per program; nothing per chunk is stored).
+    A scan stage before the chunked stage runs in PyTorch, which the counter does not see."""
     from interpreter_bytes import inference_traffic
+    from refs import paper_data
 
-    triton_cell, _, tensors, states = _call(name, 2, 37, 2, 24, 20, torch.float32)
-    moved, read, written = inference_traffic(triton_cell, tensors, states)
+    try:
+        cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
+    except rnnc.BackendError as exc:
+        pytest.skip(f"no chunked kernel: {str(exc).splitlines()[0]}")
+    if name in ZOO:
+        leaves, states, _ = make_call(name, 2, 37, 2, 24, 20, torch.float32)
+    else:
+        leaves, states = paper_data.make(name, B=2, T=37, NH=2, seed=1)
+        leaves, states = {k: v.float() for k, v in leaves.items()}, {k: v.float() for k, v in states.items()}
+    moved, read, written = inference_traffic(cell, leaves, states)
     assert moved["store"] <= 1.3 * written, (moved, written)
     assert moved["load"] <= 1.3 * read, (moved, read)
-    assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte
+    if not any(s.strategy == "scan" for s in cell.plan.stages):
+        assert moved["load"] >= read and moved["store"] >= written  # the counter sees every byte

@@ -274,4 +274,12 @@ def _scan_fast_path(runner: ReferenceRunner, call: Call):
     return run_scan(runner, call)
 
 
-register_fast_path("scan", _scan_fast_path)
+def _register_strategies() -> None:
+    """The strategies' whole-sequence forms: the scan form of scan cells, the chunked form of chunked cells."""
+    from rnnc.runtime.chunked_torch import chunked_fast_path
+
+    register_fast_path("scan", _scan_fast_path)
+    register_fast_path("chunked", chunked_fast_path)
+
+
+_register_strategies()

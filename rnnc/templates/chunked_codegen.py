@@ -1,209 +1,203 @@
-"""Rendering the chunked template for a Plan: every cell expression from the sympy printer.
+"""Rendering the chunked kernels of a chunked stage: the Triton module and the order of its arguments.
 
-Covered: one matrix state ``S: [K, V]`` whose update is
-``S' = a * S + c * outer(k(x), v(x))`` with ``a`` the identity, ``exp(scalar)`` or
-``exp(g(x))[:, None]`` (a log decay per key channel), or the delta rule
-``S' = a * (S - beta * outer(k, k @ S)) + c * outer(k, v)`` with ``a`` the identity or a
-scalar ``exp(...)``, and one output ``q(x) @ S'``. The pieces ``q``, ``k``, ``v``, ``c``,
-``beta`` and the log decay are pointwise expressions of the inputs and weights, printed by
-:func:`rnnc.templates.triton_printer.to_triton`; backward chains through them with sympy's
-derivatives. Anything else raises a BackendError that says why.
+The stage's pieces (``rnnc.templates.chunked_spec``) are printed by the sympy printer and their
+cotangents differentiated by sympy (``chunked_lines``); each linear state contributes its rows and
+its chunk forward and backward (``chunked_state``); ``chunked.py.jinja`` only assembles them.
 
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> module = render_chunked(analyse_source(open("examples/gla.rnn").read()))
-    >>> module.decay, module.forward_args
-    ('diagonal', ['in_q', 'in_k', 'in_v', 'in_g', 'st_S', 'out_o', 'fin_S', 'saved_S'])
+    >>> module.forward_args
+    ['ptr_in_q', 'ptr_in_k', 'ptr_in_v', 'ptr_in_g', 'init_ptr_S', 'out_ptr_o', 'final_ptr_S', 'saved_ptr_S']
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sympy
-
-from rnnc.compiler import Plan
-from rnnc.templates.chunked_pieces import Pieces, find_pieces
+from rnnc.templates.chunked_lines import MASK, ZERO, StepLines, step_offsets
+from rnnc.templates.chunked_spec import ChunkedSpec, stage_spec
+from rnnc.templates.chunked_state import StateLines
 from rnnc.templates.loading import template
-from rnnc.templates.names import derived, internal
-from rnnc.templates.triton_printer import to_triton
+from rnnc.templates.names import derived
 
-# the structural parts of the template per decay: (state decay, carry of k to the chunk end,
-# decay of q, decay of a score pair, beta times the decay, the decay alone)
-_DECAY_TEXT = {
-    "none": {
-        "decay_state": "",
-        "k_carry": "",
-        "q_decay": "",
-        "pair_decay_mul": "",
-        "beta_decay": "beta",
-        "p_over_beta": "",
-        "lane_index": "",
-        "last_index": "",
-    },
-    "scalar": {
-        "decay_state": "tl.exp(gamma_last) * ",
-        "k_carry": "tl.exp(gamma_last - gamma)[:, None] * ",
-        "q_decay": "tl.exp(gamma)[:, None] * ",
-        "pair_decay_mul": " * pair_decay",
-        "beta_decay": "beta * tl.exp(gamma)",
-        "p_over_beta": "tl.exp(gamma)[:, None] * ",
-        "lane_index": "",
-        "last_index": "",
-    },
-    "diagonal": {
-        "decay_state": "tl.exp(gamma_last)[:, None] * ",
-        "k_carry": "tl.exp(gamma_last[None, :] - gamma) * ",
-        "q_decay": "",
-        "pair_decay_mul": "",
-        "beta_decay": "",
-        "p_over_beta": "",
-        "lane_index": "[:, None]",
-        "last_index": "[None, :]",
-    },
-}
+PROLOGUE = """pid_v = tl.program_id(0)
+pid_bh = tl.program_id(1)
+b = pid_bh // NH
+h = pid_bh % NH
+if VARLEN:  # sequence b is rows seq_starts[b] .. seq_starts[b + 1] of the flat time axis
+    bos = tl.load(seq_starts + b).to(tl.int64)
+    T_b = (tl.load(seq_starts + b + 1) - bos).to(tl.int32)
+    slot_base = bos // STEPS + b
+else:
+    bos = b.to(tl.int64) * T
+    T_b = T + 0
+    slot_base = b.to(tl.int64) * tl.cdiv(T, STEPS)
+n_chunks = tl.cdiv(T_b, STEPS)
+kk = tl.arange(0, BK)
+vv = pid_v * BV + tl.arange(0, BV)
+uu = tl.arange(0, BU)
+mask_k = kk < DK
+mask_v = vv < DV
+mask_kv = mask_k[:, None] & mask_v[None, :]
+state_row = (b * NH + h).to(tl.int64)
+step = tl.arange(0, STEPS)
+# zero tiles keep constant expressions in COMPUTE precision and shape
+zero_sc = tl.zeros([STEPS], dtype=COMPUTE)
+zero_key = tl.zeros([STEPS, BK], dtype=COMPUTE)
+zero_val = tl.zeros([STEPS, BV], dtype=COMPUTE)
+zero_unit = tl.zeros([STEPS, BU], dtype=COMPUTE)
+rzero_sc = tl.zeros([CHUNK], dtype=COMPUTE)
+rzero_key = tl.zeros([CHUNK, BK], dtype=COMPUTE)
+rzero_pairs = tl.zeros([CHUNK, CHUNK], dtype=COMPUTE)
+ones_unit = tl.where(uu[None, :] == 0, 1.0, 0.0) + tl.zeros([CHUNK, BU], dtype=COMPUTE)""".splitlines()
 
-# what a tile of each space is called, how it is masked, and how a pointer to a row is formed
-_TILE = {
-    "key": ("zero_k", "mask_tk", "row[:, None] * DK + kk[None, :]"),
-    "value": ("zero_v", "mask_tv", "row[:, None] * DV + vv[None, :]"),
-    "scalar": ("zero_c", "mask_t", "row"),
-}
-# gradient tiles of the pieces (the template computes them); in sympy expressions they are symbols
-# named by names.internal, which no user name equals
-_D_PIECE = {
-    "query": "d_query",
-    "key": "d_key",
-    "value": "d_value",
-    "scale": "d_scale",
-    "beta": "d_beta",
-    "log_decay": "d_log_decay",
-}
-_D_SYMBOL = {piece: internal(tile) for piece, tile in _D_PIECE.items()}
+CHUNK_PROLOGUE = """t = c * STEPS + step
+mask_t = t < T_b
+first = (bos + c * STEPS) * NH + h  # [B, T, NH] row of the chunk's first step (int64)
+rows = step * NH  # each step's row after the first (int32: addresses need few registers)
+mask_tk = mask_t[:, None] & mask_k[None, :]
+mask_tv = mask_t[:, None] & mask_v[None, :]
+slot = slot_base + c  # where this chunk's starting states are saved""".splitlines()
 
 
 @dataclass(frozen=True)
 class ChunkedModule:
-    """The generated module text, the order of its kernels' pointer arguments, and its decay."""
+    """The generated module text, its kernels' pointer arguments in order, and the spec it runs."""
 
     text: str
     forward_args: list
     backward_args: list
-    decay: str
-    delta: bool
+    spec: ChunkedSpec
+    names: StepLines
 
 
-def _names(pieces: Pieces, space: str) -> dict[str, str]:
-    """Tile names of the leaves, broadcast into ``space`` ([CHUNK, BK], [CHUNK, BV] or [CHUNK])."""
-    zero = _TILE[space][0]  # a dim read as a number: a COMPUTE-typed tile, not an integer
-    names = {pieces.key_dim: f"({zero} + DK)", pieces.value_dim: f"({zero} + DV)"}
-    for name, leaf_space in pieces.inputs.items():
-        widen = "[:, None]" if leaf_space == "scalar" and space != "scalar" else ""
-        names[name] = f"{derived('x', user=name)}{widen}"
-    for name, leaf_space in pieces.weights.items():
-        tile = derived("wt", user=name)
-        names[name] = f"{tile}[None, :]" if leaf_space != "scalar" else tile
-    names.update({_D_SYMBOL[piece]: tile for piece, tile in _D_PIECE.items()})
-    return names
+def render_chunked(plan) -> ChunkedModule:
+    """The Triton module (forward and backward kernels) of a Plan's chunked stage."""
+    return render_spec(stage_spec(plan), plan.key())
 
 
-def _print(pieces: Pieces, expr: sympy.Expr, space: str) -> str:
-    """``expr`` printed in ``space``; a constant or weight-only expression gets the tile's shape."""
-    expr = sympy.sympify(expr)
-    text = to_triton(expr, _names(pieces, space))
-    tiles = {*pieces.inputs, *_D_SYMBOL.values()}
-    if not any(s.name in tiles for s in expr.free_symbols):
-        text = f"{_TILE[space][0]} + ({text})"
-    return text
+def state_pointer(*role: str, state: str) -> str:
+    """A pointer argument of a state's values (``init``, ``final``, ``saved``; ``grad`` in front for cotangents)."""
+    return derived(*role, "ptr", user=state)
 
 
-def _gradient(pieces: Pieces, leaf: str, space: str) -> str:
-    """The gradient of one leaf in its own space: d piece * d piece / d leaf, summed over pieces."""
-    symbol = sympy.Symbol(leaf, real=True)
-    terms = []
-    for piece, (expr, piece_space) in sorted(pieces.exprs.items()):
-        derivative = sympy.diff(expr, symbol)
-        if derivative == 0:
-            continue
-        text = _print(pieces, sympy.Symbol(_D_SYMBOL[piece], real=True) * derivative, piece_space)
-        if piece_space != space:  # a scalar leaf read by a vector piece: sum over the channels
-            text = f"tl.sum(tl.where({_TILE[piece_space][1]}, {text}, 0.0), axis=1)"
-        terms.append(text)
-    return " + ".join(terms) if terms else _TILE[space][0]
+def render_spec(spec: ChunkedSpec, key: str) -> ChunkedModule:
+    """The Triton module of a chunked stage's spec (``key`` names the Plan in its docstring)."""
+    steps = StepLines(spec)
+    states = [StateLines(steps, j) for j in range(len(spec.states))]
+    names = [s.name for s in spec.states]
+    outputs = [o.name for o in spec.outputs]
+    leaf_ptrs = [steps.ptr(x.name) for x in spec.leaves if x.role != "dim"]
+    forward_args = leaf_ptrs + [state_pointer("init", state=n) for n in names]
+    forward_args += [derived("out", "ptr", user=o) for o in outputs]
+    forward_args += [state_pointer("final", state=n) for n in names] + [state_pointer("saved", state=n) for n in names]
+    backward_args = leaf_ptrs + [state_pointer("saved", state=n) for n in names]
+    backward_args += [derived("grad", "out", "ptr", user=o) for o in outputs]
+    backward_args += [state_pointer("grad", "final", state=n) for n in names]
+    backward_args += [steps.ptr(x.name, grad=True) for x in spec.leaves if x.role != "dim"]
+    backward_args += [state_pointer("grad", "init", state=n) for n in names]
 
+    dims = [
+        f"DK = {steps.dim_text(spec.key_dim)}",
+        f"DV = {steps.dim_text(spec.value_dim) if spec.value_dim is not None else 1}",
+    ]
+    prologue = dims + PROLOGUE
 
-def render_chunked(plan: Plan) -> ChunkedModule:
-    """The Triton module (forward and backward kernels) of a chunked cell.
-
-    Example:
-        >>> from rnnc.compiler import analyse_source
-        >>> module = render_chunked(analyse_source(open("examples/deltanet.rnn").read()))
-        >>> module.delta, "_unit_lower_inverse(l_matrix, CHUNK)" in module.text
-        (True, True)
-    """
-    pieces = find_pieces(plan)
-    ir = plan.ir
-    inputs = []
-    for decl in ir.inputs:
-        space = pieces.inputs[decl.name]
-        _, mask, offsets = _TILE[space]
-        pointer, grad_pointer = derived("in", user=decl.name), derived("d_in", user=decl.name)
-        load = f"tl.load({pointer} + {offsets}, mask={mask}, other=0.0).to(COMPUTE)"
-        grad = _gradient(pieces, decl.name, space)
-        if space == "value":  # one program owns these columns: a plain store
-            store = f"tl.store({grad_pointer} + {offsets}, {grad}, mask={mask})"
-        else:  # summed over the programs of the value blocks
-            store = f"tl.atomic_add({grad_pointer} + {offsets}, {grad}, mask={mask})"
-        inputs.append({"tile": derived("x", user=decl.name), "load": load, "store_grad": store})
-    weights = []
-    for decl in ir.weights:
-        space = pieces.weights[decl.name]
-        zero, mask, _ = _TILE[space]
-        pointer, grad_pointer, acc = (derived(role, user=decl.name) for role in ("w", "d_w", "g"))
-        if space == "scalar":
-            load = f"tl.load({pointer} + h).to(COMPUTE)"
-            store = f"tl.atomic_add({grad_pointer} + h, tl.sum({acc}, axis=0))"
+    state_loads, final_stores, forward_body = [], [], steps.leaf_loads() + steps.piece_lines()
+    final_grad_loads, backward_finals = [], []
+    for lines, name in zip(states, names):
+        j, vector = lines.j, lines.state.vector
+        io, io_mask = lines.offsets("io")
+        saved, saved_mask = lines.offsets("saved")
+        owner = "mask_k[:, None] & (uu[None, :] + pid_v == 0)" if vector else io_mask  # one value block owns it
+        init, final = state_pointer("init", state=name), state_pointer("final", state=name)
+        saved_ptr = state_pointer("saved", state=name)
+        state_loads.append(f"st{j} = tl.load({init} + {io}, mask={io_mask}, other=0.0).to(COMPUTE)")
+        final_stores.append(f"tl.store({final} + {io}, st{j}, mask={owner})")
+        forward_body += lines.row_lines()
+        forward_body += ["if STORE_STATES:  # the chunk-start state, which backward reads instead of re-running"]
+        forward_body += [f"    tl.store({saved_ptr} + {saved}, st{j}, mask={saved_mask})"]
+        forward_body += lines.recompute_lines() + lines.advance_lines()
+        grad_final, grad_init = state_pointer("grad", "final", state=name), state_pointer("grad", "init", state=name)
+        final_grad_loads.append(f"dst{j} = tl.load({grad_final} + {io}, mask={owner}, other=0.0).to(COMPUTE)")
+        if vector:  # every value block holds a part of a vector state's cotangent
+            backward_finals.append(f"tl.atomic_add({grad_init} + {io}, dst{j}, mask={io_mask})")
         else:
-            size, lanes, lane_mask = ("DK", "kk", "mask_k") if space == "key" else ("DV", "vv", "mask_v")
-            load = f"tl.load({pointer} + h * {size} + {lanes}, mask={lane_mask}, other=0.0).to(COMPUTE)"
-            store = f"tl.atomic_add({grad_pointer} + h * {size} + {lanes}, tl.sum({acc}, axis=0), mask={lane_mask})"
-        weights.append(
-            {
-                "tile": derived("wt", user=decl.name),
-                "load": load,
-                "grad": acc,
-                "grad_zero": zero,
-                "grad_expr": f"tl.where({mask}, {_gradient(pieces, decl.name, space)}, 0.0)",
-                "store_grad": store,
-            }
-        )
-    state, output = ir.states[0].name, ir.outputs[0].name
-    printed = {name: _print(pieces, expr, space) for name, (expr, space) in pieces.exprs.items()}
-    of_state = {role: derived(role, user=state) for role in ("s", "st", "fin", "saved", "d_fin", "d_st")}
-    of_output = {role: derived(role, user=output) for role in ("out", "d_out")}
-    leaves = [derived("in", user=d.name) for d in ir.inputs] + [derived("w", user=d.name) for d in ir.weights]
-    leaf_grads = [derived("d_in", user=d.name) for d in ir.inputs] + [derived("d_w", user=d.name) for d in ir.weights]
-    forward_args = leaves + [of_state["st"], of_output["out"], of_state["fin"], of_state["saved"]]
-    backward_args = leaves + [of_state["saved"], of_output["d_out"], of_state["d_fin"], *leaf_grads, of_state["d_st"]]
+            backward_finals.append(f"tl.store({grad_init} + {io}, dst{j}, mask={io_mask})")
+    forward_body += steps.output_lines()
+    forward_body += [_output_store(steps, m, name, "") for m, name in enumerate(outputs)]
+
+    backward_body = steps.leaf_loads() + steps.piece_lines()
+    for lines, name in zip(states, names):
+        saved, saved_mask = lines.offsets("saved")
+        backward_body += lines.row_lines()
+        saved_ptr = state_pointer("saved", state=name)
+        backward_body.append(f"st{lines.j} = tl.load({saved_ptr} + {saved}, mask={saved_mask}, other=0.0).to(COMPUTE)")
+        backward_body += lines.recompute_lines() + lines.end_lines()
+    backward_body += [_output_store(steps, m, name, "grad") for m, name in enumerate(outputs)]
+    output_lines, used = steps.cotangent_lines(steps.outputs())
+    core = [line for lines in states for line in lines.backward_lines()]
+    piece_lines, piece_used = steps.cotangent_lines(steps.pieces)
+    reduction_lines, reduction_used = steps.reduction_cotangents()
+    used |= piece_used | reduction_used
+    inits = []
+    for k, r in enumerate(spec.reads):
+        inits.append(f"dy{k} = {'zero_sc' if spec.state(r.state).vector else 'zero_val'}")
+    inits += [f"dred{j} = zero_sc" for j in range(len(spec.reductions))]
+    inits += [f"{target} = {ZERO[space]}" for target, space in sorted(used) if target.startswith("g_")]
+    stores, accumulate, weight_finals = steps.leaf_gradient_lines(used)
+    backward_body += inits + output_lines + core + piece_lines + reduction_lines + stores + accumulate
+    backward_finals += weight_finals
+
     text = template("chunked.py.jinja").render(
-        cell=ir.cell,
-        key=plan.key(),
+        cell=spec.cell,
+        key=key,
+        description=_describe(spec),
         forward_args=forward_args,
         backward_args=backward_args,
-        inputs=inputs,
-        weights=weights,
-        decay=pieces.decay,
-        delta=pieces.delta,
-        has_scale="scale" in printed,
-        **{f"{name}_expr": printed.get(name, "") for name in _D_PIECE},
-        state_tile=of_state["s"],
-        initial=of_state["st"],
-        final=of_state["fin"],
-        saved=of_state["saved"],
-        output=of_output["out"],
-        d_output=of_output["d_out"],
-        d_final=of_state["d_fin"],
-        d_initial=of_state["d_st"],
-        **_DECAY_TEXT[pieces.decay],
+        dim_args=list(steps.dim.values()),
+        prologue=prologue,
+        weight_loads=steps.weight_loads(),
+        state_loads=state_loads,
+        chunk_prologue=CHUNK_PROLOGUE,
+        forward_body=forward_body,
+        final_stores=final_stores,
+        accumulator_inits=steps.weight_accumulators(used),
+        final_grad_loads=final_grad_loads,
+        backward_body=backward_body,
+        backward_finals=backward_finals,
     )
-    return ChunkedModule(text, forward_args, backward_args, pieces.decay, pieces.delta)
+    return ChunkedModule(text, forward_args, backward_args, spec, steps)
+
+
+def _output_store(steps: StepLines, m: int, name: str, kind: str) -> str:
+    """The store of output m (``kind`` ""), or the load of its cotangent (``kind`` "grad")."""
+    out = steps.spec.outputs[m]
+    space = out.space
+    if space == "scalar":
+        offsets = "first + rows"
+    else:
+        offsets = step_offsets(steps.dim_text(out.shape[0]), "vv" if space == "value" else "kk")
+    if kind == "grad":
+        grad = derived("grad", "out", "ptr", user=name)
+        return f"d_out{m} = tl.load({grad} + {offsets}, mask={MASK[space]}, other=0.0).to(COMPUTE)"
+    ptr = derived("out", "ptr", user=name)
+    return f"tl.store({ptr} + {offsets}, out{m}.to({ptr}.dtype.element_ty), mask={MASK[space]})"
+
+
+def _describe(spec: ChunkedSpec) -> list[str]:
+    """The stage in words, for the module's docstring."""
+    lines = []
+    for s in spec.states:
+        shape = f"[{spec.key_dim}]" if s.vector else f"[{spec.key_dim}, {spec.value_dim}]"
+        factors = ", ".join(
+            st.decay + (" with a rank-one correction" if st.correction is not None else "")
+            for st in s.steps
+            if st.decay != "identity" or st.correction is not None
+        )
+        lines.append(f"State {s.name} {shape}: transition {factors or 'identity'}; {len(s.writes)} write(s) per step.")
+    for r in spec.reads:
+        lines.append(f"Read {r.symbol}: the {'new' if r.new else 'previous'} {r.state} along its key axis.")
+    lines.append(f"Outputs {', '.join(o.name for o in spec.outputs)}: pointwise in the step values and the reads.")
+    return lines
