@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -129,6 +130,45 @@ def solve_tiling(
     return tiling
 
 
+def build_model(plan: Plan, gpu: str | GpuProfile, shape: dict, dtype: str) -> Model:
+    """The tiling model of ``plan``'s strategy at ``shape`` on ``gpu`` (its variables, constraints, quantities).
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> plan = analyse_source(open("examples/gla.rnn").read())
+        >>> [v.name for v in build_model(plan, "h100", {"B": 4, "T": 2048, "NH": 16, "K": 128, "V": 128},
+        ...                                "bfloat16").variables]
+        ['CHUNK', 'BK', 'BV', 'num_warps', 'num_stages']
+    """
+    profile = gpu if isinstance(gpu, GpuProfile) else load_profile(gpu)
+    return BUILDERS[plan.strategy](problem_of(plan, shape, dtype), profile)
+
+
+def effective_params(strategy: str, launch, tiling: dict, model: Model) -> dict | None:
+    """The model's variables at the values one kernel launch (``rnnc.runtime.dry_run.Launch``) really
+    used, the rest from ``tiling``; None when a launched value lies outside the model's domain.
+
+    The launchers may depart from the model: the chunked kernels keep the key dimension whole and
+    cap per-channel-decay chunks; the scan kernels turn BLOCK_C into one block per state axis;
+    a split sequential head shows as the grid's third axis; num_stages is Triton's default when
+    the launcher passes none.
+    """
+    constexprs, options = launch.constexprs, launch.options
+    values = {k: v for k, v in tiling.items() if k in {var.name for var in model.variables}}
+    values.update({k: v for k, v in constexprs.items() if k in values})
+    values["num_warps"] = options.get("num_warps", 4)
+    values["num_stages"] = options.get("num_stages", 3)
+    if strategy == "scan":
+        blocks = [v for k, v in constexprs.items() if k.startswith("BLOCK_") and k != "BLOCK_T"]
+        values["BLOCK_C"] = math.prod(blocks)
+    if strategy == "sequential":
+        values["SPLIT"] = launch.grid[2] if len(launch.grid) > 2 else 1
+    for var in model.variables:
+        if var.name not in values or values[var.name] not in var.domain:
+            return None
+    return values
+
+
 def _describe(constraint, values: dict, profile: GpuProfile) -> str:
     lhs, limit = constraint.values(values)
     unit = f" {constraint.unit}" if constraint.unit else ""
@@ -242,4 +282,4 @@ def _write_cache(key: str, tiling: Tiling) -> None:
         pass  # a cache that cannot be written is only slower
 
 
-__all__ = ["Tiling", "solve_tiling"]
+__all__ = ["Tiling", "build_model", "effective_params", "solve_tiling"]

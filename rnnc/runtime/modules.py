@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import linecache
 import os
 import shutil
@@ -123,4 +124,33 @@ def load_module(text: str, stem: str) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
+    return module
+
+
+def load_compiled_module(text: str, stem: str) -> ModuleType:
+    """The same generated module imported for compiling to a GPU (``triton.jit`` as on a GPU) even
+    when ``TRITON_INTERPRET=1`` makes ordinary imports build interpreter kernels.
+
+    Example:
+        >>> import triton
+        >>> text = "import triton\\n@triton.jit\\ndef k(x_ptr):\\n    pass\\n"
+        >>> isinstance(load_compiled_module(text, "demo").k, triton.runtime.JITFunction)
+        True
+    """
+    import triton
+
+    path = write_module(text, stem)
+    name = f"rnnc_compiled.{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = False
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
     return module

@@ -22,7 +22,7 @@ from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
     bind_for_triton,
-    on_gpu,
+    dot_constexprs,
     output_cotangents,
     pow2_at_least,
     state_cotangents,
@@ -42,10 +42,12 @@ class ChunkedKernels(GeneratedKernels):
     render = staticmethod(render_chunked)
 
     def tiles(self, call: Call) -> dict:
-        """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter.
+        """Launch parameters: on a GPU the tiling model's choice (or ``rnnc tune``'s winner); pinned
+        ones (``Cell.use_tiling``) on top, in the interpreter as on a GPU; else small tiles.
 
         The key dimension stays whole in one program (padded to a power of two), whatever the
-        model says: the outputs and the delta rule contract over all of it.
+        model or a pin says: the outputs and the delta rule contract over all of it. Per-channel
+        decays keep chunks of at most 16 steps (see DIAGONAL_CHUNK).
 
         Example:
             >>> import torch
@@ -56,19 +58,20 @@ class ChunkedKernels(GeneratedKernels):
             >>> call = bind(kernels.plan.ir, {"q": q, "k": q, "v": torch.zeros(1, 3, 1, 40), "g": q}, None)
             >>> kernels.tiles(call)
             {'CHUNK': 16, 'BK': 32, 'BV': 64, 'num_warps': 4, 'num_stages': 1}
+            >>> kernels.pinned = {"BV": 16, "num_warps": 2}; kernels.tiles(call)
+            {'CHUNK': 16, 'BK': 32, 'BV': 16, 'num_warps': 2, 'num_stages': 1}
         """
         pieces_dims = self._dims(call)
         k_pad, v_pad = pow2_at_least(pieces_dims[0], DOT_MINIMUM), pow2_at_least(pieces_dims[1], DOT_MINIMUM)
-        tiles = {"CHUNK": DOT_MINIMUM, "BK": k_pad, "BV": v_pad, "num_warps": 4, "num_stages": 1}
-        if on_gpu(call):
-            params = self.model_params(call)
-            tiles = {
-                "CHUNK": max(DOT_MINIMUM, params["CHUNK"]),
-                "BK": k_pad,
-                "BV": max(DOT_MINIMUM, min(params["BV"], v_pad)),
-                "num_warps": params.get("num_warps", 4),
-                "num_stages": params.get("num_stages", 1),
-            }
+        params = {"CHUNK": DOT_MINIMUM, "BV": v_pad, "num_warps": 4, "num_stages": 1}
+        params.update(self.model_params(call))  # the model's (or tune's) on a GPU, pinned ones everywhere
+        tiles = {
+            "CHUNK": max(DOT_MINIMUM, params["CHUNK"]),
+            "BK": k_pad,
+            "BV": max(DOT_MINIMUM, min(params["BV"], v_pad)),
+            "num_warps": params["num_warps"],
+            "num_stages": params["num_stages"],
+        }
         if self.module.decay == "diagonal":
             tiles["CHUNK"] = min(tiles["CHUNK"], DIAGONAL_CHUNK)
         return tiles
@@ -97,8 +100,9 @@ class ChunkedKernels(GeneratedKernels):
         saved_shape = (call.B * call.NH, n_chunks, K, V) if store else (1,)
         saved = torch.empty(saved_shape, dtype=compute, device=device)
         grid, sizes, meta = _launch(call, tiles, K, V)
+        dots = dot_constexprs(call, self.precision, self.kernels.forward_kernel)
         self.kernels.forward_kernel[grid](
-            *inputs, *weights, initial, output, final, saved, *sizes, STORE_STATES=store, **meta
+            *inputs, *weights, initial, output, final, saved, *sizes, STORE_STATES=store, **meta, **dots
         )
         return [output], [final], [saved] if store else []
 
@@ -130,8 +134,9 @@ class ChunkedKernels(GeneratedKernels):
         d_w = [torch.zeros(w.shape, dtype=compute, device=device) for w in weights]
         d_initial = torch.full(initial.shape, float("nan"), dtype=compute, device=device)
         grid, sizes, meta = _launch(call, tiles, K, V)
+        dots = dot_constexprs(call, self.precision, self.kernels.backward_kernel)
         self.kernels.backward_kernel[grid](
-            *inputs, *weights, saved, d_output, d_final, *d_in, *d_w, d_initial, *sizes, **meta
+            *inputs, *weights, saved, d_output, d_final, *d_in, *d_w, d_initial, *sizes, **meta, **dots
         )
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]

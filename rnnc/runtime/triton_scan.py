@@ -66,10 +66,23 @@ class ScanKernels(GeneratedKernels):
     render = staticmethod(render_scan)
 
     def tiles(self, call: Call, sizes: tuple[int, ...]) -> dict:
-        """Launch parameters: the tiling model's choice on a GPU, small tiles in the interpreter."""
-        if on_gpu(call):
-            return self.model_params(call)
-        return _interpreter_tiles(call, sizes)
+        """Launch parameters: on a GPU the tiling model's choice (or ``rnnc tune``'s winner), in the
+        interpreter small tiles; pinned ones (``Cell.use_tiling``) on top of either.
+
+        Example:
+            >>> import torch
+            >>> from rnnc.compiler import analyse_source
+            >>> kernels = ScanKernels(analyse_source(open("examples/hgrn.rnn").read()))
+            >>> x = torch.zeros(1, 40, 1, 24)
+            >>> call = bind(kernels.plan.ir, {"x": x, "g": x}, None)
+            >>> kernels.tiles(call, (24,))
+            {'BLOCK_C': 32, 'BLOCK_T': 16, 'num_warps': 4, 'num_stages': 1}
+            >>> kernels.pinned = {"BLOCK_T": 8, "num_warps": 8}; kernels.tiles(call, (24,))
+            {'BLOCK_C': 32, 'BLOCK_T': 8, 'num_warps': 8, 'num_stages': 1}
+        """
+        tiles = {"num_stages": 1} if on_gpu(call) else {**_interpreter_tiles(call, sizes), "num_stages": 1}
+        tiles.update(self.model_params(call))  # the model's (or tune's) on a GPU, pinned ones everywhere
+        return tiles
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
         return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
@@ -114,6 +127,7 @@ class ScanKernels(GeneratedKernels):
             BLOCK_T=tiles["BLOCK_T"],
             STORE_STATES=store,
             num_warps=tiles.get("num_warps", 4),
+            num_stages=tiles["num_stages"],
         )
         return outputs, finals, saved if store else []
 
@@ -152,6 +166,7 @@ class ScanKernels(GeneratedKernels):
             **blocks,
             BLOCK_T=tiles["BLOCK_T"],
             num_warps=tiles.get("num_warps", 4),
+            num_stages=tiles["num_stages"],
         )
         grads_in = [g.to(x.dtype) for g, x in zip(d_in, inputs)]
         grads_w = [g.to(w.dtype) for g, w in zip(d_w, weights)]
