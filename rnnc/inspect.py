@@ -85,12 +85,15 @@ def inspect_cell(
     pinned: dict | None = None,
     device_name: str | None = None,
     binaries: Path | None = None,
+    transform=None,
 ) -> Inspection:
     """Compile every kernel ``plan`` launches in one training step at ``shape`` on the profile ``gpu``.
 
     ``pinned`` launch parameters go on top of the model's (as ``Cell.use_tiling``);
     ``device_name`` uses ``rnnc tune``'s winner measured on a GPU of that name; ``binaries``, a
-    path prefix, keeps each compiled binary as ``PREFIX.N-KERNEL.cubin`` (``.hsaco`` on AMD).
+    path prefix, keeps each compiled binary as ``PREFIX.N-KERNEL.cubin`` (``.hsaco`` on AMD);
+    ``transform`` (text -> text) compiles a variant of the generated module instead (calibration
+    experiments: what a template change would compile to).
     """
     import triton
 
@@ -105,6 +108,8 @@ def inspect_cell(
     target = target_of(profile)
     kernels = _triton_runner(plan)
     kernels.precision, kernels.pinned = precision, dict(pinned or {})
+    if transform is not None:
+        kernels.module = _Variant(kernels.module, transform(kernels.module.text))
     launches = record_launches(kernels, profile, shape, dtype, device_name=device_name)
     tiling = _launcher_params(kernels, shape, dtype, profile)
     report = Inspection(
@@ -141,6 +146,16 @@ def inspect_cell(
             row.cubin = str(path)
         report.kernels.append(row)
     return report
+
+
+class _Variant:
+    """A rendered module with another text (``inspect_cell``'s ``transform``), otherwise the same."""
+
+    def __init__(self, module, text: str):
+        self._module, self.text = module, text
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
 
 
 def _launcher_params(kernels, shape: dict, dtype: str, profile) -> dict:

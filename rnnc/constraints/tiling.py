@@ -1,83 +1,34 @@
-"""Solving for a tiling: the model of the cell's strategy, its best assignments, and why.
+"""Solving for a tiling: the model of the cell's strategy, its optimum at once, runners-up and why when asked.
 
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> plan = analyse_source(open("examples/lstm.rnn").read())
     >>> til = solve_tiling(plan, "h100", {"B": 16, "T": 1024, "NH": 12, "H": 64}, "bfloat16", use_cache=False)
-    >>> til.params["BLOCK_B"], til.strategy, len(til.candidates) > 0
-    (16, 'sequential', True)
+    >>> til.params["BLOCK_B"], til.strategy, til.computed("candidates"), len(til.candidates) > 0
+    (16, 'sequential', False, True)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rnnc import config
-from rnnc.cache_entries import fields_problem, parse_json, tiling_problem
 from rnnc.compiler import Plan
 from rnnc.constraints import chunked, scan, sequential
-from rnnc.constraints.model import Model, lift
+from rnnc.constraints.diagnose import describe, diagnose
+from rnnc.constraints.model import Model
 from rnnc.constraints.problem import Problem, problem_of
 from rnnc.constraints.profiles import GpuProfile, load_profile
+from rnnc.constraints.tiling_result import Tiling
 from rnnc.errors import TilingError
 
-MODEL_VERSION = "1"  # bump when a model changes: cached tilings of older models are not reused
+MODEL_VERSION = "2"  # bump when a model changes: cached tilings of older models are not reused
 BUILDERS = {"sequential": sequential.build_model, "scan": scan.build_model, "chunked": chunked.build_model}
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The chosen launch and tile parameters, the cost model's estimate and the runners-up."""
-
-    cell: str
-    strategy: str
-    gpu: str
-    dtype: str
-    shape: dict
-    params: dict
-    estimate_us: float
-    candidates: tuple  # ({params}, estimate_us) of the next best, best first
-    binding: tuple  # descriptions of the constraints that limit the optimum
-    quantities: dict  # derived values at the optimum (registers, shared memory, programs...)
-
-    def to_json(self) -> str:
-        """Deterministic JSON (sorted keys).
-
-        Example:
-            >>> t = Tiling("c", "scan", "h100", "float32", {"B": 1}, {"BLOCK_T": 16}, 1.0, (), (), {})
-            >>> Tiling.from_json(t.to_json()) == t
-            True
-        """
-        return json.dumps(asdict(self), sort_keys=True, indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> "Tiling":
-        """The inverse of :meth:`to_json`."""
-        data = json.loads(text)
-        data["candidates"] = tuple((dict(p), float(e)) for p, e in data["candidates"])
-        data["binding"] = tuple(data["binding"])
-        return Tiling(**data)
-
-    def explain(self) -> str:
-        """The decision as text: parameters, estimate, binding constraints, runners-up."""
-        shape = ", ".join(f"{k}={v}" for k, v in self.shape.items())
-        lines = [f"tiling of {self.cell} ({self.strategy}) on {self.gpu}, {self.dtype}, {shape}:"]
-        lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
-        lines.append(f"  estimated time: {self.estimate_us:.1f} us (cost model)")
-        lines += [f"  {k}: {v}" for k, v in self.quantities.items()]
-        lines.append("binding constraints (the optimum would improve without them):")
-        lines += [f"  {b}" for b in self.binding] or ["  none: the objective alone decided"]
-        if self.candidates:
-            lines.append("next best:")
-            for params, estimate in self.candidates:
-                lines.append(f"  {estimate:10.1f} us  " + ", ".join(f"{k}={v}" for k, v in params.items()))
-        return "\n".join(lines)
+_PLAN_KEYS: dict[int, tuple[Plan, str]] = {}  # plan.key() takes milliseconds: once per Plan object
 
 
 def solve_tiling(
@@ -92,8 +43,9 @@ def solve_tiling(
 ) -> Tiling:
     """The best tiling of ``plan`` for ``shape`` on ``gpu``; raises TilingError when none fits.
 
-    ``candidates`` runners-up are returned too; ``find_binding`` re-solves once per
-    constraint to name those that limit the optimum (skip it when only params matter).
+    One solve gives the optimum. ``candidates`` runners-up (one solve each) and the binding
+    constraints (one re-solve per constraint) are computed when the tiling's ``candidates`` or
+    ``binding`` is first read; ``find_binding=False`` makes ``binding`` empty.
 
     Example:
         >>> from rnnc.compiler import analyse_source
@@ -103,31 +55,70 @@ def solve_tiling(
     """
     profile = gpu if isinstance(gpu, GpuProfile) else load_profile(gpu)
     problem = problem_of(plan, shape, dtype)
-    key = _cache_key(plan, profile, problem, f"{candidates}-{find_binding}")
-    model = BUILDERS[plan.strategy](problem, profile)  # a millisecond; a cached entry is checked against it
-    shape = {k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)}
-    expected = dict(cell=plan.ir.cell, strategy=plan.strategy, gpu=profile.name, dtype=dtype, shape=shape)
-    asked = {"candidates": candidates, "find_binding": find_binding}
-    cached = _read_cache(key, model, {**expected, **asked}) if use_cache else None
+    _check_memory(plan, problem, profile)
+    key = _cache_key(plan, profile, problem)
+    model: list[Model] = []  # built on first need: a cache hit needs none until runners-up are asked for
+
+    def the_model() -> Model:
+        if not model:
+            model.append(BUILDERS[plan.strategy](problem, profile))
+        return model[0]
+
+    later = _Later(the_model, profile, candidates, find_binding, key if use_cache else None)
+    cached = _read_cache(key, later) if use_cache else None
     if cached is not None:
         return cached
     try:
-        best = model.best(candidates + 1)
+        best = the_model().solve()
     except OverflowError as exc:  # a shape so large that the cost model's integers do not fit
         raise TilingError(f"the shape is too large for the cost model of {plan.strategy}: {exc}") from None
-    if not best:
-        raise TilingError(_diagnose(model, plan, problem, profile))
+    if best is None:
+        raise TilingError(diagnose(the_model(), plan, problem, profile))
     tiling = Tiling(
-        **expected,
-        params=dict(best[0].values),
-        estimate_us=best[0].objective * model.unit_ns / 1000,
-        candidates=tuple((dict(s.values), s.objective * model.unit_ns / 1000) for s in best[1:]),
-        binding=tuple(_describe(c, best[0].values, profile) for c in model.binding(best[0])) if find_binding else (),
-        quantities={k: v.evaluate(best[0].values) for k, v in model.quantities.items()},
+        cell=plan.ir.cell,
+        strategy=plan.strategy,
+        gpu=profile.name,
+        dtype=dtype,
+        shape={k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)},
+        params=dict(best.values),
+        estimate_us=best.objective * the_model().unit_ns / 1000,
+        quantities={k: v.evaluate(best.values) for k, v in the_model().quantities.items()},
+        later=later,
     )
+    later.tiling = tiling
     if use_cache:
         _write_cache(key, tiling)
     return tiling
+
+
+class _Later:
+    """Computes a tiling's runners-up and binding constraints on first use, and files them in the cache."""
+
+    def __init__(self, the_model, profile: GpuProfile, count: int, find_binding: bool, key: str | None):
+        self.the_model, self.profile, self.count, self.find_binding, self.key = (
+            the_model,
+            profile,
+            count,
+            find_binding,
+            key,
+        )
+        self.tiling: Tiling | None = None
+
+    def __call__(self, what: str) -> tuple:
+        model, params = self.the_model(), self.tiling.params
+        if what == "candidates":
+            found = model.best(self.count + 1, start=[params])
+            unit = model.unit_ns / 1000
+            result = tuple((dict(s.values), s.objective * unit) for s in found[1:])
+        elif not self.find_binding:
+            return ()
+        else:
+            solution = model.solution_at(params)
+            result = tuple(describe(c, params, self.profile) for c in model.binding(solution))
+        if self.key is not None:
+            self.tiling.fill(what, result)
+            _write_cache(self.key, self.tiling)
+        return result
 
 
 def build_model(plan: Plan, gpu: str | GpuProfile, shape: dict, dtype: str) -> Model:
@@ -169,78 +160,40 @@ def effective_params(strategy: str, launch, tiling: dict, model: Model) -> dict 
     return values
 
 
-def _describe(constraint, values: dict, profile: GpuProfile) -> str:
-    lhs, limit = constraint.values(values)
-    unit = f" {constraint.unit}" if constraint.unit else ""
-    return f"{constraint.name}: {lhs} <= {limit}{unit} ({constraint.reason})"
+def memory_needed(plan: Plan, problem: Problem) -> int:
+    """Bytes of device memory one call's tensors take: inputs, outputs, weights and states (no scratch).
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.constraints.problem import problem_of
+        >>> plan = analyse_source(open("examples/hgrn.rnn").read())
+        >>> memory_needed(plan, problem_of(plan, {"B": 2, "T": 4, "NH": 1, "D": 8}, "float32"))
+        896
+    """
+    steps = problem.B * problem.T * problem.NH * (problem.in_elems + problem.out_elems) * problem.bytes
+    weights = problem.NH * problem.weight_elems * problem.bytes
+    states = 2 * problem.B * problem.NH * problem.state_elems * max(4, problem.bytes)  # initial and final
+    return steps + weights + states
 
 
-def _diagnose(model: Model, plan: Plan, problem: Problem, profile: GpuProfile) -> str:
-    """Why no tiling exists: the constraint that decides, what it needs, what the GPU has."""
-    head = (
-        f"no tiling of {plan.ir.cell} ({plan.strategy}) fits {profile.full_name} at "
-        + ", ".join(f"{k}={v}" for k, v in (("B", problem.B), ("T", problem.T), ("NH", problem.NH), *problem.dims))
-        + f" in {problem.dtype}"
-    )
-    reasons = []
-    for constraint in model.constraints:  # one constraint alone decides: say what it needs at best
-        relaxed = model.solve(drop=(constraint.name,), minimise=lift(constraint.lhs))
-        if relaxed is not None:
-            reasons.append(_shortfall(constraint, relaxed.values, profile, "needs at least"))
-    if not reasons:  # several conflict: show the tiling that breaks them least
-        closest = model.closest()
-        if closest is not None:
-            shown = ", ".join(f"{k}={v}" for k, v in closest.values.items())
-            reasons.append(f"the budgets conflict; the closest tiling ({shown}) breaks:")
-            reasons += [
-                "  " + _shortfall(c, closest.values, profile, "needs")
-                for c in model.constraints
-                if not c.holds(closest.values)
-            ]
-    lines = [head + ":", *(f"  {r}" for r in reasons)]
-    lines += [f"  {s}" for s in _alternatives(plan, problem, profile)]
-    return "\n".join(lines)
-
-
-def _shortfall(constraint, values: dict, profile: GpuProfile, verb: str) -> str:
-    needed, limit = constraint.values(values)
-    unit = f" {constraint.unit}" if constraint.unit else ""
-    return f"{constraint.name}: {verb} {needed}{unit}, the {profile.name} allows {limit} ({constraint.reason})"
-
-
-def _alternatives(plan: Plan, problem: Problem, profile: GpuProfile) -> list[str]:
-    """Other strategies or dtypes under which the same cell would fit."""
-    out = []
-    strategies = ["sequential"] + (["scan"] if plan.strategy == "chunked" and _elementwise(plan) else [])
-    for strategy in strategies:
-        if strategy == plan.strategy:
-            continue
-        other = Problem(**{**asdict(problem), "strategy": strategy})
-        found = BUILDERS[strategy](other, profile).solve()
-        if found is not None:
-            unit = BUILDERS[strategy](other, profile).unit_ns
-            out.append(f"the {strategy} kernel would fit (estimated {found.objective * unit / 1000:.1f} us)")
-    for dtype in ("bfloat16",) if problem.dtype in ("float32", "float64") else ():
-        other = Problem(**{**asdict(problem), "dtype": dtype})
-        if BUILDERS[plan.strategy](other, profile).solve() is not None:
-            out.append(f"with {dtype} inputs and weights it would fit")
-    if plan.strategy == "sequential" and problem.gates:
-        total = problem.gates * problem.hidden * problem.hidden * problem.bytes
-        on_chip = profile.sm_count * (profile.shared_memory_per_sm + profile.registers_per_sm * 4)
-        out.append(
-            f"the recurrent weights of one head need {total / 2**20:.1f} MiB on chip; all "
-            f"{profile.sm_count} SMs of the {profile.name} hold {on_chip / 2**20:.1f} MiB of shared memory "
-            "and registers together"
+def _check_memory(plan: Plan, problem: Problem, profile: GpuProfile) -> None:
+    needed = memory_needed(plan, problem)
+    if needed > profile.memory_bytes:
+        raise TilingError(
+            f"no kernel of {plan.ir.cell} can run this call on the {profile.full_name}: its inputs, outputs, "
+            f"weights and states need {needed / 2**30:.1f} GiB of device memory, the "
+            f"{profile.name} has {profile.memory_bytes / 2**30:.1f} GiB"
         )
-    return out
 
 
-def _elementwise(plan: Plan) -> bool:
-    return all(t.structure in ("identity", "scalar", "diagonal", "elementwise") for t in plan.transitions)
+def _plan_key(plan: Plan) -> str:
+    if id(plan) not in _PLAN_KEYS or _PLAN_KEYS[id(plan)][0] is not plan:
+        _PLAN_KEYS[id(plan)] = (plan, plan.key())  # the plan is kept alive, so its id is never reused
+    return _PLAN_KEYS[id(plan)][1]
 
 
-def _cache_key(plan: Plan, profile: GpuProfile, problem: Problem, options: str) -> str:
-    text = "|".join([MODEL_VERSION, plan.key(), profile.key(), problem.key(), options])
+def _cache_key(plan: Plan, profile: GpuProfile, problem: Problem) -> str:
+    text = "|".join([MODEL_VERSION, _plan_key(plan), profile.key(), problem.key()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -248,26 +201,24 @@ def _cache_path(key: str) -> Path:
     return config.cache_dir() / "tilings" / f"{key}.json"
 
 
-def _read_cache(key: str, model: Model, expected: dict) -> Tiling | None:
-    """The cached tiling under ``key`` if every field is what ``model`` gives for ``expected``; a
-    corrupt entry (bad JSON, wrong or missing fields, values outside their domains) is deleted."""
+def _read_cache(key: str, later: _Later) -> Tiling | None:
     path = _cache_path(key)
     try:
-        data = parse_json(path.read_text())
-        problem = fields_problem(data, tuple(f.name for f in fields(Tiling)))
-        problem = problem or tiling_problem(data, model, expected)
-        if problem is None:
-            return Tiling.from_json(json.dumps(data))
+        tiling = Tiling.from_json(path.read_text(), later=later)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        problem = f"cannot read it ({type(exc).__name__}: {exc})"
-    config.debug(1, f"tiling cache: discarded {path}: {problem}")
-    try:  # a corrupt entry is discarded and rebuilt, never trusted
-        path.unlink()
-    except OSError:
-        pass
-    return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        try:  # a corrupt entry is discarded and rebuilt, never trusted
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    if tiling.computed("candidates") and len(tiling.candidates) != later.count:
+        tiling.fill("candidates", None)  # filed for another count of runners-up: recomputed when asked
+    if not later.find_binding:
+        tiling.fill("binding", ())
+    later.tiling = tiling
+    return tiling
 
 
 def _write_cache(key: str, tiling: Tiling) -> None:
@@ -276,10 +227,10 @@ def _write_cache(key: str, tiling: Tiling) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            f.write(tiling.to_json())
+            f.write(tiling.to_json(complete=False))
         os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half
     except OSError:
         pass  # a cache that cannot be written is only slower
 
 
-__all__ = ["Tiling", "build_model", "effective_params", "solve_tiling"]
+__all__ = ["Tiling", "build_model", "effective_params", "memory_needed", "solve_tiling"]
