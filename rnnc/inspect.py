@@ -308,6 +308,10 @@ def format_table(report: Inspection) -> str:
 
 
 def write_json(report: Inspection, path: Path) -> None:
-    """Write the report as deterministic JSON (sorted keys)."""
+    """Write the report as deterministic JSON (sorted keys); binaries beside it are named relative to it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=1, sort_keys=True) + "\n")
+    data = report.to_json()
+    for kernel in data["kernels"]:
+        if kernel["cubin"] and Path(kernel["cubin"]).resolve().parent == path.resolve().parent:
+            kernel["cubin"] = Path(kernel["cubin"]).name
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

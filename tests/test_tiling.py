@@ -1,9 +1,9 @@
 """The tiling stage: CP-SAT optima against brute force, budgets rechecked independently, errors, cache."""
 
 import json
-import math
 
 import pytest
+from budgets import recheck_budgets
 
 import rnnc
 from rnnc import TilingError
@@ -53,37 +53,6 @@ def test_solver_optimum_equals_brute_force(cell, dims, gpu):
             assert model.rank(solved.values) == model.rank(enumerated.values)
 
 
-def _recheck_budgets(p, gpu, params):
-    """Budgets recomputed here from the kernels' documented tiles, not from the model's expressions."""
-    pow2 = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
-    threads = params["num_warps"] * gpu.warp_size
-    assert threads <= gpu.max_threads_per_block
-    if p.strategy == "sequential":
-        assert params["BLOCK_B"] >= 16 and pow2(params["BLOCK_B"])  # tl.dot rows
-        cols = 1 << math.ceil(math.log2(max(16, math.ceil(p.hidden / params["SPLIT"]))))
-        full = 1 << math.ceil(math.log2(max(16, p.hidden)))
-        assert cols >= 16 and pow2(params["BLOCK_K"]) and params["BLOCK_K"] >= (16 if p.bytes == 2 else 8)
-        if not params["STREAM_WEIGHTS"]:  # weights kept on chip are held and contracted whole
-            assert params["BLOCK_K"] == full
-        held = full if not params["STREAM_WEIGHTS"] else params["BLOCK_K"]
-        weight_words = p.gates * cols * held * p.bytes / 4  # the weights a program holds at once
-        gradient_words = p.gates * cols * held  # backward: their fp32 gradients
-        assert (weight_words + gradient_words) / threads <= gpu.registers_per_thread
-        assert params["SPLIT"] <= math.ceil(p.hidden / 16)  # slices are at least 16 wide
-    elif p.strategy == "scan":
-        assert pow2(params["BLOCK_C"]) and pow2(params["BLOCK_T"]) and params["BLOCK_T"] >= 16
-        assert params["BLOCK_C"] * params["BLOCK_T"] >= threads  # no idle lanes
-        live = params["BLOCK_C"] * params["BLOCK_T"] * 3 / threads  # at least a, b and the state per element
-        assert live <= gpu.registers_per_thread
-    else:
-        assert params["CHUNK"] >= 16 and params["BV"] >= 16 and params["BK"] >= (16 if p.bytes == 2 else 8)
-        if p.rank_one:
-            assert params["BK"] >= p.key_dim  # the whole key dimension in one program
-        staged = params["CHUNK"] * (2 * params["BK"] + params["BV"]) * p.bytes + params["BK"] * params["BV"] * 4
-        assert staged <= gpu.shared_memory_per_block_optin
-        assert params["BK"] * params["BV"] / threads <= gpu.registers_per_thread  # the fp32 state tile
-
-
 ZOO_SHAPES = {
     "lstm": [{"H": 64}, {"H": 768}, {"H": 1024}],
     "gru": [{"H": 48}],
@@ -123,7 +92,7 @@ def test_every_returned_tiling_meets_the_budgets(cell, gpu):
                 continue
             p = problem_of(plan(cell), {**shape, **dims}, "bfloat16")
             for params in [til.params] + [c for c, _ in til.candidates]:
-                _recheck_budgets(p, profile, params)
+                recheck_budgets(p, profile, params)
             estimates = [til.estimate_us] + [e for _, e in til.candidates]
             assert estimates == sorted(estimates)  # best first
 
