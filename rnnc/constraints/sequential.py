@@ -41,8 +41,11 @@ BACKWARD_OVERHEAD = 48  # the backward step's extra temporaries (cotangents of e
 DOT_ISSUE_NS = 10  # fixed cost of issuing one tl.dot of the K loop (estimate)
 
 
-def build_model(p: Problem, gpu: GpuProfile) -> Model:
-    """The CP-SAT model of the sequential kernels for problem ``p`` on ``gpu``."""
+def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
+    """The CP-SAT model of the sequential kernels for problem ``p`` on ``gpu``.
+
+    ``extended=False`` keeps to the kernels that exist: weights held whole (no streaming).
+    """
     hidden = max(p.hidden, 1)
     gates = max(p.gates, 1) if p.gates else 0
     full = next_pow2(hidden, least=16)  # BLOCK_H of the whole-head kernel: every dim padded to a power of two
@@ -50,7 +53,7 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
     block_b = Var("BLOCK_B", powers_of_two(1, max(16, next_pow2(p.B)) * 2))
     # the launcher cuts a split down to ceil(H / slice) programs with a power-of-two slice: only those exist
     split = Var("SPLIT", tuple(sorted({-(-hidden // c) for c in powers_of_two(16, full)})))
-    stream = Var("STREAM_WEIGHTS", (0, 1))
+    stream = Var("STREAM_WEIGHTS", (0, 1) if extended else (0,))
     block_k = Var("BLOCK_K", powers_of_two(16 if p.bytes == 2 else 8, full))
     warps = warps_var(gpu)
     stages = Var("num_stages", (1, 2, 3))

@@ -43,7 +43,9 @@ def solve_tiling(
 ) -> Tiling:
     """The best tiling of ``plan`` for ``shape`` on ``gpu``; raises TilingError when none fits.
 
-    One solve gives the optimum. ``candidates`` runners-up (one solve each) and the binding
+    One solve gives the optimum, among the kernels that exist when one of them fits, else among
+    the variants the models describe that are not built yet (streamed sequential weights, chunked
+    key-dimension pieces; ``docs/decisions.md``). ``candidates`` runners-up (one solve each) and the binding
     constraints (one re-solve per constraint) are computed when the tiling's ``candidates`` or
     ``binding`` is first read; ``find_binding=False`` makes ``binding`` empty.
 
@@ -57,19 +59,30 @@ def solve_tiling(
     problem = problem_of(plan, shape, dtype)
     _check_memory(plan, problem, profile)
     key = _cache_key(plan, profile, problem)
-    model: list[Model] = []  # built on first need: a cache hit needs none until runners-up are asked for
+    models: dict[bool, Model] = {}  # built on first need: a cache hit needs none until runners-up are asked for
+    chosen = [False]  # whether the answer needed a kernel variant that is not built yet
+
+    def model_of(extended: bool) -> Model:
+        if extended not in models:
+            models[extended] = BUILDERS[plan.strategy](problem, profile, extended)
+        return models[extended]
 
     def the_model() -> Model:
-        if not model:
-            model.append(BUILDERS[plan.strategy](problem, profile))
-        return model[0]
+        return model_of(chosen[0])
 
-    later = _Later(the_model, profile, candidates, find_binding, key if use_cache else None)
+    def model_for(params: dict) -> Model:  # the model an answer came from: runners-up of the same kind
+        built = model_of(False)
+        return built if all(params.get(v.name) in v.domain for v in built.variables) else model_of(True)
+
+    later = _Later(model_for, profile, candidates, find_binding, key if use_cache else None)
     cached = _read_cache(key, later) if use_cache else None
     if cached is not None:
         return cached
-    try:
-        best = the_model().solve()
+    try:  # the kernels that exist first; variants still to be built only when none of those fits
+        best = model_of(False).solve()
+        if best is None:
+            chosen[0] = True
+            best = model_of(True).solve()
     except OverflowError as exc:  # a shape so large that the cost model's integers do not fit
         raise TilingError(f"the shape is too large for the cost model of {plan.strategy}: {exc}") from None
     if best is None:
@@ -94,9 +107,9 @@ def solve_tiling(
 class _Later:
     """Computes a tiling's runners-up and binding constraints on first use, and files them in the cache."""
 
-    def __init__(self, the_model, profile: GpuProfile, count: int, find_binding: bool, key: str | None):
-        self.the_model, self.profile, self.count, self.find_binding, self.key = (
-            the_model,
+    def __init__(self, model_for, profile: GpuProfile, count: int, find_binding: bool, key: str | None):
+        self.model_for, self.profile, self.count, self.find_binding, self.key = (
+            model_for,
             profile,
             count,
             find_binding,
@@ -105,7 +118,8 @@ class _Later:
         self.tiling: Tiling | None = None
 
     def __call__(self, what: str) -> tuple:
-        model, params = self.the_model(), self.tiling.params
+        params = self.tiling.params
+        model = self.model_for(params)
         if what == "candidates":
             found = model.best(self.count + 1, start=[params])
             unit = model.unit_ns / 1000
@@ -122,7 +136,8 @@ class _Later:
 
 
 def build_model(plan: Plan, gpu: str | GpuProfile, shape: dict, dtype: str) -> Model:
-    """The tiling model of ``plan``'s strategy at ``shape`` on ``gpu`` (its variables, constraints, quantities).
+    """The tiling model of ``plan``'s strategy at ``shape`` on ``gpu`` (its variables, constraints, quantities),
+    with the variants that are not built yet.
 
     Example:
         >>> from rnnc.compiler import analyse_source
