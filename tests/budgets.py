@@ -29,7 +29,8 @@ def recheck_budgets(p, gpu, params):
         assert params["CHUNK"] >= 16 and params["BV"] >= 16 and params["BK"] >= (16 if p.bytes == 2 else 8)
         k_pad = 1 << math.ceil(math.log2(max(16, p.key_dim)))
         assert pow2(params["BK"]) and params["BK"] <= k_pad  # pieces of the key dimension
-        # dot operands in shared memory: a chunk's q and k pieces and values, the state's columns
-        staged = params["CHUNK"] * (2 * params["BK"] + params["BV"]) * p.bytes + k_pad * params["BV"] * p.bytes
+        # dot operands in shared memory: a chunk's q and k pieces and values, the state's columns (piece by piece)
+        state_rows = k_pad if params["BK"] == k_pad else params["BK"]
+        staged = params["CHUNK"] * (2 * params["BK"] + params["BV"]) * p.bytes + state_rows * params["BV"] * p.bytes
         assert staged <= gpu.shared_memory_per_block_optin
         assert k_pad * params["BV"] / threads <= gpu.registers_per_thread  # the fp32 state columns, whole K

@@ -14,10 +14,11 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> from rnnc.constraints.problem import problem_of
     >>> from rnnc.constraints.profiles import load_profile
-    >>> plan = analyse_source(open("examples/deltanet.rnn").read())
+    >>> plan = analyse_source(open("examples/simple_gla.rnn").read())
     >>> p = problem_of(plan, {"B": 4, "T": 2048, "NH": 16, "K": 128, "V": 128}, "bfloat16")
-    >>> build_model(p, load_profile("h100")).solve().values["BK"]
-    128
+    >>> best = build_model(p, load_profile("h100"), extended=False).solve().values
+    >>> best["CHUNK"], best["BK"], best["BV"], best["num_warps"]
+    (16, 128, 16, 8)
 """
 
 from __future__ import annotations
@@ -34,13 +35,22 @@ from rnnc.constraints.model import Const, Constraint, Model, Var, maximum, table
 from rnnc.constraints.problem import Problem, next_pow2
 from rnnc.constraints.profiles import GpuProfile
 
-REGISTER_OVERHEAD = 32  # registers per thread for addresses and loop state
-# fp32 words per element held, per kind of tile, forward and backward (calibrated, bench/calibrate_tiling.py):
-# [CHUNK, BK] pieces of q and k and their decayed copies, [CHUNK, BV] values and outputs, the [K, BV] state,
-# the [CHUNK, CHUNK] scores and masks; the delta rule adds the WY factors
-FORWARD_TILES = {"chunk_key": 6, "chunk_value": 4, "state": 2, "scores": 4}
-BACKWARD_TILES = {"chunk_key": 10, "chunk_value": 8, "state": 4, "scores": 8}
-DELTA_TILES = {"chunk_key": 2, "chunk_value": 2, "scores": 4}  # p, W and U, the triangular factor and its inverse
+# Registers per thread are fp32 quarter-words per element held, per kind of tile, over the threads, plus a fixed
+# part: [CHUNK, BK] pieces of q and k and their decayed copies ("chunk_key"), [CHUNK, BV] values and outputs,
+# the [K, BV] state, the [CHUNK, CHUNK] scores and masks. Fitted to the compiler on sm_90 with 16-bit dot
+# operands (bench/calibrate_tiling.py; simple GLA, GLA, DeltaNet at K = 64, 128) and 20 registers above the fit,
+# so that no measured tiling the model accepts spills (bench/results/tiling-calibration-cpu.json).
+FORWARD = {"chunk_key": 14, "chunk_value": 4, "state": 8, "scores": 12, "fixed": 130}
+BACKWARD = {"chunk_key": 20, "chunk_value": 16, "state": 26, "scores": 20, "fixed": 120}
+DELTA = {
+    "forward": {"chunk_value": 4, "scores": 8, "fixed": 25},
+    "backward": {"chunk_value": 16, "scores": 12, "fixed": 40},
+}
+DIAGONAL_CHUNK_KEY = 6  # per-channel decays hold more [CHUNK, K] tiles (e^gamma, k e^-gamma)
+# K pieces (not built, so assumed, not calibrated): the state and its cotangent stay whole, and the fixed part of
+# the whole-K kernels (addresses and masks of [CHUNK, K] tiles) shrinks to that of a piece
+PIECE_STATE = {"forward": 4, "backward": 8}
+PIECE_FIXED = 64
 CHUNK_STEP_NS = 400  # one dependent step of the inter-chunk pass: load, dot, store (estimate)
 PIECE_NS = 100  # one more piece of the key-dimension loop in a chunk (estimate)
 KERNELS = 3  # chunk-local decays and products, the inter-chunk pass, the outputs
@@ -62,26 +72,35 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     threads = threads_of(warps, gpu)
     words = 2 if p.dtype == "float64" else 1
 
-    def held(tiles: dict) -> object:
-        """fp32 words a program holds: each kind of tile times its element count."""
-        delta = DELTA_TILES if p.rank_one else {}
-        count = {k: tiles.get(k, 0) + delta.get(k, 0) for k in ("chunk_key", "chunk_value", "state", "scores")}
-        return (
+    def registers(direction: str) -> object:
+        """Registers per thread of the forward or backward kernel."""
+        count = dict(FORWARD if direction == "forward" else BACKWARD)
+        for kind, extra in (DELTA[direction] if p.rank_one else {}).items():
+            count[kind] += extra
+        if p.decay == "diagonal":
+            count["chunk_key"] += DIAGONAL_CHUNK_KEY
+        state = table(bk, lambda b: count["state"] if b == k_pad else PIECE_STATE[direction])
+        quarters = (
             chunk * bk * count["chunk_key"]
             + chunk * bv * count["chunk_value"]
-            + bv * (k_pad * count["state"])
+            + bv * state * k_pad
             + chunk * chunk * count["scores"]
-        ) * words
+        )
+        fixed = table(bk, lambda b: count["fixed"] if b == k_pad else PIECE_FIXED)
+        return (quarters * words).ceil_div(threads * 4) + fixed
 
-    forward_regs = held(FORWARD_TILES).ceil_div(threads) + REGISTER_OVERHEAD
-    backward_regs = held(BACKWARD_TILES).ceil_div(threads) + REGISTER_OVERHEAD
+    forward_regs = registers("forward")
+    backward_regs = registers("backward")
     regs_per_thread = maximum(forward_regs, backward_regs)
     regs_per_program = regs_per_thread * threads
-    # dot operands staged in shared memory (DOT_DTYPE): q and k pieces and the values per pipeline stage,
-    # the state's columns, the scores; backward also the cotangents of the same tiles
-    operand = chunk * (bk * 2 + bv) * p.bytes
-    forward_smem = stages * operand + bv * (k_pad * p.bytes) + chunk * chunk * p.bytes + 1024
-    backward_smem = forward_smem + operand + bv * (k_pad * p.bytes)
+    # shared memory (calibrated on sm_90): the state's columns as a dot operand (4 bytes per element), the
+    # delta rule's [CHUNK, K] factor, q and k pieces per pipeline stage beyond the first; backward also the
+    # cotangents' operands, 3 bytes per [CHUNK, K] element (16-bit inputs), twice the state for the delta rule
+    key_bytes = chunk * bk * (p.bytes * 3 // 2)
+    state_rows = table(bk, lambda b: k_pad if b == k_pad else b)  # K pieces stage the state piece by piece
+    forward_smem = bv * state_rows * 4 + (chunk * bk * (2 * p.bytes) if p.rank_one else 0) + 1024
+    forward_smem = forward_smem + (stages + (-1)) * (key_bytes + chunk * bv * p.bytes)
+    backward_smem = bv * state_rows * (8 if p.rank_one else 4) + key_bytes * 2 + 1024
     smem = maximum(forward_smem, backward_smem)
     per_sm = programs_per_sm(gpu, regs_per_program, smem, threads)
     v_blocks = table(bv, lambda b: -(-p.value_dim // b))

@@ -36,8 +36,8 @@ from rnnc.constraints.model import Constraint, Model, Var, maximum, table
 from rnnc.constraints.problem import Problem, next_pow2
 from rnnc.constraints.profiles import GpuProfile
 
-REGISTER_OVERHEAD = 32  # registers per thread for addresses, loop counters and temporaries
-BACKWARD_OVERHEAD = 48  # the backward step's extra temporaries (cotangents of every pointwise value)
+REGISTER_OVERHEAD = 48  # registers per thread for addresses, loop counters and temporaries (calibrated)
+BACKWARD_OVERHEAD = 48  # the same in the backward kernel (calibrated)
 DOT_ISSUE_NS = 10  # fixed cost of issuing one tl.dot of the K loop (estimate)
 
 
@@ -66,19 +66,44 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     # the contraction held at once: all of it when the weights stay whole, one BLOCK_K piece when streamed
     held_k = on_chip * full + streamed * block_k
     weight_words = (cols * held_k * (gates * p.bytes)).ceil_div(4)  # weights (DOT_DTYPE) held at once
-    # compute-dtype values per batch row: the state slice, the gate accumulators, the contracted vector (as held)
-    row_words = (table(split, lambda s: -(-p.state_elems // s)) + cols * max(gates, 1) + held_k) * words
-    forward_regs = (block_b * row_words + weight_words).ceil_div(threads) + REGISTER_OVERHEAD
+    # tensor-core dots (16-bit inputs) take the weights from shared memory, and only a streamed piece passes
+    # through registers; float32 and float64 dots run on the CUDA cores from registers
+    weights_in_registers = weight_words * (on_chip * int(p.bytes >= 4) + streamed)
+    # values per batch row (calibrated, bench/calibrate_tiling.py on sm_90): the state slice, three per gate
+    # and hidden unit (the pre-activation, the x_t input, its address), the contracted vector as held
+    row_words = (table(split, lambda s: -(-p.state_elems // s)) + cols * (3 * max(gates, 1)) + held_k) * words
+    # a [BLOCK_B, H] row tile spreads over at most 256 threads: more warps do not lower the registers per thread
+    row_threads = table(warps, lambda w: min(w * gpu.warp_size, 256))
+    forward_regs = (
+        (block_b * row_words).ceil_div(row_threads) + weights_in_registers.ceil_div(threads) + REGISTER_OVERHEAD
+    )
     # backward: the cotangents of the same rows, and the weight gradients (fp32) of the weights held:
     # accumulated on chip over time when the weights stay on chip, added to memory every step otherwise
     gradient_words = cols * held_k * (gates * words)
-    backward_regs = (block_b * row_words * 2 + weight_words + gradient_words).ceil_div(threads) + BACKWARD_OVERHEAD
+    backward_regs = (
+        (block_b * row_words * 2).ceil_div(row_threads)
+        + (weights_in_registers + gradient_words).ceil_div(threads)
+        + BACKWARD_OVERHEAD
+    )
     regs_per_thread = maximum(forward_regs, backward_regs)
     regs_per_program = regs_per_thread * threads
-    # shared memory: the dot operands (weights, then the batch rows' contracted vector) and x_t tiles in flight
-    operand_bytes = cols * held_k * (gates * p.bytes) + block_b * full * p.bytes
-    forward_smem = operand_bytes + stages * block_b * cols * (max(gates, 1) * p.bytes)
-    backward_smem = forward_smem + block_b * cols * (max(gates, 1) * 4)  # the gate cotangents, transposed
+    # shared memory (calibrated on sm_90): the weights as dot operands (twice in backward, R and R^T, for
+    # 16-bit inputs), the contracted vector's operand (as held), x_t tiles in flight beyond the first, the backward's
+    # gate cotangents (three fp32 tiles per gate) and state cotangents, and 1 KB
+    weight_bytes = cols * held_k * (gates * p.bytes)
+    forward_smem = (
+        weight_bytes
+        + block_b * held_k * (2 * p.bytes)
+        + (stages + (-1)) * block_b * cols * (max(gates, 1) * p.bytes)
+        + 1024
+    )
+    state_slice = table(split, lambda s: -(-p.state_elems // s))
+    backward_smem = (
+        weight_bytes * (2 if p.bytes == 2 else 1)
+        + block_b * cols * (max(gates, 1) * 12)
+        + block_b * state_slice * 8
+        + 1024
+    )
     smem = maximum(forward_smem, backward_smem)
     per_sm = programs_per_sm(gpu, regs_per_program, smem, threads)
     blocks = table(block_b, lambda b: -(-p.B // b))
