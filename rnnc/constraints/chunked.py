@@ -29,6 +29,7 @@ from rnnc.constraints.common import (
     programs_per_sm,
     threads_of,
     time_unit,
+    warpgroup_mma,
     warps_var,
 )
 from rnnc.constraints.model import Const, Constraint, Model, Var, maximum, table
@@ -47,6 +48,9 @@ DELTA = {
     "backward": {"chunk_value": 16, "scores": 12, "fixed": 40},
 }
 DIAGONAL_CHUNK_KEY = 6  # per-channel decays hold more [CHUNK, K] tiles (e^gamma, k e^-gamma)
+# without Hopper's warpgroup MMA (which reads operands from shared memory) the backward kernel holds its dot
+# operands in registers: 30 more (sm_80: simple GLA 255, GLA 283 where sm_90 has 177 and 220)
+REGISTER_OPERANDS_BACKWARD = 30
 # K pieces (not built, so assumed, not calibrated): the state and its cotangent stay whole, and the fixed part of
 # the whole-K kernels (addresses and masks of [CHUNK, K] tiles) shrinks to that of a piece
 PIECE_STATE = {"forward": 4, "backward": 8}
@@ -86,6 +90,8 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
             + bv * state * k_pad
             + chunk * chunk * count["scores"]
         )
+        if direction == "backward" and not warpgroup_mma(gpu):
+            count["fixed"] += REGISTER_OPERANDS_BACKWARD
         fixed = table(bk, lambda b: count["fixed"] if b == k_pad else PIECE_FIXED)
         return (quarters * words).ceil_div(threads * 4) + fixed
 

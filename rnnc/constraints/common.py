@@ -31,6 +31,17 @@ def powers_of_two(low: int, high: int) -> tuple[int, ...]:
     return tuple(out) or (low,)
 
 
+def warpgroup_mma(gpu: GpuProfile) -> bool:
+    """Whether ``tl.dot`` becomes Hopper's warpgroup MMA (operands from shared memory) on this GPU.
+
+    Example:
+        >>> from rnnc.constraints.profiles import load_profile
+        >>> warpgroup_mma(load_profile("h100")), warpgroup_mma(load_profile("a100"))
+        (True, False)
+    """
+    return gpu.vendor == "nvidia" and gpu.compute_capability.split(".")[0] == "9"
+
+
 def warps_var(gpu: GpuProfile, choices=(1, 2, 4, 8, 16)) -> Var:
     """``num_warps``: warps (wavefronts) per program."""
     return Var("num_warps", tuple(w for w in choices if w * gpu.warp_size <= gpu.max_threads_per_block))

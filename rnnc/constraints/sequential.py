@@ -31,13 +31,21 @@ Example:
 
 from __future__ import annotations
 
-from rnnc.constraints.common import budget_constraints, powers_of_two, programs_per_sm, threads_of, warps_var
+from rnnc.constraints.common import (
+    budget_constraints,
+    powers_of_two,
+    programs_per_sm,
+    threads_of,
+    warpgroup_mma,
+    warps_var,
+)
 from rnnc.constraints.model import Constraint, Model, Var, maximum, table
 from rnnc.constraints.problem import Problem, next_pow2
 from rnnc.constraints.profiles import GpuProfile
 
 REGISTER_OVERHEAD = 48  # registers per thread for addresses, loop counters and temporaries (calibrated)
 BACKWARD_OVERHEAD = 48  # the same in the backward kernel (calibrated)
+REGISTER_OPERANDS_BACKWARD = 7  # without warpgroup MMA (sm_80: sLSTM at H = 64, 8 warps, 255 where sm_90 has 248)
 DOT_ISSUE_NS = 10  # fixed cost of issuing one tl.dot of the K loop (estimate)
 
 
@@ -83,7 +91,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     backward_regs = (
         (block_b * row_words * 2).ceil_div(row_threads)
         + (weights_in_registers + gradient_words).ceil_div(threads)
-        + BACKWARD_OVERHEAD
+        + (BACKWARD_OVERHEAD + (0 if warpgroup_mma(gpu) else REGISTER_OPERANDS_BACKWARD))
     )
     regs_per_thread = maximum(forward_regs, backward_regs)
     regs_per_program = regs_per_thread * threads
