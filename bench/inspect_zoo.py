@@ -1,13 +1,17 @@
 """Compile every zoo cell's kernels at the benchmark shapes for GPU architectures, here (no GPU), and record them.
 
 Usage: python bench/inspect_zoo.py [--gpus h100,a100] [--dtypes bfloat16] [--precision ieee]
-                                   [--cells lstm,gla] [--json bench/results/inspect-zoo-cpu.json]
+                                   [--cells lstm,gla] [--narrow] [--variant dot16]
+                                   [--json bench/results/inspect-zoo-cpu.json]
 
 For each cell, shape, GPU profile and dtype, ``rnnc.inspect.inspect_cell`` dry-runs one
 training step with the tiling the model picks for that profile and compiles each launch for the
 profile's architecture; the JSON keeps every kernel's registers, stack bytes, shared memory,
 tensor-core instructions, tl.dot count, the model's predicted registers and shared memory, and
-the occupancy. The JSON is rewritten after every case, so an interrupted sweep keeps what it did.
+the occupancy. ``--variant dot16`` compiles the generated modules with every tl.dot's operands cast to
+bfloat16 (bench/calibrate_tiling.py's variant: what the templates' DOT_DTYPE will compile to), and
+``--narrow`` leaves out the sequential cells' head dim 768 (their split-head kernels take minutes
+each to compile). The JSON is rewritten after every case, so an interrupted sweep keeps what it did.
 Prints one line per kernel and a summary: kernels that spill, kernels with dots but no tensor cores.
 """
 
@@ -53,6 +57,8 @@ def main() -> int:
     parser.add_argument("--cells", default=",".join(SHAPES), help="comma-separated zoo cells (default: all)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "inspect-zoo-cpu.json")
     parser.add_argument("--label", default="", help="a note stored in the JSON (what the run measured)")
+    parser.add_argument("--variant", default="as-is", choices=("as-is", "dot16"))
+    parser.add_argument("--narrow", action="store_true", help="no sequential head dim 768")
     args = parser.parse_args()
 
     import triton
@@ -61,23 +67,31 @@ def main() -> int:
     from rnnc.errors import RnncError
     from rnnc.inspect import inspect_cell
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    from calibrate_tiling import dot16
+
+    transform = dot16 if args.variant == "dot16" else None
+
     result = {
         "benchmark": "rnnc inspect over the zoo at the benchmark shapes (compiled here, no GPU)",
         "label": args.label,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "triton": triton.__version__},
         "commit": _commit(),
         "precision": args.precision,
+        "variant": args.variant,
         "cases": [],
     }
     for cell in args.cells.split(","):
         plan = analyse_source((ROOT / "examples" / f"{cell}.rnn").read_text())
         for shape in SHAPES[cell]:
+            if args.narrow and shape.get("H") == 768:
+                continue
             for gpu in args.gpus.split(","):
                 for dtype in args.dtypes.split(","):
                     started = time.perf_counter()
                     case = {"cell": cell, "gpu": gpu, "dtype": dtype, "shape": shape}
                     try:
-                        report = inspect_cell(plan, gpu, shape, dtype, precision=args.precision)
+                        report = inspect_cell(plan, gpu, shape, dtype, precision=args.precision, transform=transform)
                         case.update(report.to_json())
                     except RnncError as exc:
                         case["error"] = str(exc)
