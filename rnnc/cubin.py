@@ -74,7 +74,10 @@ def bind_launch(launch, target: GPUTarget) -> tuple[dict, dict, dict, dict]:
 def compile_launch(launch, target: GPUTarget) -> Compiled:
     """Compile ``launch`` for ``target`` and read registers, stack, shared memory and tensor-core instructions."""
     signature, constexprs, attrs, options = bind_launch(launch, target)
-    kernel = triton.compile(ASTSource(launch.kernel, signature, constexprs, attrs), target=target, options=options)
+    with triton.knobs.runtime.scope():  # TRITON_INTERPRET=1 would make the code generator build interpreter ops
+        triton.knobs.runtime.interpret = False
+        source = ASTSource(launch.kernel, signature, constexprs, attrs)
+        kernel = triton.compile(source, target=target, options=options)
     dots = len(re.findall(r"\btt\.dot\b", kernel.asm.get("ttir", "")))
     shared = int(getattr(kernel.metadata, "shared", 0) or 0)
     if target.backend == "hip":

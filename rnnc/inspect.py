@@ -97,6 +97,7 @@ def inspect_cell(
     """
     import triton
 
+    from rnnc.constraints.problem import problem_of
     from rnnc.constraints.profiles import load_profile
     from rnnc.cubin import compile_launch, occupancy, target_of
     from rnnc.runtime.cell import PRECISIONS, _triton_runner
@@ -104,6 +105,10 @@ def inspect_cell(
 
     if precision not in PRECISIONS:
         raise RnncError(f"precision needs one of {', '.join(PRECISIONS)}, has {precision!r}")
+    problem_of(plan, shape, dtype)  # the shape and dtype checked first: "needs B, T, NH, D; missing D"
+    if _interpreter_imported():  # Triton's own library kernels were built for the interpreter: compile elsewhere
+        options = dict(precision=precision, pinned=pinned, device_name=device_name, binaries=binaries)
+        return _in_subprocess((plan, gpu, shape, dtype), {**options, "transform": transform})
     profile = load_profile(gpu)
     target = target_of(profile)
     kernels = _triton_runner(plan)
@@ -146,6 +151,48 @@ def inspect_cell(
             row.cubin = str(path)
         report.kernels.append(row)
     return report
+
+
+def _interpreter_imported() -> bool:
+    """Whether triton.language was imported under TRITON_INTERPRET=1: its jit functions (tl.cdiv, ...)
+    are then interpreter functions, which no GPU compile can call."""
+    import triton.language as tl
+
+    return type(tl.cdiv).__name__ == "InterpretedFunction"
+
+
+def _in_subprocess(args: tuple, options: dict) -> "Inspection":
+    """``inspect_cell`` in a fresh Python with the interpreter off (the same rnnc, the arguments pickled)."""
+    import pickle
+    import subprocess
+    import sys
+
+    import rnnc
+    from rnnc import config
+
+    root = str(Path(rnnc.__file__).resolve().parent.parent)  # the child imports this rnnc, not another
+    env = config.child_environment(TRITON_INTERPRET="0", PYTHONPATH=root)
+    command = [sys.executable, "-c", "from rnnc.inspect import _worker; _worker()"]
+    done = subprocess.run(command, input=pickle.dumps((args, options)), capture_output=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RnncError(f"inspect failed in its compiling process: {done.stderr.decode(errors='replace')[-2000:]}")
+    found = pickle.loads(done.stdout)
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def _worker() -> None:
+    """The subprocess side of :func:`_in_subprocess`: arguments in on stdin, the report (or error) out."""
+    import pickle
+    import sys
+
+    args, options = pickle.loads(sys.stdin.buffer.read())
+    try:
+        found = inspect_cell(*args, **options)
+    except RnncError as exc:
+        found = exc
+    sys.stdout.buffer.write(pickle.dumps(found))
 
 
 class _Variant:
@@ -210,9 +257,7 @@ class _TilingModel:
         direction = "backward" if launch.name.startswith("backward") else "forward"
         found = {}
         for key, label in (("registers", "registers per thread"), ("shared_bytes", "shared memory per program")):
-            expr = self.model.quantities.get(f"{direction} {label}") or (
-                self.model.quantities.get(label) if direction == "forward" else None
-            )
+            expr = self.model.quantities.get(f"{direction} {label}") or self.model.quantities.get(label)
             if expr is not None:
                 found[key] = int(expr.evaluate(values))
         return found
