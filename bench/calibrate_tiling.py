@@ -111,6 +111,7 @@ def main() -> int:
                         "pinned": pinned,
                         "kernel": k.name,
                         "params": k.params,
+                        "grid": k.grid,
                         "registers": k.registers,
                         "stack_bytes": k.stack_bytes,
                         "demand": None if k.registers is None else k.registers + (k.stack_bytes or 0) // 4,
