@@ -69,6 +69,7 @@ class Inspection:
     triton: str
     tiling: dict  # the launch parameters the launchers were given (model, tune or pinned)
     kernels: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # where the launched kernels depart from the tiling
 
     def to_json(self) -> dict:
         """The report as JSON data (the schema of issue 12, plus the fields above)."""
@@ -150,7 +151,27 @@ def inspect_cell(
             path.write_bytes(compiled.binary)
             row.cubin = str(path)
         report.kernels.append(row)
+    report.notes = _departures(plan.strategy, tiling, launches)
     return report
+
+
+def _departures(strategy: str, tiling: dict, launches) -> list[str]:
+    """Where the tiling asks for a kernel variant that the launched kernels do not have (not built yet)."""
+    notes = []
+    if strategy == "sequential" and tiling.get("STREAM_WEIGHTS"):
+        if not any("STREAM_WEIGHTS" in launch.meta for launch in launches):
+            notes.append(
+                f"the tiling streams the recurrent weights every step (STREAM_WEIGHTS=1, BLOCK_K="
+                f"{tiling.get('BLOCK_K')}), a kernel not built yet: these kernels hold their weights whole"
+            )
+    if strategy == "chunked" and "BK" in tiling:
+        launched = {launch.meta.get("BK") for launch in launches}
+        if launched and tiling["BK"] not in launched:
+            notes.append(
+                f"the tiling loops over the key dimension in BK={tiling['BK']} pieces, not built yet: "
+                f"these kernels take it whole (BK={max(launched)})"
+            )
+    return notes
 
 
 def _interpreter_imported() -> bool:
@@ -349,6 +370,7 @@ def format_table(report: Inspection) -> str:
         shown = ", ".join(f"{n}={v}" for n, v in k.params.items())
         lines.append(f"params: {k.name}: {shown}")
         lines += [f"note: {k.name}: {n}" for n in k.notes]
+    lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
 
