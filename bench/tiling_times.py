@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD_DIMS = (16, 24, 48, 64, 128, 256, 768, 1024)
+ZOO = ("deltanet", "elman", "gated_deltanet", "gla", "gru", "hgrn", "linear_attention", "lstm", "lti", "mamba")
+ZOO += ("mingru", "retnet", "simple_gla", "slstm")  # the classic zoo; --all-cells adds the papers' cells
 
 
 def dims_for(cell: str, dims: tuple[str, ...], size: int) -> dict[str, int]:
@@ -38,6 +40,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="B=16, T=1024 only")
     parser.add_argument("--lazy-every", type=int, default=10, help="time candidates and binding on every n-th call")
+    parser.add_argument("--all-cells", action="store_true", help="every examples/*.rnn, not only the classic zoo")
     args = parser.parse_args()
     os.environ["RNNC_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnc-tiling-times-")  # every call solves
 
@@ -46,7 +49,8 @@ def main() -> int:
     import rnnc
     from rnnc.constraints.profiles import profile_names
 
-    cells = {p.stem: rnnc.compile(str(p), backend="reference") for p in sorted((ROOT / "examples").glob("*.rnn"))}
+    paths = sorted((ROOT / "examples").glob("*.rnn"))
+    cells = {p.stem: rnnc.compile(str(p), backend="reference") for p in paths if args.all_cells or p.stem in ZOO}
     batches, lengths = ((16,), (1024,)) if args.quick else ((1, 16, 64), (256, 1024, 8192))
     rows, count = [], 0
     for name, cell in cells.items():

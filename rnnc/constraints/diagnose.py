@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from rnnc.compiler import Plan
-from rnnc.constraints.model import Model, lift
+from rnnc.constraints.model import Const, Model, lift
 from rnnc.constraints.problem import Problem
 from rnnc.constraints.profiles import GpuProfile
 
@@ -59,6 +59,11 @@ def diagnose(model: Model, plan: Plan, problem: Problem, profile: GpuProfile) ->
 def _shortfall(constraint, values: dict, profile: GpuProfile, verb: str) -> str:
     needed, limit = constraint.values(values)
     unit = f" {constraint.unit}" if constraint.unit else ""
+    if isinstance(lift(constraint.lhs), Const):  # a minimum on a tile: the tiling, not the GPU, falls short
+        return (
+            f"{constraint.name}: {verb} {needed}{unit}, and only {limit} fits the {profile.name}'s other budgets "
+            f"({constraint.reason})"
+        )
     return f"{constraint.name}: {verb} {needed}{unit}, the {profile.name} allows {limit} ({constraint.reason})"
 
 
