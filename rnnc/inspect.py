@@ -151,27 +151,36 @@ def inspect_cell(
             path.write_bytes(compiled.binary)
             row.cubin = str(path)
         report.kernels.append(row)
-    report.notes = _departures(plan.strategy, tiling, launches)
+    report.notes = _departures(_model_answer(plan, profile, shape, dtype), launches)
     return report
 
 
-def _departures(strategy: str, tiling: dict, launches) -> list[str]:
-    """Where the tiling asks for a kernel variant that the launched kernels do not have (not built yet)."""
-    notes = []
-    if strategy == "sequential" and tiling.get("STREAM_WEIGHTS"):
-        if not any("STREAM_WEIGHTS" in launch.meta for launch in launches):
-            notes.append(
-                f"the tiling streams the recurrent weights every step (STREAM_WEIGHTS=1, BLOCK_K="
-                f"{tiling.get('BLOCK_K')}), a kernel not built yet: these kernels hold their weights whole"
-            )
-    if strategy == "chunked" and "BK" in tiling:
-        launched = {launch.meta.get("BK") for launch in launches}
-        if launched and tiling["BK"] not in launched:
-            notes.append(
-                f"the tiling loops over the key dimension in BK={tiling['BK']} pieces, not built yet: "
-                f"these kernels take it whole (BK={max(launched)})"
-            )
-    return notes
+def _departures(answer, launches) -> list[str]:
+    """Where the model's best tiling needs a kernel variant not built yet, and what is launched instead."""
+    if answer is None or answer.built is None:
+        return []
+    params, built = answer.params, answer.built
+    wanted = []
+    if params.get("STREAM_WEIGHTS"):
+        wanted.append(f"the recurrent weights streamed every step in BLOCK_K={params.get('BLOCK_K')} pieces")
+    if "BK" in params and params["BK"] != built.get("BK"):
+        wanted.append(f"the key dimension in BK={params['BK']} pieces")
+    changed = ", ".join(f"{k}={v}" for k, v in built.items() if params.get(k) != v)
+    needs = " and ".join(wanted) or "a variant"
+    return [
+        f"no tiling of the kernels that exist fits the budgets; the best one needs {needs} (not built yet), "
+        f"so these kernels launch with the tiling of theirs that spills least ({changed})"
+    ]
+
+
+def _model_answer(plan, profile, shape: dict, dtype: str):
+    """The tiling model's answer for the shape (None when it has none)."""
+    from rnnc.constraints.tiling import solve_tiling
+
+    try:
+        return solve_tiling(plan, profile, shape, dtype, candidates=0, find_binding=False)
+    except RnncError:
+        return None
 
 
 def _interpreter_imported() -> bool:

@@ -311,3 +311,20 @@ def test_kernels_that_exist_are_preferred_to_variants_not_built_yet():
     assert solve_tiling(plan("deltanet"), "h100", shape, "bfloat16", use_cache=False).params["BK"] < 128
     lstm = solve_tiling(plan("lstm"), "h100", {"B": 16, "T": 1024, "NH": 12, "H": 64}, "bfloat16", use_cache=False)
     assert lstm.params["STREAM_WEIGHTS"] == 0 and lstm.params["SPLIT"] == 1  # the whole head, weights on chip
+
+
+def test_a_variant_not_built_yet_launches_the_built_kernels_least_spilling_tiling():
+    """DeltaNet at K = 128 needs key-dimension pieces; until they are built the kernels launch with the built
+    tiling of least register pressure (registers wanted over what a thread can get), found by enumeration too."""
+    from rnnc.constraints.common import REGISTER_BUDGETS
+
+    shape = {"B": 4, "T": 2048, "NH": 16, "K": 128, "V": 128}
+    til = solve_tiling(plan("deltanet"), "h100", shape, "bfloat16", use_cache=False)
+    assert til.params["BK"] < 128 and til.built["BK"] == 128 and til.launch_params == til.built
+    model = chunked.build_model(problem_of(plan("deltanet"), shape, "bfloat16"), load_profile("h100"), extended=False)
+    pressure = model.quantities["register pressure"]
+    others = [c for c in model.constraints if c.name not in REGISTER_BUDGETS]
+    least = min(pressure.evaluate(env) for env in model.assignments() if all(c.holds(env) for c in others))
+    assert pressure.evaluate(til.built) == least
+    gla = solve_tiling(plan("gla"), "h100", shape, "bfloat16", use_cache=False)
+    assert gla.built is None and gla.launch_params == gla.params  # built kernels fit: nothing to stand in

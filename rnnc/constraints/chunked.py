@@ -27,6 +27,7 @@ from rnnc.constraints.common import (
     budget_constraints,
     powers_of_two,
     programs_per_sm,
+    register_pressure,
     threads_of,
     time_unit,
     warpgroup_mma,
@@ -144,6 +145,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     objective = maximum(compute_ns, memory_ns) + chain_ns + launches
     quantities = {
         "registers per thread": regs_per_thread,
+        "register pressure": register_pressure(regs_per_thread, warps, gpu),
         "forward registers per thread": forward_regs,
         "backward registers per thread": backward_regs,
         "shared memory per program": smem,

@@ -21,6 +21,7 @@ from rnnc.constraints.common import (
     budget_constraints,
     powers_of_two,
     programs_per_sm,
+    register_pressure,
     threads_of,
     time_unit,
     warps_var,
@@ -87,6 +88,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     objective = maximum(memory_ns, compute_ns, chain_ns) + -(-int(gpu.launch_overhead_us * 1000) // unit)
     quantities = {
         "registers per thread": regs_per_thread,
+        "register pressure": register_pressure(regs_per_thread, warps, gpu),
         "forward registers per thread": forward_regs,
         "backward registers per thread": backward_regs,
         "shared memory per program": smem,

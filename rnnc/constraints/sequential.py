@@ -35,6 +35,7 @@ from rnnc.constraints.common import (
     budget_constraints,
     powers_of_two,
     programs_per_sm,
+    register_pressure,
     threads_of,
     warpgroup_mma,
     warps_var,
@@ -158,6 +159,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     objective = (waves * step_ns + is_split * launch) * p.T + launch
     quantities = {
         "registers per thread": regs_per_thread,
+        "register pressure": register_pressure(regs_per_thread, warps, gpu),
         "forward registers per thread": forward_regs,
         "backward registers per thread": backward_regs,
         "shared memory per program": smem,

@@ -19,6 +19,7 @@ from pathlib import Path
 from rnnc import config
 from rnnc.compiler import Plan
 from rnnc.constraints import chunked, scan, sequential
+from rnnc.constraints.common import REGISTER_BUDGETS
 from rnnc.constraints.diagnose import describe, diagnose
 from rnnc.constraints.model import Model
 from rnnc.constraints.problem import Problem, problem_of
@@ -78,11 +79,13 @@ def solve_tiling(
     cached = _read_cache(key, later) if use_cache else None
     if cached is not None:
         return cached
+    closest = None  # the built kernels' least-bad tiling, when the answer is a variant not built yet
     try:  # the kernels that exist first; variants still to be built only when none of those fits
         best = model_of(False).solve()
         if best is None:
             chosen[0] = True
             best = model_of(True).solve()
+            closest = _least_spilling(model_of(False)) if best is not None else None
     except OverflowError as exc:  # a shape so large that the cost model's integers do not fit
         raise TilingError(f"the shape is too large for the cost model of {plan.strategy}: {exc}") from None
     if best is None:
@@ -96,6 +99,7 @@ def solve_tiling(
         params=dict(best.values),
         estimate_us=best.objective * the_model().unit_ns / 1000,
         quantities={k: v.evaluate(best.values) for k, v in the_model().quantities.items()},
+        built=closest.values if closest is not None else None,
         later=later,
     )
     later.tiling = tiling
@@ -133,6 +137,13 @@ class _Later:
             self.tiling.fill(what, result)
             _write_cache(self.key, self.tiling)
         return result
+
+
+def _least_spilling(model: Model):
+    """The built kernels' tiling that spills least: every budget but the registers kept, the register
+    pressure (wanted over what a thread can get) minimised; else the one breaking the budgets least."""
+    found = model.solve(drop=REGISTER_BUDGETS, minimise=model.quantities["register pressure"])
+    return found if found is not None else model.closest()
 
 
 def build_model(plan: Plan, gpu: str | GpuProfile, shape: dict, dtype: str) -> Model:

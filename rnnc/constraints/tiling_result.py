@@ -20,14 +20,16 @@ import json
 from typing import Callable
 
 FIELDS = ("cell", "strategy", "gpu", "dtype", "shape", "params", "estimate_us", "candidates", "binding", "quantities")
+FIELDS += ("built",)
 
 
 class Tiling:
     """The chosen launch and tile parameters, the cost model's estimate and (lazily) the runners-up.
 
-    ``later(what)`` computes what was not given, for ``what`` in ``"candidates"`` (an iterable of
-    ``({params}, estimate_us)``, best first) and ``"binding"`` (descriptions of the constraints
-    that limit the optimum).
+    ``launch_params`` are what the kernels that exist are launched with: ``params``, or ``built``
+    when ``params`` need a variant not built yet. ``later(what)`` computes what was not given, for
+    ``what`` in ``"candidates"`` (an iterable of ``({params}, estimate_us)``, best first) and
+    ``"binding"`` (descriptions of the constraints that limit the optimum).
     """
 
     def __init__(
@@ -42,12 +44,16 @@ class Tiling:
         candidates: tuple | None = None,
         binding: tuple | None = None,
         quantities: dict | None = None,
+        built: dict | None = None,
         *,
         later: Callable[[str], object] | None = None,
     ):
         self.cell, self.strategy, self.gpu, self.dtype = cell, strategy, gpu, dtype
         self.shape, self.params, self.estimate_us = dict(shape), dict(params), float(estimate_us)
         self.quantities = dict(quantities or {})
+        # when params need a kernel variant not built yet: the tiling of the built kernels that breaks the
+        # budgets least, which is what the launchers run meanwhile (None when params are built kernels')
+        self.built = None if built is None else dict(built)
         self._known = {"candidates": candidates, "binding": binding}
         self._later = later
 
@@ -55,6 +61,11 @@ class Tiling:
         if self._known[what] is None:
             self._known[what] = tuple(self._later(what)) if self._later is not None else ()
         return self._known[what]
+
+    @property
+    def launch_params(self) -> dict:
+        """The parameters the existing kernels launch with (``built`` when ``params`` are not built yet)."""
+        return dict(self.built if self.built is not None else self.params)
 
     @property
     def candidates(self) -> tuple:
@@ -108,6 +119,9 @@ class Tiling:
         shape = ", ".join(f"{k}={v}" for k, v in self.shape.items())
         lines = [f"tiling of {self.cell} ({self.strategy}) on {self.gpu}, {self.dtype}, {shape}:"]
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
+        if self.built is not None:
+            shown = ", ".join(f"{k}={v}" for k, v in self.built.items())
+            lines.append(f"  (a kernel variant not built yet; the existing kernels launch with {shown})")
         lines.append(f"  estimated time: {self.estimate_us:.1f} us (cost model)")
         lines += [f"  {k}: {v}" for k, v in self.quantities.items()]
         lines.append("binding constraints (the optimum would improve without them):")
