@@ -151,11 +151,11 @@ def inspect_cell(
             path.write_bytes(compiled.binary)
             row.cubin = str(path)
         report.kernels.append(row)
-    report.notes = _departures(_model_answer(plan, profile, shape, dtype), launches)
+    report.notes = _departures(_model_answer(plan, profile, shape, dtype))
     return report
 
 
-def _departures(answer, launches) -> list[str]:
+def _departures(answer) -> list[str]:
     """Where the model's best tiling needs a kernel variant not built yet, and what is launched instead."""
     if answer is None or answer.built is None:
         return []
