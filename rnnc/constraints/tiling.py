@@ -27,7 +27,7 @@ from rnnc.constraints.profiles import GpuProfile, load_profile
 from rnnc.constraints.tiling_result import Tiling
 from rnnc.errors import TilingError
 
-MODEL_VERSION = "4"  # bump when a model changes: cached tilings of older models are not reused
+MODEL_VERSION = "7"  # bump when a model changes: cached tilings of older models are not reused
 BUILDERS = {"sequential": sequential.build_model, "scan": scan.build_model, "chunked": chunked.build_model}
 _PLAN_KEYS: dict[int, tuple[Plan, str]] = {}  # plan.key() takes milliseconds: once per Plan object
 
