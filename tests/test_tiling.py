@@ -328,3 +328,22 @@ def test_a_variant_not_built_yet_launches_the_built_kernels_least_spilling_tilin
     assert pressure.evaluate(til.built) == least
     gla = solve_tiling(plan("gla"), "h100", shape, "bfloat16", use_cache=False)
     assert gla.built is None and gla.launch_params == gla.params  # built kernels fit: nothing to stand in
+
+
+@pytest.mark.parametrize("kind", ["out of its domain", "no parameters", "a broken budget"])
+def test_a_cached_stand_in_for_a_variant_not_built_yet_is_checked_too(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    shape = {"B": 4, "T": 2048, "NH": 16, "K": 128, "V": 128}
+    first = solve_tiling(plan("deltanet"), "h100", shape, "bfloat16")
+    assert first.built is not None
+    (path,) = (tmp_path / "tilings").glob("*.json")
+    original = path.read_text()
+    entry = json.loads(original)
+    broken = {
+        "out of its domain": {**entry["built"], "BK": 32},  # the built kernels take the key dimension whole
+        "no parameters": {},
+        "a broken budget": {**entry["built"], "CHUNK": 128, "BV": 128, "num_stages": 4},  # shared memory
+    }[kind]
+    path.write_text(json.dumps({**entry, "built": broken}))
+    assert solve_tiling(plan("deltanet"), "h100", shape, "bfloat16").built == first.built
+    assert path.read_text() == original

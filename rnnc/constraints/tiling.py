@@ -11,12 +11,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
 from pathlib import Path
 
 from rnnc import config
+from rnnc.cache_entries import fields_problem, parse_json, tiling_problem
 from rnnc.compiler import Plan
 from rnnc.constraints import chunked, scan, sequential
 from rnnc.constraints.common import REGISTER_BUDGETS
@@ -24,7 +26,7 @@ from rnnc.constraints.diagnose import describe, diagnose
 from rnnc.constraints.model import Model
 from rnnc.constraints.problem import Problem, problem_of
 from rnnc.constraints.profiles import GpuProfile, load_profile
-from rnnc.constraints.tiling_result import Tiling
+from rnnc.constraints.tiling_result import FIELDS, Tiling
 from rnnc.errors import TilingError
 
 MODEL_VERSION = "7"  # bump when a model changes: cached tilings of older models are not reused
@@ -75,8 +77,10 @@ def solve_tiling(
         built = model_of(False)
         return built if all(params.get(v.name) in v.domain for v in built.variables) else model_of(True)
 
-    later = _Later(model_for, profile, candidates, find_binding, key if use_cache else None)
-    cached = _read_cache(key, later) if use_cache else None
+    later = _Later(model_for, profile, candidates, find_binding)
+    shape = {k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)}
+    expected = dict(cell=plan.ir.cell, strategy=plan.strategy, gpu=profile.name, dtype=dtype, shape=shape)
+    cached = _read_cache(key, later, model_of, expected) if use_cache else None
     if cached is not None:
         return cached
     closest = None  # the built kernels' least-bad tiling, when the answer is a variant not built yet
@@ -91,11 +95,7 @@ def solve_tiling(
     if best is None:
         raise TilingError(diagnose(the_model(), plan, problem, profile))
     tiling = Tiling(
-        cell=plan.ir.cell,
-        strategy=plan.strategy,
-        gpu=profile.name,
-        dtype=dtype,
-        shape={k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)},
+        **expected,
         params=dict(best.values),
         estimate_us=best.objective * the_model().unit_ns / 1000,
         quantities={k: v.evaluate(best.values) for k, v in the_model().quantities.items()},
@@ -109,16 +109,11 @@ def solve_tiling(
 
 
 class _Later:
-    """Computes a tiling's runners-up and binding constraints on first use, and files them in the cache."""
+    """Computes a tiling's runners-up and binding constraints on first use (in this process: the cache
+    holds the optimum only, which is what a launch needs)."""
 
-    def __init__(self, model_for, profile: GpuProfile, count: int, find_binding: bool, key: str | None):
-        self.model_for, self.profile, self.count, self.find_binding, self.key = (
-            model_for,
-            profile,
-            count,
-            find_binding,
-            key,
-        )
+    def __init__(self, model_for, profile: GpuProfile, count: int, find_binding: bool):
+        self.model_for, self.profile, self.count, self.find_binding = model_for, profile, count, find_binding
         self.tiling: Tiling | None = None
 
     def __call__(self, what: str) -> tuple:
@@ -133,9 +128,6 @@ class _Later:
         else:
             solution = model.solution_at(params)
             result = tuple(describe(c, params, self.profile) for c in model.binding(solution))
-        if self.key is not None:
-            self.tiling.fill(what, result)
-            _write_cache(self.key, self.tiling)
         return result
 
 
@@ -233,24 +225,29 @@ def _cache_path(key: str) -> Path:
     return config.cache_dir() / "tilings" / f"{key}.json"
 
 
-def _read_cache(key: str, later: _Later) -> Tiling | None:
+def _read_cache(key: str, later: _Later, model_of, expected: dict) -> Tiling | None:
+    """The cached tiling under ``key`` if every field is what the model gives for ``expected``; a corrupt
+    entry (bad JSON, wrong or missing fields, values outside their domains or budgets) is deleted."""
     path = _cache_path(key)
     try:
-        tiling = Tiling.from_json(path.read_text(), later=later)
+        data = parse_json(path.read_text())
+        problem = fields_problem(data, FIELDS)
+        checks = {**expected, "candidates": later.count, "find_binding": later.find_binding}
+        problem = problem or tiling_problem(data, model_of(True), checks, built_model=model_of(False))
+        if problem is None:
+            tiling = Tiling.from_json(json.dumps(data), later=later)
+            later.tiling = tiling
+            return tiling
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        try:  # a corrupt entry is discarded and rebuilt, never trusted
-            path.unlink()
-        except OSError:
-            pass
-        return None
-    if tiling.computed("candidates") and len(tiling.candidates) != later.count:
-        tiling.fill("candidates", None)  # filed for another count of runners-up: recomputed when asked
-    if not later.find_binding:
-        tiling.fill("binding", ())
-    later.tiling = tiling
-    return tiling
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        problem = f"cannot read it ({type(exc).__name__}: {exc})"
+    config.debug(1, f"tiling cache: discarded {path}: {problem}")
+    try:  # a corrupt entry is discarded and rebuilt, never trusted
+        path.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def _write_cache(key: str, tiling: Tiling) -> None:
