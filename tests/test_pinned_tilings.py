@@ -63,7 +63,7 @@ def test_scan_runs_the_h100_tiling():
         meta = launches[name].meta
         assert meta["BLOCK_T"] == tiling["BLOCK_T"]
         assert meta["num_warps"] == tiling["num_warps"] and meta["num_stages"] == tiling["num_stages"]
-        assert meta["BLOCK_D"] == min(32, tiling["BLOCK_C"])  # D = 24 pads to 32 at most
+        assert meta["BLOCK_ax0"] == min(32, tiling["BLOCK_C"])  # D = 24 pads to 32 at most
 
 
 def test_chunked_runs_the_h100_tiling():

@@ -301,6 +301,7 @@ def test_every_model_parameter_is_a_known_launch_parameter_in_its_domain():
                 assert launch_params_problem({var.name: value}) is None, (var.name, value)
     assert seen == set(LAUNCH_PARAMETERS)
 
+
 def test_kernels_that_exist_are_preferred_to_variants_not_built_yet():
     """GLA at K = 128 fits the chunked kernels with the key dimension whole; DeltaNet's backward does not
     (bench/calibrate_tiling.py: every whole-K tiling spills), so only it gets key-dimension pieces."""

@@ -17,7 +17,7 @@ Example:
     >>> [(launch.name, launch.count) for launch in launches]
     [('forward_kernel', 1), ('backward_kernel', 1)]
     >>> sorted(k for k in launches[0].meta if k.startswith("BLOCK"))
-    ['BLOCK_D', 'BLOCK_T']
+    ['BLOCK_T', 'BLOCK_ax0']
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def bind_for_triton(ir: IR, tensors: dict, state: dict | None, cu_seqlens=None, 
         cell hgrn: the Triton backend needs CUDA tensors (or CPU ones with TRITO
     """
     call = bind(ir, tensors, state, cu_seqlens, binder)
-    if not triton_runs_on(call.device):
+    if not triton_runs_on(call.device) and dry_run_target() is None:  # a dry run records, on meta tensors
         raise ValueError(
             f"cell {ir.cell}: the Triton backend needs CUDA tensors (or CPU ones with TRITON_INTERPRET=1), "
             f"has tensors on {call.device}; backend='reference' runs on any device"

@@ -72,6 +72,7 @@ class ScanKernels(GeneratedKernels):
         Example:
             >>> import torch
             >>> from rnnc.compiler import analyse_source
+            >>> from rnnc.runtime.arguments import bind
             >>> kernels = ScanKernels(analyse_source(open("examples/hgrn.rnn").read()))
             >>> x = torch.zeros(1, 40, 1, 24)
             >>> call = bind(kernels.plan.ir, {"x": x, "g": x}, None)
