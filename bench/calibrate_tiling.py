@@ -84,8 +84,12 @@ def main() -> int:
     from rnnc.compiler import analyse_source
     from rnnc.inspect import inspect_cell
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    from inspect_zoo import _commit
+
     result = {
         "benchmark": "tiling models' registers and shared memory against the compiler's, pinned tilings",
+        "commit": _commit(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "triton": triton.__version__},
         "gpu": args.gpu,
         "rows": [],
