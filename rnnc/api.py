@@ -51,6 +51,7 @@ def compile(  # noqa: A001 - the public name the interface promises
     backend: str = "auto",
     gpu: str | None = None,
     dtype: str | None = None,
+    precision: str = "ieee",
 ) -> Cell:
     """Compile a cell from a ``.rnn`` path or source text.
 
@@ -58,6 +59,9 @@ def compile(  # noqa: A001 - the public name the interface promises
     ``dtype`` (float16, bfloat16, float32, float64) choose the tiling: they are the defaults of
     :meth:`Cell.tiling`, and the profile the Triton backend tiles for on a GPU (else the live
     device's). Both are checked here. The reference backend ignores them.
+    ``precision`` is how float32 inputs meet in the kernels' ``tl.dot``: ``"ieee"`` (default, exact
+    products) or ``"tf32"`` (tensor cores, about 10 mantissa bits per product, faster); 16-bit inputs
+    always use tensor cores with float32 accumulation, float64 is always exact.
 
     Example:
         >>> import rnnc
@@ -71,11 +75,17 @@ def compile(  # noqa: A001 - the public name the interface promises
     """
     _check_tiling_choice(gpu, dtype)
     text, filename = read_source(src)
-    return compile_text(text, filename, name, backend, gpu=gpu, dtype=dtype)
+    return compile_text(text, filename, name, backend, gpu=gpu, dtype=dtype, precision=precision)
 
 
 def compile_text(
-    text: str | bytes, filename: str, name: str | None, backend: str, gpu: str | None = None, dtype=None
+    text: str | bytes,
+    filename: str,
+    name: str | None,
+    backend: str,
+    gpu: str | None = None,
+    dtype=None,
+    precision: str = "ieee",
 ) -> Cell:
     """The pipeline on source text; the analysis is remembered per text, file name and cell.
 
@@ -90,7 +100,7 @@ def compile_text(
             f"{filename}: error: the cell nests too deeply to analyse; split long expressions into locals"
         ) from None
     # Plan -> a callable (PyTorch loop or Triton kernels)
-    return Cell(plan, backend, origin=(text, filename, name), gpu=gpu, dtype=dtype)
+    return Cell(plan, backend, origin=(text, filename, name), gpu=gpu, dtype=dtype, precision=precision)
 
 
 def _check_tiling_choice(gpu: str | None, dtype: str | None) -> None:

@@ -28,11 +28,11 @@ LAUNCH_PARAMETERS = {
     "BLOCK_B": "power of two",  # sequential: batch rows per program
     "SPLIT": "positive",  # sequential: programs sharing a head
     "BLOCK_K": "power of two",  # sequential: pieces of the contraction
-    "WEIGHTS_IN_REGISTERS": "flag",  # sequential: 0 or 1
+    "STREAM_WEIGHTS": "flag",  # sequential: 0 (weights kept on chip) or 1 (read again every step)
     "BLOCK_C": "power of two",  # scan: state entries per program
     "BLOCK_T": "power of two",  # scan: steps per associative scan
     "CHUNK": "power of two",  # chunked: steps per chunk
-    "BK": "power of two",  # chunked: the state tile
+    "BK": "power of two",  # chunked: pieces of the key dimension
     "BV": "power of two",
     "num_warps": "power of two",
     "num_stages": "positive",
@@ -113,13 +113,16 @@ def fields_problem(entry: object, required: tuple[str, ...], optional: tuple[str
     return "; ".join(parts) or None
 
 
-def tiling_problem(entry: dict, model, expected: dict) -> str | None:
+def tiling_problem(entry: dict, model, expected: dict, built_model=None) -> str | None:
     """Why a cached tiling cannot be the answer of ``model`` for ``expected`` (None when it can).
 
     ``expected`` holds the fields the key fixes (cell, strategy, gpu, dtype, shape), how many
     ``candidates`` were asked for and ``find_binding``. The parameters must be an assignment of
     the model's variables within their domains that meets every constraint, and the estimate,
-    the quantities and each runner-up's estimate must be what the model gives for them.
+    the quantities and each runner-up's estimate must be what the model gives for them. Runners-up
+    and binding constraints may be null (computed when first read). ``built`` (the built kernels'
+    stand-in for an answer not built yet) must be an assignment of ``built_model`` that meets
+    every budget but the registers (it is the one that spills least).
     """
     for name in ("cell", "strategy", "gpu", "dtype", "shape"):
         if entry[name] != expected[name]:
@@ -129,23 +132,44 @@ def tiling_problem(entry: dict, model, expected: dict) -> str | None:
     problem = _assignment_problem(entry["params"], entry["estimate_us"], model, "params")
     if problem:
         return problem
-    if not isinstance(entry["candidates"], list) or len(entry["candidates"]) > expected["candidates"]:
-        return f"needs a list of at most {expected['candidates']} candidates, has {entry['candidates']!r}"
-    for i, candidate in enumerate(entry["candidates"]):
+    candidates = entry["candidates"]
+    if candidates is not None and (not isinstance(candidates, list) or len(candidates) > expected["candidates"]):
+        return f"needs a list of at most {expected['candidates']} candidates, has {candidates!r}"
+    for i, candidate in enumerate(candidates or ()):
         if not (isinstance(candidate, list) and len(candidate) == 2):
             return f"candidate {i} needs [params, estimate_us], has {candidate!r}"
         problem = _assignment_problem(candidate[0], candidate[1], model, f"candidate {i}")
         if problem:
             return problem
-    binding = entry["binding"]
+    binding = entry["binding"] if entry["binding"] is not None else []
     if not isinstance(binding, list) or not all(isinstance(b, str) for b in binding):
         return f"needs binding constraints as a list of text, has {binding!r}"
     if binding and not expected["find_binding"]:
         return "has binding constraints where none were asked for"
+    built = entry.get("built")
+    if built is not None:
+        problem = _built_problem(built, built_model)
+        if problem:
+            return problem
     quantities = {k: v.evaluate(entry["params"]) for k, v in model.quantities.items()}
     if entry["quantities"] != quantities:
         return f"its quantities {entry['quantities']!r} are not the model's {quantities!r}"
     return None
+
+
+def _built_problem(built: object, model) -> str | None:
+    from rnnc.constraints.common import REGISTER_BUDGETS
+
+    problem = launch_params_problem(built)
+    if problem or model is None:
+        return f"built: {problem or 'no model of the built kernels to check it against'}"
+    if sorted(built) != sorted(v.name for v in model.variables):
+        return f"built needs the parameters {', '.join(v.name for v in model.variables)}, has {', '.join(built)}"
+    for var in model.variables:
+        if built[var.name] not in var.domain:
+            return f"built: {var.name} needs one of {list(var.domain)}, has {built[var.name]!r}"
+    broken = [c.name for c in model.constraints if c.name not in REGISTER_BUDGETS and not c.holds(built)]
+    return f"built breaks {', '.join(broken)}" if broken else None
 
 
 def _assignment_problem(params: object, estimate: object, model, what: str) -> str | None:

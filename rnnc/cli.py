@@ -1,4 +1,4 @@
-"""The ``rnnc`` command line: ``check``, ``explain``, ``build``, ``tune`` (needs a CUDA GPU) and ``demo``.
+"""The ``rnnc`` command line: ``check``, ``explain``, ``build``, ``tune`` (needs a CUDA GPU), ``inspect`` and ``demo``.
 
 Example:
     >>> main(["check", "examples/hgrn.rnn"])
@@ -42,6 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--gpu", default="auto", help="the profile candidates come from (default auto: this GPU)")
     tune.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32", "float64"))
     tune.add_argument("--top", type=int, default=8, help="how many of the solver's best tilings to time (default 8)")
+    inspect = commands.add_parser(
+        "inspect", help="compile every kernel of a cell for a GPU's architecture here (no GPU needed) and report"
+    )
+    inspect.add_argument("file", metavar="FILE.rnn")
+    inspect.add_argument("--cell", default=None, help="the cell to inspect (default: the file's only cell)")
+    inspect.add_argument("--gpu", required=True, help="a GPU profile: h100, h200, a100, l4, l40s, rtx4090, mi300x")
+    inspect.add_argument("--shape", required=True, help="the call shape, e.g. B=16,T=1024,NH=12,H=64")
+    inspect.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32", "float64"))
+    inspect.add_argument("--precision", default="ieee", choices=("ieee", "tf32"), help="float32 dots (default ieee)")
+    inspect.add_argument("--pin", default=None, help="launch parameters over the model's, e.g. BLOCK_B=32,num_warps=8")
+    inspect.add_argument("--tuned-on", default=None, metavar="GPU NAME", help="use rnnc tune's winner from this GPU")
+    inspect.add_argument("--json", default=None, metavar="OUT.json", help="write the report; binaries go beside it")
+    inspect.add_argument(
+        "--check", action="store_true", help="exit 1 unless every kernel has no stack and tensor cores for its dots"
+    )
     demo = commands.add_parser("demo", help="run the bundled cells on small data on this machine and check them")
     demo.add_argument("files", nargs="*", metavar="FILE.rnn", help="cells to run (default: the bundled zoo)")
     demo.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
@@ -83,14 +98,14 @@ def _check(files: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _parse_shape(text: str | None) -> dict[str, int]:
+def _parse_shape(text: str | None, option: str = "--shape") -> dict[str, int]:
     if not text:
         raise RnncError("error: --gpu needs --shape, e.g. --shape B=16,T=1024,NH=12,H=64")
     shape = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
         if not name.strip() or not value.strip().isdigit():
-            raise RnncError(f"error: --shape needs NAME=INTEGER items separated by commas, has {item!r}")
+            raise RnncError(f"error: {option} needs NAME=INTEGER items separated by commas, has {item!r}")
         shape[name.strip()] = int(value)
     return shape
 
@@ -152,6 +167,33 @@ def _tune(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    """``rnnc inspect``: dry-run one training step, compile each kernel for the profile, print the table."""
+    from rnnc.inspect import format_table, inspect_cell, write_json
+
+    plans = list(_cells(args.file, args.cell))
+    if len(plans) > 1:
+        names = ", ".join(p.ir.cell for p in plans)
+        raise RnncError(f"error: {args.file} has cells {names}; inspect needs one: pass --cell NAME")
+    pinned = _parse_shape(args.pin, "--pin") if args.pin else None
+    out = Path(args.json) if args.json else None
+    report = inspect_cell(
+        plans[0],
+        args.gpu,
+        _parse_shape(args.shape),
+        args.dtype,
+        precision=args.precision,
+        pinned=pinned,
+        device_name=args.tuned_on,
+        binaries=out.with_suffix("") if out else None,
+    )
+    print(format_table(report))
+    if out is not None:
+        write_json(report, out)
+        print(f"{out}: written")
+    return 1 if args.check and not all(k.ok for k in report.kernels) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -169,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return _build(args.files, args.output, args.check)
         if args.command == "tune":
             return _tune(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.command == "demo":
             from rnnc.demo import run_demo
 

@@ -79,3 +79,19 @@ def use_triton_interpreter() -> None:
         >>> _ = os.environ.pop("TRITON_INTERPRET") if saved is None else os.environ.update(TRITON_INTERPRET=saved)
     """
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with ``overrides``, for a child process (``rnnc inspect`` compiles in one
+    when Triton was imported for its interpreter). ``PYTHONPATH`` overrides are prepended, not replaced.
+
+    Example:
+        >>> child_environment(TRITON_INTERPRET="0")["TRITON_INTERPRET"]
+        '0'
+    """
+    env = dict(os.environ)
+    for name, value in overrides.items():
+        if name == "PYTHONPATH" and env.get(name):
+            value = os.pathsep.join([value, env[name]])
+        env[name] = value
+    return env

@@ -31,6 +31,17 @@ def powers_of_two(low: int, high: int) -> tuple[int, ...]:
     return tuple(out) or (low,)
 
 
+def warpgroup_mma(gpu: GpuProfile) -> bool:
+    """Whether ``tl.dot`` becomes Hopper's warpgroup MMA (operands from shared memory) on this GPU.
+
+    Example:
+        >>> from rnnc.constraints.profiles import load_profile
+        >>> warpgroup_mma(load_profile("h100")), warpgroup_mma(load_profile("a100"))
+        (True, False)
+    """
+    return gpu.vendor == "nvidia" and gpu.compute_capability.split(".")[0] == "9"
+
+
 def warps_var(gpu: GpuProfile, choices=(1, 2, 4, 8, 16)) -> Var:
     """``num_warps``: warps (wavefronts) per program."""
     return Var("num_warps", tuple(w for w in choices if w * gpu.warp_size <= gpu.max_threads_per_block))
@@ -49,6 +60,25 @@ def programs_per_sm(gpu: GpuProfile, regs_per_program: Expr, smem_per_program: E
         lift(gpu.max_threads_per_sm) // threads,
         gpu.max_blocks_per_sm,
     )
+
+
+REGISTER_BUDGETS = ("registers per thread", "registers per program", "resident programs")
+
+
+def register_pressure(regs_per_thread: Expr, warps: Var, gpu: GpuProfile) -> Expr:
+    """Registers wanted over registers the compiler can give a thread (in thousandths): above 1000 it spills.
+
+    A thread gets at most ``registers_per_thread`` and at most its share of the SM's register file;
+    the compiler then spills the rest (a kernel with the least pressure spills least).
+
+    Example:
+        >>> from rnnc.constraints.profiles import load_profile
+        >>> w = Var("num_warps", (4, 16))
+        >>> [register_pressure(lift(300), w, load_profile("h100")).evaluate({"num_warps": n}) for n in (4, 16)]
+        [1177, 2344]
+    """
+    cap = table(warps, lambda w: min(gpu.registers_per_thread, gpu.registers_per_sm // (w * gpu.warp_size)))
+    return (regs_per_thread * 1000).ceil_div(cap)
 
 
 def budget_constraints(

@@ -250,6 +250,23 @@ class Solution:
     objective: int
 
 
+def _solver() -> cp_model.CpSolver:
+    """A deterministic CP-SAT solver set up for models of a few thousand assignments.
+
+    One worker and a fixed seed make answers reproducible. Presolve, probing and linear relaxations
+    pay off on large models; on these they were most of the time (50 ms of a 55 ms solve of the
+    sequential model, 4 ms without them), and the search proves optimality just as well.
+    """
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 0
+    solver.parameters.max_time_in_seconds = 20.0
+    solver.parameters.cp_model_presolve = False
+    solver.parameters.cp_model_probing_level = 0
+    solver.parameters.linearization_level = 0
+    return solver
+
+
 @dataclass
 class Model:
     """Choice variables, constraints and an objective to minimise."""
@@ -279,10 +296,7 @@ class Model:
             builder.cp.add_bool_or(literals)
         goal = minimise if minimise is not None else self.objective
         builder.cp.minimize(builder.as_linear(self._ranked(goal)))
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = 0
-        solver.parameters.max_time_in_seconds = 20.0
+        solver = _solver()
         status = solver.solve(builder.cp)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
@@ -306,18 +320,20 @@ class Model:
             weight = max(1, 10**6 // max(1, limit.bounds()[0]))
             penalties.append(weight * slack)
         builder.cp.minimize(sum(penalties))
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = 0
-        solver.parameters.max_time_in_seconds = 20.0
+        solver = _solver()
         if solver.solve(builder.cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
         values = {v.name: int(solver.value(builder.var_of(v))) for v in self.variables}
         return Solution(values, self.objective.evaluate(values))
 
-    def best(self, count: int) -> list[Solution]:
-        """The ``count`` best distinct assignments, best first (ties broken by the solver, deterministically)."""
-        found: list[Solution] = []
+    def solution_at(self, values: dict[str, int]) -> Solution:
+        """The assignment ``values`` with its objective."""
+        return Solution(dict(values), self.objective.evaluate(values))
+
+    def best(self, count: int, start: list[dict[str, int]] = ()) -> list[Solution]:
+        """The ``count`` best distinct assignments, best first (ties broken by the solver, deterministically);
+        ``start`` are the best ones already known, in order (the optimum, when solved before)."""
+        found: list[Solution] = [self.solution_at(values) for values in start][:count]
         while len(found) < count:
             solution = self.solve(forbidden=[s.values for s in found])
             if solution is None:

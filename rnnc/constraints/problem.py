@@ -35,6 +35,7 @@ class Problem:
     out_elems: int  # output elements per step
     state_elems: int  # elements of all states
     weight_elems: int  # elements of all weights (per head)
+    tensors: int = 0  # declared inputs, weights and states: the values a program holds per element
     hidden: int = 0  # sequential: width contracted by the recurrent matmuls
     gates: int = 0  # sequential: recurrent outputs per hidden unit
     key_dim: int = 0  # chunked: K of the matrix state
@@ -99,6 +100,7 @@ def problem_of(plan: Plan, shape: dict[str, int], dtype: str) -> Problem:
         out_elems=sum(size(r.shape) for r in ir.outputs),
         state_elems=sum(size(d.shape) for d in ir.states),
         weight_elems=sum(size(d.shape) for d in ir.weights),
+        tensors=len(ir.inputs) + len(ir.weights) + len(ir.states),
     )
     if plan.strategy == "sequential":
         hidden, gates = _recurrent_matmuls(plan, size)

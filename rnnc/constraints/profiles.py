@@ -42,6 +42,8 @@ class GpuProfile:
     shared_memory_per_sm: int
     l2_bytes: int
     memory_bandwidth_gbps: float
+    l2_bandwidth_gbps: float
+    memory_bytes: int
     tensor_tflops: dict
     vector_tflops: dict
     launch_overhead_us: float
@@ -72,6 +74,10 @@ class GpuProfile:
     def bytes_per_ns(self) -> int:
         """DRAM bytes per nanosecond."""
         return max(1, int(self.memory_bandwidth_gbps))
+
+    def l2_bytes_per_ns(self) -> int:
+        """L2 bytes per nanosecond (all SMs together)."""
+        return max(1, int(self.l2_bandwidth_gbps))
 
     def kb(self, nbytes: int) -> str:
         """Bytes as KB text for messages."""
@@ -172,6 +178,7 @@ def profile_from_device(device: int = 0, properties=None) -> tuple[GpuProfile, l
         "tensor_tflops",
         "vector_tflops",
         "memory_bandwidth_gbps",
+        "l2_bandwidth_gbps",
         "launch_overhead_us",
         "grid_sync_us",
         "step_latency_us",
@@ -186,6 +193,7 @@ def profile_from_device(device: int = 0, properties=None) -> tuple[GpuProfile, l
         "shared_memory_per_block_optin": "shared_memory_per_block_optin",
         "shared_memory_per_sm": "shared_memory_per_multiprocessor",
         "l2_bytes": "L2_cache_size",
+        "memory_bytes": "total_memory",
     }
     values = asdict(base)
     for field_name, attribute in read.items():

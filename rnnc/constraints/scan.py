@@ -21,6 +21,7 @@ from rnnc.constraints.common import (
     budget_constraints,
     powers_of_two,
     programs_per_sm,
+    register_pressure,
     threads_of,
     time_unit,
     warps_var,
@@ -29,13 +30,18 @@ from rnnc.constraints.model import Const, Constraint, Model, Var, maximum, minim
 from rnnc.constraints.problem import Problem, next_pow2
 from rnnc.constraints.profiles import GpuProfile
 
-REGISTER_OVERHEAD = 24  # registers per thread for addresses, the carry and loop counters
+REGISTER_OVERHEAD = 40  # registers per thread for addresses, the carry and loop counters (calibrated)
+BACKWARD_OVERHEAD = 60  # the same in the backward kernel (calibrated)
+# fp32 registers per tile element and declared tensor: 1.25 forward, three times that backward
+# (bench/calibrate_tiling.py on sm_90: HGRN, 3 tensors, 70 registers at 8 elements per thread, 128 to 172
+# at 32; Mamba, 7 tensors, 72 to 96 at 8, 232 at 32; backward 108 and 141 to 239 at 8, 254 to 389 at 32)
+QUARTER_REGISTERS_PER_ELEMENT = 5
 SATURATING_WARPS_PER_SM = 16  # resident warps per SM needed to keep DRAM busy (estimate)
 CHUNK_LATENCY_NS = 150  # one chunk's scan and carry, a dependent step (estimate)
 
 
-def build_model(p: Problem, gpu: GpuProfile) -> Model:
-    """The CP-SAT model of the scan kernel for problem ``p`` on ``gpu``."""
+def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
+    """The CP-SAT model of the scan kernel for problem ``p`` on ``gpu`` (every variant is built)."""
     channels = max(p.state_elems, 1)
     block_c = Var("BLOCK_C", powers_of_two(8, min(4096, next_pow2(channels, least=16))))
     block_t = Var("BLOCK_T", (8, 16, 32, 64, 128))
@@ -44,10 +50,15 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
     threads = threads_of(warps, gpu)
     streams = max(1, -(-p.in_elems // channels)) + 1  # input values per channel and step, and the output
     tile = block_c * block_t
-    # live fp32 values per thread: the inputs of a chunk, (a, b) pairs, the scanned states
-    regs_per_thread = (tile * (streams + 2)).ceil_div(threads) + REGISTER_OVERHEAD
+    per_element = QUARTER_REGISTERS_PER_ELEMENT * max(1, p.tensors)  # in quarter registers
+    # live fp32 values per thread: every tensor's elements of the chunk, the (a, b) pairs, the scanned states
+    forward_regs = (tile * per_element).ceil_div(threads * 4) + REGISTER_OVERHEAD
+    backward_regs = (tile * (3 * per_element)).ceil_div(threads * 4) + BACKWARD_OVERHEAD
+    regs_per_thread = maximum(forward_regs, backward_regs)
     regs_per_program = regs_per_thread * threads
-    smem = (stages + (-1)) * tile * (streams * p.bytes)  # software pipelining keeps stages - 1 chunks in flight
+    # the scan exchanges (a, b) pairs between warps through shared memory: up to 8 bytes per element plus 1 KB
+    # (calibrated: 4 to 8 bytes per element measured), and software pipelining keeps stages - 1 chunks in flight
+    smem = tile * 8 + 1024 + (stages + (-1)) * tile * (streams * p.bytes)
     per_sm = programs_per_sm(gpu, regs_per_program, smem, threads)
     blocks = table(block_c, lambda c: -(-channels // c))
     programs = blocks * (p.B * p.NH)
@@ -77,6 +88,9 @@ def build_model(p: Problem, gpu: GpuProfile) -> Model:
     objective = maximum(memory_ns, compute_ns, chain_ns) + -(-int(gpu.launch_overhead_us * 1000) // unit)
     quantities = {
         "registers per thread": regs_per_thread,
+        "register pressure": register_pressure(regs_per_thread, warps, gpu),
+        "forward registers per thread": forward_regs,
+        "backward registers per thread": backward_regs,
         "shared memory per program": smem,
         "programs": programs,
         "programs per SM": per_sm,

@@ -1,82 +1,37 @@
-"""Solving for a tiling: the model of the cell's strategy, its best assignments, and why.
+"""Solving for a tiling: the model of the cell's strategy, its optimum at once, runners-up and why when asked.
 
 Example:
     >>> from rnnc.compiler import analyse_source
     >>> plan = analyse_source(open("examples/lstm.rnn").read())
     >>> til = solve_tiling(plan, "h100", {"B": 16, "T": 1024, "NH": 12, "H": 64}, "bfloat16", use_cache=False)
-    >>> til.params["BLOCK_B"], til.strategy, len(til.candidates) > 0
-    (16, 'sequential', True)
+    >>> til.params["BLOCK_B"], til.strategy, til.computed("candidates"), len(til.candidates) > 0
+    (16, 'sequential', False, True)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rnnc import config
 from rnnc.cache_entries import fields_problem, parse_json, tiling_problem
 from rnnc.compiler import Plan
 from rnnc.constraints import chunked, scan, sequential
-from rnnc.constraints.model import Model, lift
+from rnnc.constraints.common import REGISTER_BUDGETS
+from rnnc.constraints.diagnose import describe, diagnose
+from rnnc.constraints.model import Model
 from rnnc.constraints.problem import Problem, problem_of
 from rnnc.constraints.profiles import GpuProfile, load_profile
+from rnnc.constraints.tiling_result import FIELDS, Tiling
 from rnnc.errors import TilingError
 
-MODEL_VERSION = "1"  # bump when a model changes: cached tilings of older models are not reused
+MODEL_VERSION = "7"  # bump when a model changes: cached tilings of older models are not reused
 BUILDERS = {"sequential": sequential.build_model, "scan": scan.build_model, "chunked": chunked.build_model}
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The chosen launch and tile parameters, the cost model's estimate and the runners-up."""
-
-    cell: str
-    strategy: str
-    gpu: str
-    dtype: str
-    shape: dict
-    params: dict
-    estimate_us: float
-    candidates: tuple  # ({params}, estimate_us) of the next best, best first
-    binding: tuple  # descriptions of the constraints that limit the optimum
-    quantities: dict  # derived values at the optimum (registers, shared memory, programs...)
-
-    def to_json(self) -> str:
-        """Deterministic JSON (sorted keys).
-
-        Example:
-            >>> t = Tiling("c", "scan", "h100", "float32", {"B": 1}, {"BLOCK_T": 16}, 1.0, (), (), {})
-            >>> Tiling.from_json(t.to_json()) == t
-            True
-        """
-        return json.dumps(asdict(self), sort_keys=True, indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> "Tiling":
-        """The inverse of :meth:`to_json`."""
-        data = json.loads(text)
-        data["candidates"] = tuple((dict(p), float(e)) for p, e in data["candidates"])
-        data["binding"] = tuple(data["binding"])
-        return Tiling(**data)
-
-    def explain(self) -> str:
-        """The decision as text: parameters, estimate, binding constraints, runners-up."""
-        shape = ", ".join(f"{k}={v}" for k, v in self.shape.items())
-        lines = [f"tiling of {self.cell} ({self.strategy}) on {self.gpu}, {self.dtype}, {shape}:"]
-        lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
-        lines.append(f"  estimated time: {self.estimate_us:.1f} us (cost model)")
-        lines += [f"  {k}: {v}" for k, v in self.quantities.items()]
-        lines.append("binding constraints (the optimum would improve without them):")
-        lines += [f"  {b}" for b in self.binding] or ["  none: the objective alone decided"]
-        if self.candidates:
-            lines.append("next best:")
-            for params, estimate in self.candidates:
-                lines.append(f"  {estimate:10.1f} us  " + ", ".join(f"{k}={v}" for k, v in params.items()))
-        return "\n".join(lines)
+_PLAN_KEYS: dict[int, tuple[Plan, str]] = {}  # plan.key() takes milliseconds: once per Plan object
 
 
 def solve_tiling(
@@ -91,8 +46,11 @@ def solve_tiling(
 ) -> Tiling:
     """The best tiling of ``plan`` for ``shape`` on ``gpu``; raises TilingError when none fits.
 
-    ``candidates`` runners-up are returned too; ``find_binding`` re-solves once per
-    constraint to name those that limit the optimum (skip it when only params matter).
+    One solve gives the optimum, among the kernels that exist when one of them fits, else among
+    the variants the models describe that are not built yet (streamed sequential weights, chunked
+    key-dimension pieces; ``docs/decisions.md``). ``candidates`` runners-up (one solve each) and the binding
+    constraints (one re-solve per constraint) are computed when the tiling's ``candidates`` or
+    ``binding`` is first read; ``find_binding=False`` makes ``binding`` empty.
 
     Example:
         >>> from rnnc.compiler import analyse_source
@@ -102,105 +60,164 @@ def solve_tiling(
     """
     profile = gpu if isinstance(gpu, GpuProfile) else load_profile(gpu)
     problem = problem_of(plan, shape, dtype)
-    key = _cache_key(plan, profile, problem, f"{candidates}-{find_binding}")
-    model = BUILDERS[plan.strategy](problem, profile)  # a millisecond; a cached entry is checked against it
+    _check_memory(plan, problem, profile)
+    key = _cache_key(plan, profile, problem)
+    models: dict[bool, Model] = {}  # built on first need: a cache hit needs none until runners-up are asked for
+    chosen = [False]  # whether the answer needed a kernel variant that is not built yet
+
+    def model_of(extended: bool) -> Model:
+        if extended not in models:
+            models[extended] = BUILDERS[plan.strategy](problem, profile, extended)
+        return models[extended]
+
+    def the_model() -> Model:
+        return model_of(chosen[0])
+
+    def model_for(params: dict) -> Model:  # the model an answer came from: runners-up of the same kind
+        built = model_of(False)
+        return built if all(params.get(v.name) in v.domain for v in built.variables) else model_of(True)
+
+    later = _Later(model_for, profile, candidates, find_binding)
     shape = {k: shape[k] for k in ("B", "T", "NH", *plan.ir.dims)}
     expected = dict(cell=plan.ir.cell, strategy=plan.strategy, gpu=profile.name, dtype=dtype, shape=shape)
-    asked = {"candidates": candidates, "find_binding": find_binding}
-    cached = _read_cache(key, model, {**expected, **asked}) if use_cache else None
+    cached = _read_cache(key, later, model_of, expected) if use_cache else None
     if cached is not None:
         return cached
-    try:
-        best = model.best(candidates + 1)
+    closest = None  # the built kernels' least-bad tiling, when the answer is a variant not built yet
+    try:  # the kernels that exist first; variants still to be built only when none of those fits
+        best = model_of(False).solve()
+        if best is None:
+            chosen[0] = True
+            best = model_of(True).solve()
+            closest = _least_spilling(model_of(False)) if best is not None else None
     except OverflowError as exc:  # a shape so large that the cost model's integers do not fit
         raise TilingError(f"the shape is too large for the cost model of {plan.strategy}: {exc}") from None
-    if not best:
-        raise TilingError(_diagnose(model, plan, problem, profile))
+    if best is None:
+        raise TilingError(diagnose(the_model(), plan, problem, profile))
     tiling = Tiling(
         **expected,
-        params=dict(best[0].values),
-        estimate_us=best[0].objective * model.unit_ns / 1000,
-        candidates=tuple((dict(s.values), s.objective * model.unit_ns / 1000) for s in best[1:]),
-        binding=tuple(_describe(c, best[0].values, profile) for c in model.binding(best[0])) if find_binding else (),
-        quantities={k: v.evaluate(best[0].values) for k, v in model.quantities.items()},
+        params=dict(best.values),
+        estimate_us=best.objective * the_model().unit_ns / 1000,
+        quantities={k: v.evaluate(best.values) for k, v in the_model().quantities.items()},
+        built=closest.values if closest is not None else None,
+        later=later,
     )
+    later.tiling = tiling
     if use_cache:
         _write_cache(key, tiling)
     return tiling
 
 
-def _describe(constraint, values: dict, profile: GpuProfile) -> str:
-    lhs, limit = constraint.values(values)
-    unit = f" {constraint.unit}" if constraint.unit else ""
-    return f"{constraint.name}: {lhs} <= {limit}{unit} ({constraint.reason})"
+class _Later:
+    """Computes a tiling's runners-up and binding constraints on first use (in this process: the cache
+    holds the optimum only, which is what a launch needs)."""
+
+    def __init__(self, model_for, profile: GpuProfile, count: int, find_binding: bool):
+        self.model_for, self.profile, self.count, self.find_binding = model_for, profile, count, find_binding
+        self.tiling: Tiling | None = None
+
+    def __call__(self, what: str) -> tuple:
+        params = self.tiling.params
+        model = self.model_for(params)
+        if what == "candidates":
+            found = model.best(self.count + 1, start=[params])
+            unit = model.unit_ns / 1000
+            result = tuple((dict(s.values), s.objective * unit) for s in found[1:])
+        elif not self.find_binding:
+            return ()
+        else:
+            solution = model.solution_at(params)
+            result = tuple(describe(c, params, self.profile) for c in model.binding(solution))
+        return result
 
 
-def _diagnose(model: Model, plan: Plan, problem: Problem, profile: GpuProfile) -> str:
-    """Why no tiling exists: the constraint that decides, what it needs, what the GPU has."""
-    head = (
-        f"no tiling of {plan.ir.cell} ({plan.strategy}) fits {profile.full_name} at "
-        + ", ".join(f"{k}={v}" for k, v in (("B", problem.B), ("T", problem.T), ("NH", problem.NH), *problem.dims))
-        + f" in {problem.dtype}"
-    )
-    reasons = []
-    for constraint in model.constraints:  # one constraint alone decides: say what it needs at best
-        relaxed = model.solve(drop=(constraint.name,), minimise=lift(constraint.lhs))
-        if relaxed is not None:
-            reasons.append(_shortfall(constraint, relaxed.values, profile, "needs at least"))
-    if not reasons:  # several conflict: show the tiling that breaks them least
-        closest = model.closest()
-        if closest is not None:
-            shown = ", ".join(f"{k}={v}" for k, v in closest.values.items())
-            reasons.append(f"the budgets conflict; the closest tiling ({shown}) breaks:")
-            reasons += [
-                "  " + _shortfall(c, closest.values, profile, "needs")
-                for c in model.constraints
-                if not c.holds(closest.values)
-            ]
-    lines = [head + ":", *(f"  {r}" for r in reasons)]
-    lines += [f"  {s}" for s in _alternatives(plan, problem, profile)]
-    return "\n".join(lines)
+def _least_spilling(model: Model):
+    """The built kernels' tiling that spills least: every budget but the registers kept, the register
+    pressure (wanted over what a thread can get) minimised; else the one breaking the budgets least."""
+    found = model.solve(drop=REGISTER_BUDGETS, minimise=model.quantities["register pressure"])
+    return found if found is not None else model.closest()
 
 
-def _shortfall(constraint, values: dict, profile: GpuProfile, verb: str) -> str:
-    needed, limit = constraint.values(values)
-    unit = f" {constraint.unit}" if constraint.unit else ""
-    return f"{constraint.name}: {verb} {needed}{unit}, the {profile.name} allows {limit} ({constraint.reason})"
+def build_model(plan: Plan, gpu: str | GpuProfile, shape: dict, dtype: str) -> Model:
+    """The tiling model of ``plan``'s strategy at ``shape`` on ``gpu`` (its variables, constraints, quantities),
+    with the variants that are not built yet.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> plan = analyse_source(open("examples/gla.rnn").read())
+        >>> [v.name for v in build_model(plan, "h100", {"B": 4, "T": 2048, "NH": 16, "K": 128, "V": 128},
+        ...                                "bfloat16").variables]
+        ['CHUNK', 'BK', 'BV', 'num_warps', 'num_stages']
+    """
+    profile = gpu if isinstance(gpu, GpuProfile) else load_profile(gpu)
+    return BUILDERS[plan.strategy](problem_of(plan, shape, dtype), profile)
 
 
-def _alternatives(plan: Plan, problem: Problem, profile: GpuProfile) -> list[str]:
-    """Other strategies or dtypes under which the same cell would fit."""
-    out = []
-    strategies = ["sequential"] + (["scan"] if plan.strategy == "chunked" and _elementwise(plan) else [])
-    for strategy in strategies:
-        if strategy == plan.strategy:
-            continue
-        other = Problem(**{**asdict(problem), "strategy": strategy})
-        found = BUILDERS[strategy](other, profile).solve()
-        if found is not None:
-            unit = BUILDERS[strategy](other, profile).unit_ns
-            out.append(f"the {strategy} kernel would fit (estimated {found.objective * unit / 1000:.1f} us)")
-    for dtype in ("bfloat16",) if problem.dtype in ("float32", "float64") else ():
-        other = Problem(**{**asdict(problem), "dtype": dtype})
-        if BUILDERS[plan.strategy](other, profile).solve() is not None:
-            out.append(f"with {dtype} inputs and weights it would fit")
-    if plan.strategy == "sequential" and problem.gates:
-        total = problem.gates * problem.hidden * problem.hidden * problem.bytes
-        on_chip = profile.sm_count * (profile.shared_memory_per_sm + profile.registers_per_sm * 4)
-        out.append(
-            f"the recurrent weights of one head need {total / 2**20:.1f} MiB on chip; all "
-            f"{profile.sm_count} SMs of the {profile.name} hold {on_chip / 2**20:.1f} MiB of shared memory "
-            "and registers together"
+def effective_params(strategy: str, launch, tiling: dict, model: Model) -> dict | None:
+    """The model's variables at the values one kernel launch (``rnnc.runtime.dry_run.Launch``) really
+    used, the rest from ``tiling``; None when a launched value lies outside the model's domain.
+
+    The launchers may depart from the model: the chunked kernels keep the key dimension whole and
+    cap per-channel-decay chunks; the scan kernels turn BLOCK_C into one block per state axis;
+    a split sequential head shows as the grid's third axis, and a sequential kernel that takes no
+    STREAM_WEIGHTS holds its weights whole; num_stages is Triton's default when the launcher
+    passes none.
+    """
+    constexprs, options = launch.constexprs, launch.options
+    values = {k: v for k, v in tiling.items() if k in {var.name for var in model.variables}}
+    values.update({k: v for k, v in constexprs.items() if k in values})
+    values["num_warps"] = options.get("num_warps", 4)
+    values["num_stages"] = options.get("num_stages", 3)
+    if strategy == "scan":
+        blocks = [v for k, v in constexprs.items() if k.startswith("BLOCK_") and k != "BLOCK_T"]
+        values["BLOCK_C"] = math.prod(blocks)
+    if strategy == "sequential":  # kernels without the streaming variant hold the weights whole
+        values["SPLIT"] = launch.grid[2] if len(launch.grid) > 2 else 1
+        values["STREAM_WEIGHTS"] = constexprs.get("STREAM_WEIGHTS", 0)
+        block_k = next(v for v in model.variables if v.name == "BLOCK_K")
+        values["BLOCK_K"] = (
+            constexprs.get("BLOCK_K", block_k.domain[-1]) if values["STREAM_WEIGHTS"] else block_k.domain[-1]
         )
-    return out
+    for var in model.variables:
+        if var.name not in values or values[var.name] not in var.domain:
+            return None
+    return values
 
 
-def _elementwise(plan: Plan) -> bool:
-    return all(t.structure in ("identity", "scalar", "diagonal", "elementwise") for t in plan.transitions)
+def memory_needed(plan: Plan, problem: Problem) -> int:
+    """Bytes of device memory one call's tensors take: inputs, outputs, weights and states (no scratch).
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.constraints.problem import problem_of
+        >>> plan = analyse_source(open("examples/hgrn.rnn").read())
+        >>> memory_needed(plan, problem_of(plan, {"B": 2, "T": 4, "NH": 1, "D": 8}, "float32"))
+        896
+    """
+    steps = problem.B * problem.T * problem.NH * (problem.in_elems + problem.out_elems) * problem.bytes
+    weights = problem.NH * problem.weight_elems * problem.bytes
+    states = 2 * problem.B * problem.NH * problem.state_elems * max(4, problem.bytes)  # initial and final
+    return steps + weights + states
 
 
-def _cache_key(plan: Plan, profile: GpuProfile, problem: Problem, options: str) -> str:
-    text = "|".join([MODEL_VERSION, plan.key(), profile.key(), problem.key(), options])
+def _check_memory(plan: Plan, problem: Problem, profile: GpuProfile) -> None:
+    needed = memory_needed(plan, problem)
+    if needed > profile.memory_bytes:
+        raise TilingError(
+            f"no kernel of {plan.ir.cell} can run this call on the {profile.full_name}: its inputs, outputs, "
+            f"weights and states need {needed / 2**30:.1f} GiB of device memory, the "
+            f"{profile.name} has {profile.memory_bytes / 2**30:.1f} GiB"
+        )
+
+
+def _plan_key(plan: Plan) -> str:
+    if id(plan) not in _PLAN_KEYS or _PLAN_KEYS[id(plan)][0] is not plan:
+        _PLAN_KEYS[id(plan)] = (plan, plan.key())  # the plan is kept alive, so its id is never reused
+    return _PLAN_KEYS[id(plan)][1]
+
+
+def _cache_key(plan: Plan, profile: GpuProfile, problem: Problem) -> str:
+    text = "|".join([MODEL_VERSION, _plan_key(plan), profile.key(), problem.key()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -208,19 +225,22 @@ def _cache_path(key: str) -> Path:
     return config.cache_dir() / "tilings" / f"{key}.json"
 
 
-def _read_cache(key: str, model: Model, expected: dict) -> Tiling | None:
-    """The cached tiling under ``key`` if every field is what ``model`` gives for ``expected``; a
-    corrupt entry (bad JSON, wrong or missing fields, values outside their domains) is deleted."""
+def _read_cache(key: str, later: _Later, model_of, expected: dict) -> Tiling | None:
+    """The cached tiling under ``key`` if every field is what the model gives for ``expected``; a corrupt
+    entry (bad JSON, wrong or missing fields, values outside their domains or budgets) is deleted."""
     path = _cache_path(key)
     try:
         data = parse_json(path.read_text())
-        problem = fields_problem(data, tuple(f.name for f in fields(Tiling)))
-        problem = problem or tiling_problem(data, model, expected)
+        problem = fields_problem(data, FIELDS)
+        checks = {**expected, "candidates": later.count, "find_binding": later.find_binding}
+        problem = problem or tiling_problem(data, model_of(True), checks, built_model=model_of(False))
         if problem is None:
-            return Tiling.from_json(json.dumps(data))
+            tiling = Tiling.from_json(json.dumps(data), later=later)
+            later.tiling = tiling
+            return tiling
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         problem = f"cannot read it ({type(exc).__name__}: {exc})"
     config.debug(1, f"tiling cache: discarded {path}: {problem}")
     try:  # a corrupt entry is discarded and rebuilt, never trusted
@@ -236,10 +256,10 @@ def _write_cache(key: str, tiling: Tiling) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            f.write(tiling.to_json())
+            f.write(tiling.to_json(complete=False))
         os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half
     except OSError:
         pass  # a cache that cannot be written is only slower
 
 
-__all__ = ["Tiling", "solve_tiling"]
+__all__ = ["Tiling", "build_model", "effective_params", "memory_needed", "solve_tiling"]

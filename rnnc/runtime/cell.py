@@ -22,6 +22,7 @@ from rnnc.runtime.custom_ops import flat_arguments, run_as_op
 from rnnc.runtime.reference import ReferenceRunner
 
 BACKENDS = ("auto", "reference", "reference-bptt", "triton")
+PRECISIONS = ("ieee", "tf32")  # how float32 inputs meet at tl.dot: exact products, or TF32 tensor cores
 
 
 class Output:
@@ -57,12 +58,21 @@ class Cell:
     """
 
     def __init__(
-        self, plan: Plan, backend: str = "auto", origin: tuple | None = None, gpu: str | None = None, dtype=None
+        self,
+        plan: Plan,
+        backend: str = "auto",
+        origin: tuple | None = None,
+        gpu: str | None = None,
+        dtype=None,
+        precision: str = "ieee",
     ):
         if backend not in BACKENDS:
             raise BackendError(f"backend needs one of {', '.join(BACKENDS)}, has {backend!r}")
+        if precision not in PRECISIONS:
+            raise BackendError(f"precision needs one of {', '.join(PRECISIONS)}, has {precision!r}")
         self.plan = plan
         self.backend = backend
+        self.precision = precision  # float32 tl.dot: "ieee" (exact) or "tf32" (tensor cores)
         self._origin = origin  # (source text, file name, cell name) when compiled from text
         self.gpu, self.dtype = gpu, dtype  # rnnc.compile's tiling choices (checked there), or None
         mode = "bptt" if backend == "reference-bptt" else "autograd"
@@ -76,6 +86,7 @@ class Cell:
         if backend == "triton":
             self._kernels = _triton_runner(plan)
             self._kernels.gpu = gpu or "auto"  # the profile its tiling model uses on a GPU
+            self._kernels.precision = precision
         elif backend == "auto" and _kernels_can_run():
             self._triton  # built now, so that torch.compile never traces code generation
 
@@ -87,6 +98,7 @@ class Cell:
                 self._kernels = _triton_runner(self.plan)
                 self._kernels.pinned = dict(self._pinned)
                 self._kernels.gpu = self.gpu or "auto"
+                self._kernels.precision = self.precision
             except BackendError as exc:
                 self._no_kernels, self._fallback = True, exc
         return self._kernels
@@ -223,25 +235,30 @@ class Cell:
         return f"<rnnc.Cell {self.name} strategy={self.strategy} backend={self.backend}>"
 
     def __reduce__(self):
-        return (_rebuild, (self._origin or self.plan, self.backend, self._pinned, (self.gpu, self.dtype)))
+        return (
+            _rebuild,
+            (self._origin or self.plan, self.backend, self._pinned, (self.gpu, self.dtype), self.precision),
+        )
 
     def __deepcopy__(self, memo):
-        copy = Cell(self.plan, self.backend, self._origin, self.gpu, self.dtype)  # the Plan is immutable: shared
+        copy = Cell(
+            self.plan, self.backend, self._origin, self.gpu, self.dtype, self.precision
+        )  # the Plan is immutable: shared
         if self._pinned:
             copy.use_tiling(self._pinned)
         return copy
 
 
-def _rebuild(origin, backend: str, pinned: dict, tiling: tuple = (None, None)) -> Cell:
+def _rebuild(origin, backend: str, pinned: dict, tiling: tuple = (None, None), precision: str = "ieee") -> Cell:
     """Unpickle a cell: compile its source again (or wrap its pickled Plan)."""
     gpu, dtype = tiling
     if isinstance(origin, tuple):
         from rnnc.api import compile_text
 
         text, filename, name = origin
-        cell = compile_text(text, filename, name, backend, gpu=gpu, dtype=dtype)
+        cell = compile_text(text, filename, name, backend, gpu=gpu, dtype=dtype, precision=precision)
     else:
-        cell = Cell(origin, backend, gpu=gpu, dtype=dtype)
+        cell = Cell(origin, backend, gpu=gpu, dtype=dtype, precision=precision)
     if pinned:
         cell.use_tiling(pinned)
     return cell

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 
@@ -30,6 +31,36 @@ from rnnc.runtime.modules import load_module
 
 DOT_MINIMUM = 16  # tl.dot needs every side of a tile to be at least 16
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
+
+
+# the GPU a dry run (rnnc.runtime.dry_run) pretends to launch on: (GpuProfile, device name or None)
+_DRY_RUN_TARGET: contextvars.ContextVar = contextvars.ContextVar("rnnc_dry_run_target", default=None)
+
+
+def set_target(profile, device_name: str | None = None):
+    """Make the launchers pick tilings as on ``profile`` (a GpuProfile) until :func:`reset_target`.
+
+    ``device_name`` (a GPU's name as torch reports it) lets them use ``rnnc tune``'s winners measured
+    there. Returns the token to reset with.
+
+    Example:
+        >>> from rnnc.constraints.profiles import load_profile
+        >>> token = set_target(load_profile("a100")); dry_run_target()[0].name
+        'a100'
+        >>> reset_target(token); dry_run_target() is None
+        True
+    """
+    return _DRY_RUN_TARGET.set((profile, device_name))
+
+
+def reset_target(token) -> None:
+    """Undo :func:`set_target`."""
+    _DRY_RUN_TARGET.reset(token)
+
+
+def dry_run_target():
+    """(profile, device name) of the GPU a dry run pretends to launch on, or None."""
+    return _DRY_RUN_TARGET.get()
 
 
 class GeneratedKernels:
@@ -62,6 +93,7 @@ class GeneratedKernels:
         # launch parameters fixed by the caller (rnnc tune, tests): they win over the tiling model
         self.pinned: dict = {}
         self.gpu = "auto"  # the profile the tiling model uses on a GPU: the live device's, or rnnc.compile's gpu
+        self.precision = "ieee"  # float32 dots: "ieee" or "tf32" (rnnc.compile's precision=)
         self._model_tilings: dict = {}  # (shape, dtype) -> the tiling model's parameters
         self._tuning_ids: tuple | None = None  # what tuning entries of these kernels are filed under
 
@@ -76,7 +108,9 @@ class GeneratedKernels:
             return dict(self.pinned)
         params = tuned_params(self, call)
         if not params:
-            shape = (call.B, call.T, call.NH, tuple(sorted(call.dims.items())), call.dtype)
+            target = dry_run_target()
+            gpu = target[0].key() if target else self.gpu
+            shape = (gpu, call.B, call.T, call.NH, tuple(sorted(call.dims.items())), call.dtype)
             if shape not in self._model_tilings:
                 extra = (self.gpu,) if self.gpu != "auto" else ()  # the live device's unless rnnc.compile named one
                 self._model_tilings[shape] = gpu_tiling(self.plan, call, *extra)
@@ -122,7 +156,7 @@ def bind_for_triton(ir: IR, tensors: dict, state: dict | None, cu_seqlens=None, 
         cell hgrn: the Triton backend needs CUDA tensors (or CPU ones with TRITO
     """
     call = bind(ir, tensors, state, cu_seqlens, binder)
-    if not triton_runs_on(call.device):
+    if not triton_runs_on(call.device) and dry_run_target() is None:  # a dry run records, on meta tensors
         raise ValueError(
             f"cell {ir.cell}: the Triton backend needs CUDA tensors (or CPU ones with TRITON_INTERPRET=1), "
             f"has tensors on {call.device}; backend='reference' runs on any device"
@@ -131,17 +165,20 @@ def bind_for_triton(ir: IR, tensors: dict, state: dict | None, cu_seqlens=None, 
 
 
 def on_gpu(call: Call) -> bool:
-    """True when the call's kernels run compiled on a GPU (not in the interpreter)."""
-    return call.device.type == "cuda" and not config.triton_interpret()
+    """True when the call's kernels run compiled on a GPU (not in the interpreter), or a dry run pretends so."""
+    return dry_run_target() is not None or (call.device.type == "cuda" and not config.triton_interpret())
 
 
 def gpu_tiling(plan: Plan, call: Call, gpu: str = "auto") -> dict:
-    """The tiling model's parameters for this call on GPU profile ``gpu`` (the live GPU's for ``auto``)."""
+    """The tiling model's parameters for this call on GPU profile ``gpu`` (the live GPU's for ``auto``), or
+    on a dry run's: those of the kernels that exist (``Tiling.launch_params``)."""
     from rnnc.constraints.tiling import solve_tiling
 
     shape = {"B": call.B, "T": call.T, "NH": call.NH, **call.dims}
     dtype = DTYPE_NAMES.get(call.dtype, "float32")
-    return solve_tiling(plan, gpu, shape, dtype, candidates=0, find_binding=False).params
+    target = dry_run_target()
+    profile = target[0] if target else gpu
+    return solve_tiling(plan, profile, shape, dtype, candidates=0, find_binding=False).launch_params
 
 
 def tuned_params(kernels: GeneratedKernels, call: Call) -> dict | None:
@@ -150,15 +187,48 @@ def tuned_params(kernels: GeneratedKernels, call: Call) -> dict | None:
 
     if kernels._tuning_ids is None:  # plan.key() takes milliseconds: once per kernels
         kernels._tuning_ids = (kernels.plan.ir.cell, kernels.plan.key(), source_digest(kernels.source))
+    target = dry_run_target()
+    name = target[1] if target else device_name(call.device)
+    if name is None:  # a dry run with no GPU named: the tiling model's answer
+        return None
     shape = shape_bucket({"B": call.B, "T": call.T, "NH": call.NH, **call.dims})
     dtype = DTYPE_NAMES.get(call.dtype, "float32")
-    return winner(TuningKey(device_name(call.device), *kernels._tuning_ids, dtype, shape))
+    return winner(TuningKey(name, *kernels._tuning_ids, dtype, shape))
 
 
 @functools.lru_cache(maxsize=None)
 def device_name(device: torch.device) -> str:
     """The GPU's name as torch reports it (``NVIDIA H100 80GB HBM3``): what tuning entries are filed under."""
     return torch.cuda.get_device_name(device)
+
+
+def dot_constexprs(call: Call, precision: str = "ieee", kernel=None) -> dict:
+    """``DOT_DTYPE`` and ``DOT_PRECISION`` (docs/decisions.md): 16-bit inputs meet at a ``tl.dot`` in their
+    own dtype (tensor cores, float32 accumulation), others in the compute dtype with ``precision`` for
+    float32 ("ieee" unless asked; fp32 ``tl.dot`` would default to TF32 on NVIDIA GPUs) and "ieee" for
+    float64. Given a ``kernel``, only those of the two it declares.
+
+    Example:
+        >>> import torch, triton.language as tl
+        >>> from types import SimpleNamespace as NS
+        >>> dots = dot_constexprs(NS(dtype=torch.bfloat16, compute_dtype=torch.float32), "tf32")
+        >>> dots["DOT_DTYPE"] == tl.bfloat16, dots["DOT_PRECISION"]
+        (True, 'tf32')
+        >>> float64 = NS(dtype=torch.float64, compute_dtype=torch.float64)
+        >>> dot_constexprs(float64, "tf32", kernel=NS(arg_names=["DOT_PRECISION"]))
+        {'DOT_PRECISION': 'ieee'}
+    """
+    import triton.language as tl
+
+    sixteen_bit = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+    wanted = {
+        "DOT_DTYPE": sixteen_bit.get(call.dtype) or triton_dtype(call.compute_dtype),
+        "DOT_PRECISION": precision if call.compute_dtype == torch.float32 else "ieee",
+    }
+    if kernel is None:
+        return wanted
+    declared = set(getattr(kernel, "arg_names", ()))
+    return {name: value for name, value in wanted.items() if name in declared}
 
 
 def output_shape(call: Call, output) -> tuple[int, ...]:

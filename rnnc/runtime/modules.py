@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import linecache
 import os
 import shutil
@@ -106,7 +107,29 @@ def load_module(text: str, stem: str) -> ModuleType:
         >>> inspect.getsource(module.f)
         'def f():\\n    return 1\\n'
     """
-    name = f"rnnc_generated.{_file_name(text, stem)[:-3]}"
+    return _load(text, stem, "rnnc_generated")
+
+
+def load_compiled_module(text: str, stem: str) -> ModuleType:
+    """The same generated module loaded for compiling to a GPU (``triton.jit`` as on a GPU) even
+    when ``TRITON_INTERPRET=1`` makes ordinary loads build interpreter kernels.
+
+    Example:
+        >>> import triton
+        >>> text = "import triton\\n@triton.jit\\ndef k(x_ptr):\\n    pass\\n"
+        >>> isinstance(load_compiled_module(text, "demo").k, triton.runtime.JITFunction)
+        True
+    """
+    import triton
+
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = False
+        return _load(text, stem, "rnnc_compiled")
+
+
+def _load(text: str, stem: str, package: str) -> ModuleType:
+    """Compile ``text`` into the module ``package.STEM_DIGEST`` once (a failed load leaves nothing behind)."""
+    name = f"{package}.{_file_name(text, stem)[:-3]}"
     if name in sys.modules:
         return sys.modules[name]
     path = write_module(text, stem)

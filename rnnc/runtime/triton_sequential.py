@@ -21,6 +21,7 @@ from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
     bind_for_triton,
+    dot_constexprs,
     leaf_gradient_buffers,
     output_cotangents,
     output_shape,
@@ -212,33 +213,12 @@ def _launch_sizes(call: Call, kernels: SequentialKernels, tiles: dict, rows: int
     compute = call.compute_dtype
     meta = {
         "COMPUTE": triton_dtype(compute),
-        **dot_constexprs(call),
+        **dot_constexprs(call, kernels.precision),  # docs/decisions.md
         "num_warps": tiles["num_warps"],
         "num_stages": tiles["num_stages"],
         **{k: v for k, v in tiles.items() if k in ("BLOCK_B", "BLOCK_K") or k.startswith("TILE_")},  # TILE_<dim>
     }
     return grid, sizes, meta
-
-
-def dot_constexprs(call: Call, precision: str = "ieee") -> dict:
-    """``DOT_DTYPE`` and ``DOT_PRECISION``: 16-bit inputs meet at a ``tl.dot`` in their own dtype (tensor
-    cores, float32 accumulation), others in the compute dtype with ``precision`` for float32 ("ieee"
-    unless asked; fp32 ``tl.dot`` would default to TF32 on NVIDIA GPUs) and "ieee" for float64.
-
-    Example:
-        >>> import torch
-        >>> from types import SimpleNamespace as NS
-        >>> dots = dot_constexprs(NS(dtype=torch.bfloat16, compute_dtype=torch.float32))
-        >>> str(dots["DOT_DTYPE"]), dots["DOT_PRECISION"]
-        ('bf16', 'ieee')
-    """
-    import triton.language as tl
-
-    sixteen_bit = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-    return {
-        "DOT_DTYPE": sixteen_bit.get(call.dtype) or triton_dtype(call.compute_dtype),
-        "DOT_PRECISION": precision if call.compute_dtype == torch.float32 else "ieee",
-    }
 
 
 def _backward_split(kernels, call, split, pointers, d_fin, leaf_grads, dots, grid, sizes, meta) -> list[torch.Tensor]:
