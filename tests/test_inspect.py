@@ -3,9 +3,8 @@
 One cell per strategy at a benchmark shape for sm_90 in bf16 (issue 12): what the launch records
 (the model's tiling for the profile, one launch per step for a split head), what the compiler
 reports (registers, stack, shared memory, tensor-core instructions), the table and the JSON.
-Zero stack bytes and tensor cores are asserted where today's kernels have them; where they wait
-for the templates' 16-bit dot operands (docs/decisions.md, DOT_DTYPE) the test is a strict xfail,
-so it fails loudly the day they land and must be turned into a plain assertion.
+Zero stack bytes and tensor cores are asserted for one cell of each dot strategy in bf16 (the
+templates' 16-bit dot operands, docs/decisions.md, DOT_DTYPE).
 """
 
 import json
@@ -89,11 +88,6 @@ def test_dot_kernels_compile_for_sm90(case):
         assert kernel.predicted.get("registers", 0) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the chunked and sequential templates still convert 16-bit inputs to float32 before tl.dot "
-    "(no DOT_DTYPE yet): their ieee float32 dots become FMA loops that spill (issue 12, item 2)",
-)
 @pytest.mark.parametrize("case", [CHUNKED, SEQUENTIAL], ids=["chunked", "sequential"])
 def test_dot_kernels_use_tensor_cores_without_stack_in_bf16(case):
     found = report(case)
@@ -103,7 +97,7 @@ def test_dot_kernels_use_tensor_cores_without_stack_in_bf16(case):
 
 
 def test_float32_with_tf32_uses_tensor_cores():
-    """The sequential kernels already take DOT_PRECISION: tf32 puts their float32 dots on tensor cores."""
+    """tf32 puts the sequential kernels' float32 dots on tensor cores."""
     found = report(SEQUENTIAL, dtype="float32", precision="tf32")
     for kernel in found.kernels:
         assert kernel.tensor_core_instructions > 0, kernel.notes

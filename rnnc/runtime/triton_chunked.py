@@ -212,7 +212,17 @@ class ChunkedKernels(GeneratedKernels):
         self.scan = ScanStage(plan) if scan_components(plan) else None  # components the chunked stage reads
         super().__init__(plan)
         self.stage = ChunkedStage(self.module, self.kernels)
-        self.precision = "ieee"  # float32 dots: "ieee" (exact) or "tf32"
+
+    @property
+    def kernels(self):
+        """The imported module; setting it (a dry run's recorder, rnnc.runtime.dry_run) sets the stage's too."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, module) -> None:
+        self._kernels = module
+        if getattr(self, "stage", None) is not None:
+            self.stage.kernels = module
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
         return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
