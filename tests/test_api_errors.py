@@ -64,10 +64,19 @@ def test_state_given_as_a_tensor_is_a_type_error_naming_the_states():
         cell(x=x, R=R, b=b, state=torch.randn(1, 1, 4))
 
 
-def test_meta_tensors_are_refused_by_the_triton_backend_and_run_on_the_reference():
-    x = torch.randn(1, 2, 1, 4, device="meta")
+@pytest.mark.parametrize("name", ["hgrn", "gla", "elman"])  # one cell per strategy
+def test_meta_tensors_are_refused_by_the_triton_backend(name):
+    cell = rnnc.compile(f"examples/{name}.rnn", backend="triton")
+    shapes = {"K": 16, "V": 16, "H": 4, "D": 4}
+    ir = cell.plan.ir
+    tensors = {d.name: torch.randn(1, 2, 1, *[shapes[str(s)] for s in d.shape], device="meta") for d in ir.inputs}
+    tensors |= {d.name: torch.randn(1, *[shapes[str(s)] for s in d.shape], device="meta") for d in ir.weights}
     with pytest.raises(ValueError, match="Triton backend needs CUDA tensors .* has tensors on meta"):
-        rnnc.compile("examples/hgrn.rnn", backend="triton")(x=x, g=x)
+        cell(**tensors)
+
+
+def test_meta_tensors_run_on_the_reference_under_auto():
+    x = torch.randn(1, 2, 1, 4, device="meta")
     auto = rnnc.compile("examples/hgrn.rnn")  # the interpreter is on in the tests, so auto would pick Triton
     out = auto(x=x, g=x)
     assert auto.last_backend == "reference" and out.h.shape == (1, 2, 1, 4) and out.h.device.type == "meta"

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from rnnc.runtime.arguments import Call, bind
+from rnnc.runtime.arguments import Call
 from rnnc.runtime.binding import concrete_shape
 from rnnc.runtime.chunked_math import log_floor
 from rnnc.runtime.custom_ops import run_kernels
-from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, on_gpu, pow2_at_least, triton_dtype
+from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, bind_for_triton, on_gpu, pow2_at_least, triton_dtype
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.scan_stage import ScanStage, scan_components
 from rnnc.templates.chunked_codegen import ChunkedModule, render_chunked
@@ -225,7 +225,7 @@ class ChunkedKernels(GeneratedKernels):
             self.stage.kernels = module
 
     def __call__(self, tensors: dict, state: dict | None, cu_seqlens=None):
-        return run_kernels(self, bind(self.plan.ir, tensors, state, cu_seqlens, self.binder))
+        return run_kernels(self, bind_for_triton(self.plan.ir, tensors, state, cu_seqlens, self.binder))
 
     def tiles(self, call: Call) -> dict:
         """The launch parameters of a call (the tiling model's or tune's on a GPU, pinned ones everywhere)."""
