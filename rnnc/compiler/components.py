@@ -90,7 +90,7 @@ class Factor:
 
     ``decay`` is ``identity`` (D = I), ``scalar`` (D = exp(log_decay) I, log_decay in the scalar
     space) or ``diagonal`` (D = diag(exp(log_decay)), log_decay in the key space). ``positive``
-    says whether the analysis proved the decay positive (else its log is taken on trust). Most
+    says whether the analysis proved the decay positive (else each call checks it: rnnc.runtime.decay_guard). Most
     cells have one factor; DeltaProduct has one per Householder step, each with its own writes.
     """
 

@@ -3,8 +3,9 @@
 A decay is any positive expression. Its log is simplified where the form allows it
 (``exp(x)`` -> ``x``, ``sigmoid(x)`` -> ``logsigmoid(x)``, ``1 - sigmoid(x)`` -> ``logsigmoid(-x)``,
 products -> sums, powers -> multiples) and is ``log(a)`` otherwise. Positivity is proved by a
-sign analysis of the expression; where it cannot be, the decay is accepted on trust and
-``explain`` says so (a negative decay would make the kernel's log NaN, not silently wrong).
+sign analysis of the expression; where it cannot be, the decay is accepted and checked on each
+call's values (``rnnc.runtime.decay_guard``: the reference runs its plain loop on a negative
+decay, the Triton backend refuses the call).
 
 Example:
     >>> x, g = sympy.symbols("x g", real=True)

@@ -29,6 +29,7 @@ import torch
 
 from rnnc.runtime.binding import concrete_shape
 from rnnc.runtime.chunked_math import run_state
+from rnnc.runtime.decay_guard import DecayGuard
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.chunked_spec import ChunkedSpec, StateRows
@@ -36,7 +37,7 @@ from rnnc.templates.chunked_spec import ChunkedSpec, StateRows
 CHUNK = 32  # rows per chunk (the fastest on CPU at K = V = 64: bench/cpu.py)
 
 
-def _names(spec: ChunkedSpec, space: str, reads: bool) -> dict[str, str]:
+def leaf_names(spec: ChunkedSpec, space: str, reads: bool) -> dict[str, str]:
     """How each symbol is spelled in ``space``: leaves as ``L[...]``, scalars widened in vector spaces."""
     widen = "" if space == "scalar" else "[..., None]"
     names = {}
@@ -73,17 +74,17 @@ def pieces_source(spec: ChunkedSpec) -> str:
         "    P = {}",
     ]
     for r in spec.reductions:
-        summand = to_torch(r.summand, _names(spec, r.space, False))
+        summand = to_torch(r.summand, leaf_names(spec, r.space, False))
         lines.append(f"    P[{r.symbol.name!r}] = _fit({summand}, shapes[{r.space!r}], like).sum(-1)")
     for label, expr, space in spec.pieces():
         if label in {o.name for o in spec.outputs}:
             continue
-        text = to_torch(sympy.sympify(expr), _names(spec, space, False))
+        text = to_torch(sympy.sympify(expr), leaf_names(spec, space, False))
         lines.append(f"    P[{label!r}] = _fit({text}, shapes[{space!r}], like)")
     lines += ["    return P", "", "def outputs(L, P, R, dims, shapes, like):", "    O = {}"]
     for o in spec.outputs:
         lines.append(
-            f"    O[{o.name!r}] = _fit({to_torch(o.expr, _names(spec, o.space, True))}, shapes[{o.space!r}], like)"
+            f"    O[{o.name!r}] = _fit({to_torch(o.expr, leaf_names(spec, o.space, True))}, shapes[{o.space!r}], like)"
         )
     lines += ["    return O", ""]
     return "\n".join(lines)
@@ -105,8 +106,11 @@ class ChunkedTorch:
         self.text = pieces_source(spec)
         namespace = vars(load_module(self.text, f"{spec.cell}_chunked_pieces"))
         self._pieces, self._outputs = namespace["pieces"], namespace["outputs"]
+        self.guard = DecayGuard(spec, self)  # decays taken on trust: a negative one sends the call to the loop
 
-    def __call__(self, leaves: dict, initial: dict, dims: dict):
+    def prepare(self, leaves: dict, dims: dict):
+        """(L, P, sizes, like, dtype): the leaves in the pieces' layout ``[B, NH, T, ...]``, every piece,
+        (B, NH, T, K, V), a scalar of the compute dtype and the inputs' dtype."""
         spec = self.spec
         like_input = next(x for x in leaves.values() if isinstance(x, torch.Tensor))
         compute = torch.float64 if like_input.dtype == torch.float64 else torch.float32
@@ -126,7 +130,18 @@ class ChunkedTorch:
             raise ValueError(f"chunked stage of cell {spec.cell} needs at least one per-step input")
         K, V = concrete_shape((spec.key_dim, spec.value_dim if spec.value_dim is not None else 1), dims)
         shapes = {"scalar": (B, NH, T), "key": (B, NH, T, K), "value": (B, NH, T, V)}
-        P = self._pieces(L, {k: like.new_tensor(float(v)) for k, v in dims.items()}, shapes, like)
+        P = self._pieces(L, self.numbers(dims, like), shapes, like)
+        return L, P, (B, NH, T, K, V), like, like_input.dtype
+
+    @staticmethod
+    def numbers(dims: dict, like: torch.Tensor) -> dict:
+        """The dims as scalars of ``like``'s dtype (what the generated functions read)."""
+        return {k: like.new_tensor(float(v)) for k, v in dims.items()}
+
+    def __call__(self, leaves: dict, initial: dict, dims: dict):
+        spec = self.spec
+        L, P, (B, NH, T, K, V), like, dtype = self.prepare(leaves, dims)
+        shapes = {"scalar": (B, NH, T), "key": (B, NH, T, K), "value": (B, NH, T, V)}
         R, finals = {}, {}
         for state in spec.states:
             s0 = initial.get(state.name)
@@ -136,8 +151,7 @@ class ChunkedTorch:
             for r, y in zip(reads, values):
                 R[r.symbol] = y[..., 0] if state.vector else y
             finals[state.name] = _state_out(final, state)
-        values = self._outputs(L, P, R, {k: like.new_tensor(float(v)) for k, v in dims.items()}, shapes, like)
-        dtype = like_input.dtype
+        values = self._outputs(L, P, R, self.numbers(dims, like), shapes, like)
         outputs = {name: value.movedim(2, 1).to(dtype) for name, value in values.items()}
         return outputs, finals
 
@@ -256,10 +270,13 @@ class ChunkedCell:
         self.stage = ChunkedTorch(stage_spec(plan), chunk)
 
     def __call__(self, leaves: dict, initial: dict, dims: dict):
+        """(outputs, finals), or None where a decay taken on trust is negative at this call."""
         leaves, finals = dict(leaves), {}
         if self.scan is not None:
             values, finals = self.scan(leaves, initial, dims)
             leaves.update(values)
+        if self.stage.guard.first_negative(leaves, dims) is not None:
+            return None
         own = {s.name for s in self.stage.spec.states}
         outputs, mine = self.stage(leaves, {k: v for k, v in initial.items() if k in own}, dims)
         return outputs, {**finals, **mine}
@@ -291,4 +308,4 @@ def chunked_fast_path(runner, call):
         runner._chunked_form = cell
     if cell is False:
         return None
-    return cell({**call.inputs, **call.weights}, dict(call.states), call.dims)
+    return cell({**call.inputs, **call.weights}, dict(call.states), call.dims)  # None: the loop runs

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import importlib.util
 import linecache
 import os
 import shutil

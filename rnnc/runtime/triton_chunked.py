@@ -28,6 +28,7 @@ from rnnc.runtime.arguments import Call
 from rnnc.runtime.binding import concrete_shape
 from rnnc.runtime.chunked_math import log_floor
 from rnnc.runtime.custom_ops import run_kernels
+from rnnc.runtime.decay_guard import DecayGuard
 from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, bind_for_triton, on_gpu, pow2_at_least, triton_dtype
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.scan_stage import ScanStage, scan_components
@@ -212,6 +213,7 @@ class ChunkedKernels(GeneratedKernels):
         self.scan = ScanStage(plan) if scan_components(plan) else None  # components the chunked stage reads
         super().__init__(plan)
         self.stage = ChunkedStage(self.module, self.kernels)
+        self.guard = DecayGuard(self.stage.spec)  # decays the analysis could not prove positive
 
     @property
     def kernels(self):
@@ -259,6 +261,7 @@ class ChunkedKernels(GeneratedKernels):
         with torch.no_grad():
             values, scan_finals = self._scan_values(call, leaves, initial)
         spec = self.stage.spec
+        self.guard.refuse({**leaves, **values}, call.dims)  # the kernels take the decays' logs
         stage_leaves = [({**leaves, **values}[name]).contiguous() for name in self.stage.leaf_names]
         outputs, finals, saved = self.stage.forward(
             stage_leaves, [initial[s.name] for s in spec.states], self._shape(call), self._params(call), needs_grad
