@@ -47,13 +47,18 @@ from rnnc.constraints.profiles import GpuProfile
 REGISTER_OVERHEAD = 48  # registers per thread for addresses, loop counters and temporaries (calibrated)
 BACKWARD_OVERHEAD = 48  # the same in the backward kernel (calibrated)
 REGISTER_OPERANDS_BACKWARD = 7  # without warpgroup MMA (sm_80: sLSTM at H = 64, 8 warps, 255 where sm_90 has 248)
+# the step kernels (one launch per step: a split head or streamed weights) keep more live than their tiles:
+# addresses of every piece, the exchanged states, the masks of the slice. Calibrated on sm_90 (LSTM at
+# H = 768, SPLIT 48, bf16; the compiler's registers exceed the tile estimate by 76 to 100 per thread)
+STEP_KERNEL_OVERHEAD = 96
 DOT_ISSUE_NS = 10  # fixed cost of issuing one tl.dot of the K loop (estimate)
 
 
 def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     """The CP-SAT model of the sequential kernels for problem ``p`` on ``gpu``.
 
-    ``extended=False`` keeps to the kernels that exist: weights held whole (no streaming).
+    Every variant the model describes is built (weights whole or streamed, whole head or split), so
+    ``extended`` changes nothing.
     """
     hidden = max(p.hidden, 1)
     gates = max(p.gates, 1) if p.gates else 0
@@ -62,7 +67,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     block_b = Var("BLOCK_B", powers_of_two(1, max(16, next_pow2(p.B)) * 2))
     # the launcher cuts a split down to ceil(H / slice) programs with a power-of-two slice: only those exist
     split = Var("SPLIT", tuple(sorted({-(-hidden // c) for c in powers_of_two(16, full)})))
-    stream = Var("STREAM_WEIGHTS", (0, 1) if extended else (0,))
+    stream = Var("STREAM_WEIGHTS", (0, 1))  # both built: extended changes nothing here
     block_k = Var("BLOCK_K", powers_of_two(16 if p.bytes == 2 else 8, full))
     warps = warps_var(gpu)
     stages = Var("num_stages", (1, 2, 3))
@@ -76,15 +81,22 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     held_k = on_chip * full + streamed * block_k
     weight_words = (cols * held_k * (gates * p.bytes)).ceil_div(4)  # weights (DOT_DTYPE) held at once
     # tensor-core dots (16-bit inputs) take the weights from shared memory, and only a streamed piece passes
-    # through registers; float32 and float64 dots run on the CUDA cores from registers
-    weights_in_registers = weight_words * (on_chip * int(p.bytes >= 4) + streamed)
+    # through registers; float32 and float64 dots run on the CUDA cores from registers. A split head's
+    # launch loads its whole slice for one step, and that load passes through registers too (sm_90, bf16,
+    # LSTM at H = 768, SPLIT 48: BLOCK_K 1024 spills 1488 B in the forward step kernel, streamed pieces of
+    # 32 spill nothing: bench/results/sequential-sm90-warps8-k32.json)
+    weights_in_registers = weight_words * (on_chip * maximum(int(p.bytes >= 4), is_split) + streamed)
     # values per batch row (calibrated, bench/calibrate_tiling.py on sm_90): the state slice, three per gate
     # and hidden unit (the pre-activation, the x_t input, its address), the contracted vector as held
     row_words = (table(split, lambda s: -(-p.state_elems // s)) + cols * (3 * max(gates, 1)) + held_k) * words
     # a [BLOCK_B, H] row tile spreads over at most 256 threads: more warps do not lower the registers per thread
     row_threads = table(warps, lambda w: min(w * gpu.warp_size, 256))
+    step_kernel = maximum(streamed, is_split)  # one launch per step
     forward_regs = (
-        (block_b * row_words).ceil_div(row_threads) + weights_in_registers.ceil_div(threads) + REGISTER_OVERHEAD
+        (block_b * row_words).ceil_div(row_threads)
+        + weights_in_registers.ceil_div(threads)
+        + REGISTER_OVERHEAD
+        + step_kernel * STEP_KERNEL_OVERHEAD
     )
     # backward: the cotangents of the same rows, and the weight gradients (fp32) of the weights held:
     # accumulated on chip over time when the weights stay on chip, added to memory every step otherwise
@@ -93,6 +105,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
         (block_b * row_words * 2).ceil_div(row_threads)
         + (weights_in_registers + gradient_words).ceil_div(threads)
         + (BACKWARD_OVERHEAD + (0 if warpgroup_mma(gpu) else REGISTER_OPERANDS_BACKWARD))
+        + step_kernel * STEP_KERNEL_OVERHEAD
     )
     regs_per_thread = maximum(forward_regs, backward_regs)
     regs_per_program = regs_per_thread * threads
@@ -136,6 +149,18 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
             "weights kept on chip are contracted whole; pieces of BLOCK_K exist only when streamed",
         ),
     ]
+    # a streamed piece of weights passes through registers with its cotangent, and the compiler keeps
+    # live ranges the estimate above does not see: calibrated on sm_90 (LSTM, H = 768, SPLIT 48, TILE_H
+    # 16, 8 warps, bf16), BLOCK_K 64 compiles with no stack in both kernels, 128 spills 80 B in the
+    # backward and 256 spills in both; at most 16 weight entries per thread in a piece
+    constraints.append(
+        Constraint(
+            "streamed weight piece (BLOCK_K)",
+            streamed * cols * block_k * max(gates, 1),
+            threads * 16,
+            "a streamed piece of the weights holds at most 16 entries per thread (more spills: calibrated on sm_90)",
+        )
+    )
     # --- cost: T dependent steps, each the slowest of tensor work, streaming and weight traffic, plus latencies
     flops_per_program = block_b * cols * full * (2 * max(gates, 1))
     busy = programs.ceil_div(gpu.sm_count)  # programs that share one SM
@@ -149,7 +174,7 @@ def build_model(p: Problem, gpu: GpuProfile, extended: bool = True) -> Model:
     # weights read again every step (streamed, or a split head's launch), from L2 when all heads fit there
     per_step_weights = gates * hidden * hidden * p.bytes * p.NH
     bandwidth = gpu.l2_bytes_per_ns() if per_step_weights <= gpu.l2_bytes else gpu.bytes_per_ns()
-    reread = maximum(streamed, is_split)
+    reread = step_kernel
     weight_ns = (reread * cols * full * (gates * p.bytes) * busy * gpu.sm_count).ceil_div(bandwidth)
     k_steps = table(block_k, lambda k: -(-hidden // k) * DOT_ISSUE_NS) * streamed + DOT_ISSUE_NS
     latency = int(gpu.step_latency_us * 1000)

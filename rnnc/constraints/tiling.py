@@ -29,7 +29,7 @@ from rnnc.constraints.profiles import GpuProfile, load_profile
 from rnnc.constraints.tiling_result import FIELDS, Tiling
 from rnnc.errors import TilingError
 
-MODEL_VERSION = "7"  # bump when a model changes: cached tilings of older models are not reused
+MODEL_VERSION = "8"  # bump when a model changes: cached tilings of older models are not reused
 BUILDERS = {"sequential": sequential.build_model, "scan": scan.build_model, "chunked": chunked.build_model}
 _PLAN_KEYS: dict[int, tuple[Plan, str]] = {}  # plan.key() takes milliseconds: once per Plan object
 
@@ -159,9 +159,9 @@ def effective_params(strategy: str, launch, tiling: dict, model: Model) -> dict 
 
     The launchers may depart from the model: the chunked kernels keep the key dimension whole and
     cap per-channel-decay chunks; the scan kernels turn BLOCK_C into one block per state axis;
-    a split sequential head shows as the grid's third axis, and a sequential kernel that takes no
-    STREAM_WEIGHTS holds its weights whole; num_stages is Triton's default when the launcher
-    passes none.
+    a split sequential head shows as the grid's third axis, and the sequential step kernels (those
+    that take BLOCK_K) stream their weights in BLOCK_K pieces while the whole-head kernel holds them
+    whole; num_stages is Triton's default when the launcher passes none.
     """
     constexprs, options = launch.constexprs, launch.options
     values = {k: v for k, v in tiling.items() if k in {var.name for var in model.variables}}
@@ -171,9 +171,9 @@ def effective_params(strategy: str, launch, tiling: dict, model: Model) -> dict 
     if strategy == "scan":
         blocks = [v for k, v in constexprs.items() if k.startswith("BLOCK_") and k != "BLOCK_T"]
         values["BLOCK_C"] = math.prod(blocks)
-    if strategy == "sequential":  # kernels without the streaming variant hold the weights whole
+    if strategy == "sequential":  # the step kernels stream their weights, the whole-head kernel holds them
         values["SPLIT"] = launch.grid[2] if len(launch.grid) > 2 else 1
-        values["STREAM_WEIGHTS"] = constexprs.get("STREAM_WEIGHTS", 0)
+        values["STREAM_WEIGHTS"] = int("BLOCK_K" in constexprs)
         block_k = next(v for v in model.variables if v.name == "BLOCK_K")
         values["BLOCK_K"] = (
             constexprs.get("BLOCK_K", block_k.domain[-1]) if values["STREAM_WEIGHTS"] else block_k.domain[-1]

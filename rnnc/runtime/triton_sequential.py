@@ -82,7 +82,8 @@ class SequentialKernels(GeneratedKernels):
             SPLIT=1,
             STREAM=0,
         )
-        split, stream = int(params.get("SPLIT", 1)), bool(params.get("STREAM", 0))
+        # STREAM (pinned) or the tiling model's STREAM_WEIGHTS
+        split, stream = int(params.get("SPLIT", 1)), bool(params.get("STREAM", params.get("STREAM_WEIGHTS", 0)))
         slices = {d: pow2_at_least(-(-call.dims[d] // max(split, 1)), DOT_MINIMUM) for d in dims}
         split = max((-(-call.dims[d] // slices[d]) for d in dims), default=1)
         if split <= 1 and not stream:
