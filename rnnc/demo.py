@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import TextIO
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+# the values some bundled cells are written for (their comments say so): a lower bound or a decay in
+# (0, 1), a normaliser that starts positive; every other tensor is spread * randn
+DOMAINS = {
+    "hgrn2": {"lb": "unit"},
+    "kda": {"alpha": "unit", "beta": "unit"},
+    "energy_norm": {"g": "log decay", "e": "positive"},
+}
 NAME_WIDTH = 28  # the longest bundled cell name, linear_attention_normalised, and a space
 
 
@@ -57,17 +64,25 @@ def _relative(a, b) -> float:
 def _random_tensors(cell, device, dtype, generator, B=2, T=8, NH=1, size=16, dims=None, spread=0.5):
     """Inputs, weights (matrices at 1/sqrt(fan-in), as torch.nn initialises them) and initial states.
 
-    Every dim is ``size`` unless ``dims`` names it; inputs, vectors and states are ``spread * randn``."""
+    Every dim is ``size`` unless ``dims`` names it; inputs, vectors and states are ``spread * randn``, mapped
+    into the domain ``DOMAINS`` gives for the cell's tensor (``unit``: a sigmoid of it)."""
     import sympy
     import torch
 
     ir = cell.plan.ir
     subs = {sympy.Symbol(d, positive=True, integer=True): (dims or {}).get(d, size) for d in ir.dims}
 
+    domains = DOMAINS.get(ir.cell, {})
+
     def make(lead, decl):
         shape = [*lead, *(int(sympy.sympify(s).subs(subs)) for s in decl.shape)]
         scale = spread if decl.kind != "weight" or len(decl.shape) < 2 else 1.0 / shape[-1] ** 0.5
         x = scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+        x = {
+            "unit": torch.sigmoid,
+            "positive": lambda y: torch.nn.functional.softplus(y) + 0.5,
+            "log decay": lambda y: -torch.nn.functional.softplus(y),
+        }.get(domains.get(decl.name), lambda y: y)(x)
         return x.to(device=device, dtype=dtype).requires_grad_()
 
     tensors = {d.name: make((B, T, NH), d) for d in ir.inputs}

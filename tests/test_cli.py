@@ -310,6 +310,16 @@ def test_demo_reports_a_template_crash_as_an_error(capsys, monkeypatch):
     assert "internal error generating the Triton kernels: SyntaxError" in row
 
 
+def test_demo_draws_cells_written_for_a_domain_inside_it(capsys):
+    """HGRN2's lower bound, KDA's decay in (0, 1), energy_norm's positive normaliser: the rows pass."""
+    from rnnc.cli import main
+
+    cells = ["examples/hgrn2.rnn", "examples/kda.rnn", "examples/energy_norm.rnn"]
+    assert main(["demo", "--dtype", "float64", *cells]) == 0
+    rows = capsys.readouterr().out.splitlines()[3:-1]
+    assert sum(row.endswith("ok") for row in rows) == 3, rows
+
+
 def test_demo_bundles_the_zoo():
     from rnnc.demo import bundled_cells
 
