@@ -91,6 +91,8 @@ class _Writer:
         self.dims = set(ir.dims)
         self.counter = 0
         self.parts: dict = {}
+        self.gemms: dict[str, tuple[int, str]] = {}  # matmul atom -> (its vector's argument, the prepared weight)
+        self.gemm_bias: dict[str, str] = {}  # matmul atom -> a variable added to its result (addmm)
 
     # ---------------------------------------------------------------- phases
 
@@ -295,19 +297,33 @@ def _atom_phases(writer: _Writer) -> None:
         writer.atom_phase[atom.name] = phase
 
 
+def gemm_side(atom, arg_phases: list[int], phase: int) -> int | None:
+    """For a ``weight @ vector`` (or ``vector @ weight``) in a later phase than its weight-only
+    matrix, the vector's argument (then it is one GEMM over the batch); else None."""
+    ranks = [len(s) for s in atom.arg_shapes]
+    if arg_phases[0] == CONST < phase and ranks[0] >= 2 and ranks[1] == 1:
+        return 1
+    if arg_phases[1] == CONST < phase and ranks[1] >= 2 and ranks[0] == 1:
+        return 0
+    return None
+
+
 def _structural(writer: _Writer, atom, args: list[str], arg_phases: list[int]) -> tuple[str, int]:
     """The code of a structural atom and the phase it runs in."""
     ranks = [len(s) for s in atom.arg_shapes]
     phase = writer.atom_phase[atom.name]
     if atom.op == "matmul":
-        if arg_phases[0] == CONST < phase and ranks[0] >= 2 and ranks[1] == 1:
+        side = gemm_side(atom, arg_phases, phase)
+        if side is not None:  # side: the vector's argument; the other is a weight-only matrix
             prepared = f"{writer.atom_var[atom.name]}_matrix"
-            writer.emit(CONST, prepared, f"gemm.weight_matrix({args[0]}, {ranks[0]})", f"{atom.name}: for a GEMM")
-            return f"gemm.per_head_gemm({writer.use(args[1], phase)}, {writer.use(prepared, phase)})", phase
-        if arg_phases[1] == CONST < phase and ranks[1] >= 2 and ranks[0] == 1:
-            prepared = f"{writer.atom_var[atom.name]}_matrix"
-            writer.emit(CONST, prepared, f"gemm.weight_matrix_right({args[1]}, {ranks[1]})", f"{atom.name}: for a GEMM")
-            return f"gemm.per_head_gemm({writer.use(args[0], phase)}, {writer.use(prepared, phase)})", phase
+            how = "weight_matrix" if side == 1 else "weight_matrix_right"
+            writer.emit(CONST, prepared, f"gemm.{how}({args[1 - side]}, {ranks[1 - side]})", f"{atom.name}: for a GEMM")
+            writer.gemms[atom.name] = (side, prepared)
+            vector, matrix = writer.use(args[side], phase), writer.use(prepared, phase)
+            bias = writer.gemm_bias.get(atom.name)
+            if bias is not None:  # the fused writer's: the state-free terms each part of the result gets
+                return f"gemm.per_head_gemm_add({vector}, {matrix}, {writer.use(bias, phase)})", phase
+            return f"gemm.per_head_gemm({vector}, {matrix})", phase
         a, b = (writer.use(x, phase) for x in args)
         return f"ops.matmul({a}, {b}, {ranks[0]}, {ranks[1]})", phase
     args = [writer.use(x, phase) for x in args]
@@ -335,8 +351,14 @@ def loop_source(plan: Plan) -> str:
         True
     """
     writer = _Writer(plan)
-    ir = writer.ir
     _atom_phases(writer)
+    reduced = {key: (expr, rank) for key, expr, rank in _cse(writer, forward_items(writer))}
+    return _module_text(plan, writer, emit_forward(writer, reduced))
+
+
+def forward_items(writer: _Writer) -> list[tuple[str, sympy.Expr, int]]:
+    """(key, expression, rank) of every atom argument, update and output, state-free subtrees hoisted."""
+    ir = writer.ir
     items = []
     for atom in ir.atoms:
         for i, (arg, shape) in enumerate(zip(atom.args, atom.arg_shapes)):
@@ -345,7 +367,12 @@ def loop_source(plan: Plan) -> str:
     for kind, results in (("update", ir.updates), ("output", ir.outputs)):
         for r in results:
             items.append((f"{kind} {r.name}", writer.hoist(r.expr, len(r.shape)), len(r.shape)))
-    reduced = {key: (expr, rank) for key, expr, rank in _cse(writer, items)}
+    return items
+
+
+def emit_forward(writer: _Writer, reduced: dict) -> list[list[str]]:
+    """Emit every atom, update and output into its phase; returns the new states' and outputs' variables."""
+    ir = writer.ir
     for atom in ir.atoms:
         if atom.is_leaf:
             writer.ensure_atom(atom.name)
@@ -365,7 +392,7 @@ def loop_source(plan: Plan) -> str:
             _emit_result(writer, "update", updates[name], reduced)
     results = [[derived("u", user=r.name) for r in ir.updates]]
     results.append([_emit_result(writer, "output", r, reduced) for r in ir.outputs])
-    return _module_text(plan, writer, results)
+    return results
 
 
 def _emit_result(writer: _Writer, kind: str, r, reduced) -> str:

@@ -1,0 +1,291 @@
+"""One reverse pass of the fused backward (:mod:`rnnc.runtime.fused_codegen`): cotangents from the
+seeds of a step (its new states' and outputs') back to the pass's targets.
+
+``step`` targets the previous states (what the loop over time carries backwards), ``all`` the
+inputs and weights (every step at once, after the loop). The pass walks the marked IR backwards:
+each pointwise expression sends ``seed * partial`` to every atom it reads that leads to a target
+(cotangents an atom receives with one partial are summed first, and equal products are written
+once), then each structural atom applies its adjoint: a ``weight @ state`` GEMM sends
+``g @ weight`` to its vector and, in ``all``, one GEMM over every row to its weight; the parts of a
+split are joined into their parent with one stack.
+
+Example:
+    >>> from rnnc.compiler import analyse_source
+    >>> from rnnc.runtime.fused_codegen import FusedWriter, _items
+    >>> from rnnc.runtime.loop_codegen import _atom_phases, _cse, emit_forward
+    >>> writer = FusedWriter(analyse_source(open("examples/elman.rnn").read()))
+    >>> _atom_phases(writer)
+    >>> writer.reduced = {k: (e, r) for k, e, r in _cse(writer, _items(writer))}
+    >>> _ = emit_forward(writer, writer.reduced)
+    >>> lines, returns = write_reverse(writer, "step")
+    >>> returns
+    '(g_st_h,)'
+"""
+
+from __future__ import annotations
+
+import re
+
+from rnnc.compiler.shapes import same_shape
+from rnnc.runtime.loop_codegen import SEQ, _emission_order, _full_shape, _pack
+from rnnc.runtime.torch_printer import to_torch
+from rnnc.templates.names import comment, derived, prefixed
+
+TARGETS = {"step": ("state",), "all": ("input", "weight")}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Pass:
+    def __init__(self, writer, mode: str):
+        self.w = writer
+        self.ir = writer.ir
+        self.mode = mode
+        self.lines: list[str] = []
+        self.partials = {(p.kind, p.name, p.index): p for p in writer.derivatives.partials}
+        self.terms: dict[str, list[tuple]] = {}  # atom -> (seed, partial code, is a number, axes, rank, shape, full)
+        self.joins: dict[
+            str, dict[tuple, dict[int, str]]
+        ] = {}  # parent -> (axis, count, drop) -> part index -> cotangent
+        self.rendered: dict[str, str] = {}
+        self.factors: dict[str, tuple[str, str, bool]] = {}  # product variable -> (seed, partial, a number)
+        self.temps = 0
+        self.reach = self._reach(TARGETS[mode])
+
+    # ------------------------------------------------------------ which atoms lead to a target
+
+    def _reach(self, kinds) -> dict[str, bool]:
+        reach = {a.name: a.op in kinds for a in self.ir.atoms}
+        sources = {}
+        for a in self.ir.atoms:
+            if a.op == "new":
+                sources[a.name] = [("update", a.name[:-1], 0)]
+            elif not a.is_leaf:
+                sources[a.name] = [("arg", a.name, i) for i in range(len(a.args))]
+        changed = True
+        while changed:
+            changed = False
+            for name, keys in sources.items():
+                if not reach[name] and any(self.leads(k, reach) for k in keys):
+                    reach[name] = changed = True
+        return reach
+
+    def leads(self, key, reach=None) -> bool:
+        reach = self.reach if reach is None else reach
+        return any(d != 0 and reach[self.ir.view(label).atom] for label, d in self.partials[key].wrt)
+
+    # ------------------------------------------------------------ emission
+
+    def assign(self, var: str, code: str, note: str = "") -> str:
+        """``var = code`` (or the variable that already holds ``code``, or ``code`` if it is one)."""
+        if code.isidentifier():
+            return code
+        if code not in self.rendered:
+            self.lines.append(f"    {var} = {code}" + (f"  # {comment(note)}" if note else ""))
+            self.rendered[code] = var
+        return self.rendered[code]
+
+    def temp(self) -> str:
+        self.temps += 1
+        return f"q{self.temps - 1}"
+
+    def propagate(self, key, seed: str, full: bool) -> None:
+        """Send ``seed * partial`` to every atom the expression ``key`` reads that leads to a target."""
+        p = self.partials[key]
+        for label, d in p.wrt:
+            view = self.ir.view(label)
+            if d == 0 or not self.reach[view.atom]:
+                continue
+            if d.is_number:
+                code, number = to_torch(d, {}), True
+            else:
+                code, number = self.w.item_value(f"partial {p.kind} {p.name} {p.index} {label}")
+            self.terms.setdefault(view.atom, []).append((seed, code, number, view.axes, len(p.shape), p.shape, full))
+
+    def materialize(self, name: str, base: str | None = None, var: str | None = None) -> str | None:
+        """The variable of an atom's whole cotangent, plus ``base`` if given (None when nothing reaches it).
+
+        A sum ending in one product is one ``torch.addcmul``; the parts of a split whose cotangents
+        are each one product are joined as one stack of their seeds times the stacked partials.
+        """
+        terms, joins = self.terms.pop(name, []), self.joins.pop(name, {})
+        if not terms and not joins:
+            return base
+        atom = self.ir.atom(name)
+        groups: dict[tuple, list[str]] = {}
+        for seed, *rest in terms:
+            groups.setdefault(tuple(rest), []).append(seed)
+        pieces = [] if base is None else [base]
+        for (code, number, axes, rank, shape, full), seeds in groups.items():
+            seed = seeds[0] if len(seeds) == 1 else self.assign(self.temp(), " + ".join(seeds))
+            product = self._product(seed, code, number)
+            if self._in_place(atom, axes, rank, shape, full):
+                pieces.append(product)
+            else:
+                pieces.append(f"ops.unview_to({product}, {axes!r}, {rank}, {self._shape(atom)})")
+        for (axis, count, drop), grads in joins.items():
+            pieces.append(self._join(atom, grads, axis, count, drop))
+        if var is None:
+            var = self.w.atom_var[name]
+            var = f"g{var}" if var[1:].isdigit() else prefixed("g", var)
+        return self.assign(var, self._sum(pieces), f"d {name}")
+
+    def _sum(self, pieces: list[str]) -> str:
+        products = [p for p in pieces if p in self.factors and not self.factors[p][2]]
+        if len(pieces) < 2 or not products:
+            return " + ".join(pieces)
+        last = products[-1]
+        rest = [p for p in pieces if p is not last]
+        seed, code, _ = self.factors[last]
+        return f"torch.addcmul({' + '.join(rest)}, {seed}, {code})"
+
+    def _join(self, atom, grads: dict[int, str], axis: int, count: int, drop: int) -> str:
+        shape = self._shape(atom)
+        factors = [self.factors.get(grads.get(i)) for i in range(count)]
+        if self.mode == "step" and all(f is not None and not f[2] and self.w.vec_rows.get(f[1]) for f in factors):
+            # per step: one stack and one product instead of a product per part and a stack (the
+            # products are dead then); for all steps at once the products are read elsewhere too
+            seeds = self.assign(
+                self.temp(), f"ops.join_parts([{', '.join(f[0] for f in factors)}], {shape}, {axis}, {count}, {drop})"
+            )
+            partials = self.w.joined([f[1] for f in factors], shape, axis, count, drop)
+            return self._product(seeds, partials, False)
+        listed = ", ".join(grads.get(i, "None") for i in range(count))
+        return f"ops.join_parts([{listed}], {shape}, {axis}, {count}, {drop})"
+
+    def _product(self, seed: str, code: str, number: bool) -> str:
+        """The variable of ``seed * partial`` (a number or a VEC variable); its factors are remembered."""
+        if number and float(code) == 1.0:
+            return seed
+        if number and float(code) == -1.0:
+            var = self.assign(self.temp(), f"-{seed}")
+        else:
+            var = self.assign(self.temp(), f"{seed} * ({code})" if code.startswith("-") else f"{seed} * {code}")
+        self.factors.setdefault(var, (seed, code, number))
+        return var
+
+    def _batched(self, atom) -> bool:
+        return atom.op in ("state", "new") or self.w.atom_phase[atom.name] >= SEQ
+
+    def _in_place(self, atom, axes, rank: int, shape, full: bool) -> bool:
+        """Whether a term already has the atom's layout (a plain view of the same shape, every row)."""
+        own = len(atom.shape)
+        plain = rank == own and tuple(axes) == tuple(range(-own, 0))
+        return full and plain and same_shape(tuple(shape), tuple(atom.shape)) and self._batched(atom)
+
+    def _shape(self, atom) -> str:
+        return f"({'batch' if self._batched(atom) else 1},) + {self.w.tail(atom.name)}"
+
+    # ------------------------------------------------------------ structural adjoints
+
+    def adjoint(self, atom, g: str) -> None:
+        """Send an atom's cotangent to its arguments (a part's to its parent's join)."""
+        if atom.op == "part":
+            parent = self.ir.view(atom.args[0]).atom
+            axis, index, count, drop = atom.params
+            if self.reach[parent]:
+                self.joins.setdefault(parent, {}).setdefault((axis, count, drop), {})[index] = g
+            return
+        needed = [self.leads(("arg", atom.name, i)) for i in range(len(atom.args))]
+        if atom.op == "matmul" and atom.name in self.w.gemms:
+            side, prepared = self.w.gemms[atom.name]
+            prepared = self.w.read_const(prepared)
+            if needed[side]:
+                dv = self.assign(
+                    self.temp(), f"gemm.per_head_gemm_backward({g}, {prepared})", f"d of the vector in {atom.name}"
+                )
+                self.propagate(("arg", atom.name, side), dv, True)
+            if needed[1 - side]:
+                v = self._arg(atom, side)
+                code = f"gemm.weight_cotangent({g}, {v}, {prepared}, {side == 0})"
+                self.propagate(
+                    ("arg", atom.name, 1 - side),
+                    self.assign(self.temp(), code, f"d of the weight in {atom.name}"),
+                    False,
+                )
+            return
+        ranks = [len(s) for s in atom.arg_shapes]
+        if atom.op in ("matmul", "outer"):
+            a, b = self._arg(atom, 0), self._arg(atom, 1)
+            code = (
+                f"ops.matmul_backward({g}, {a}, {b}, {ranks[0]}, {ranks[1]})"
+                if atom.op == "matmul"
+                else (f"ops.outer_backward({g}, {a}, {b})")
+            )
+            pair = self.assign(self.temp(), code, f"d {atom.name}")
+            for i in (0, 1):
+                if needed[i]:
+                    self.propagate(("arg", atom.name, i), f"{pair}[{i}]", self._full_arg(atom, i))
+            return
+        axis = atom.params[0] if atom.params else None
+        x = self._arg(atom, 0)
+        if atom.op == "sum":
+            code = f"ops.reduce_sum_backward({g}, {x}, {ranks[0]}, {axis})"
+        else:  # max, min: to the entries equal to the result, ties split evenly
+            y = self.w.read(self.w.vec_atom(atom.name))
+            code = f"ops.reduce_extreme_backward({g}, {x}, {y}, {ranks[0]}, {axis})"
+        if needed[0]:
+            self.propagate(
+                ("arg", atom.name, 0), self.assign(self.temp(), code, f"d {atom.name}"), self._full_arg(atom, 0)
+            )
+
+    def _arg(self, atom, i: int) -> str:
+        code, number = self.w.item_value(f"arg {atom.name} {i}")
+        return code if not number else f"like.new_tensor({code})"
+
+    def _full_arg(self, atom, i: int) -> bool:
+        return _full_shape(self.w, atom.args[i], atom.arg_shapes[i])
+
+
+def write_reverse(writer, mode: str) -> tuple[list[str], str]:
+    """(lines, return expression) of the ``step`` or ``all`` pass (see the module docstring)."""
+    p = _Pass(writer, mode)
+    ir = writer.ir
+    for r in ir.outputs:
+        p.propagate(("output", r.name, 0), derived("dout", user=r.name), True)
+    news = {a.name[:-1]: a.name for a in ir.atoms if a.op == "new"}
+    for kind, name in reversed(_emission_order(writer)):
+        if kind == "update":
+            carry = derived("carry", user=name)
+            # the cotangent of s' within the step (its later readers), plus what later steps send
+            seed = (
+                p.materialize(news[name], carry, prefixed("seed", derived("u", user=name))) if name in news else carry
+            )
+            if any(d != 0 for _, d in p.partials[("update", name, 0)].wrt):
+                p.propagate(("update", name, 0), seed, True)
+        elif p.reach[name]:
+            g = p.materialize(name)
+            if g is not None:
+                p.adjoint(ir.atom(name), g)
+    if mode == "step":
+        returns = _pack([p.materialize(d.name) or "None" for d in ir.states])
+    else:
+        inputs = [p.materialize(d.name) or "None" for d in ir.inputs]
+        weights = [p.materialize(d.name) or "None" for d in ir.weights]
+        returns = f"{_pack(inputs)}, {_pack(weights)}"
+    return prune(p.lines, identifiers(returns)), returns
+
+
+def identifiers(code: str) -> set[str]:
+    """The names a line of generated code reads (its comment left out).
+
+    Example:
+        >>> sorted(identifiers("ops.join_parts([q1, q2], (batch,) + tail5, 0, 2, 1)  # d x"))
+        ['batch', 'join_parts', 'ops', 'q1', 'q2', 'tail5']
+    """
+    return set(_NAME.findall(code.split("  # ")[0]))
+
+
+def prune(lines: list[str], live: set[str]) -> list[str]:
+    """The assignments among ``lines`` that ``live`` needs, in order (dead products dropped).
+
+    Example:
+        >>> prune(["    a = x + 1", "    b = a * 2", "    c = y"], {"b"})
+        ['    a = x + 1', '    b = a * 2']
+    """
+    live, keep = set(live), []
+    for line in reversed(lines):
+        var, _, code = line.strip().partition(" = ")
+        if var in live:
+            keep.append(line)
+            live |= identifiers(code)
+    return keep[::-1]
