@@ -11,15 +11,11 @@ split are joined into their parent with one stack.
 
 Example:
     >>> from rnnc.compiler import analyse_source
-    >>> from rnnc.runtime.fused_codegen import FusedWriter, _items
-    >>> from rnnc.runtime.loop_codegen import _atom_phases, _cse, emit_forward
-    >>> writer = FusedWriter(analyse_source(open("examples/elman.rnn").read()))
-    >>> _atom_phases(writer)
-    >>> writer.reduced = {k: (e, r) for k, e, r in _cse(writer, _items(writer))}
-    >>> _ = emit_forward(writer, writer.reduced)
-    >>> lines, returns = write_reverse(writer, "step")
-    >>> returns
-    '(g_st_h,)'
+    >>> from rnnc.runtime.fused_codegen import fused_source
+    >>> text = fused_source(analyse_source(open("examples/elman.rnn").read()))
+    >>> step = text[text.index("def reverse_step") : text.index("def reverse_all")]
+    >>> "gemm.per_head_gemm_backward(" in step, "gemm.weight_cotangent(" in step
+    (True, False)
 """
 
 from __future__ import annotations
