@@ -110,6 +110,14 @@ def emit_biases(writer, pending) -> None:
     """Write the biases that :func:`fold_gemm_biases` promised (after the forward, when every
     state-free atom they read has its variable)."""
     for atom, terms, split, phase, bias in pending:
+        whole = _whole_parents(writer, terms, split)
+        if whole is not None:  # x[k] + b[k] for every part k: the bias is x + b, one add for all steps
+            total = sympy.Add(*whole)
+            var = writer.value(total, len(atom.shape), writer.phase(total), f"{writer.atom_var[atom.name]}_b")
+            tail = writer.tail(atom.name, phase)
+            code = f"ops.gemm_bias([{writer.use(var, phase)}], {tail}, None, 1, 0)"
+            writer.emit(phase, bias, code, f"added in {atom.name}")
+            continue
         values = []
         for k, (_, found, rank) in enumerate(terms):
             total = sympy.Add(*sorted(found, key=sympy.default_sort_key))
@@ -119,6 +127,46 @@ def emit_biases(writer, pending) -> None:
         axis, count, drop = split if split else (None, 1, 0)
         code = f"ops.gemm_bias([{', '.join(values)}], {tail}, {axis}, {count}, {drop})"
         writer.emit(phase, bias, code, f"added in {atom.name}")
+
+
+def _part_views(writer, symbol) -> list | None:
+    """The views of split parts that a bias term adds up (a part's view, or a state-free sum of them)."""
+    view = writer.views.get(symbol.name)
+    if view is not None:
+        return [symbol] if writer.ir.atom(view.atom).op == "part" else None
+    expr, _ = writer.symbol_defs[symbol.name]
+    args = expr.args if isinstance(expr, sympy.Add) else (expr,)
+    found = []
+    for arg in args:
+        inner = _part_views(writer, arg) if isinstance(arg, sympy.Symbol) else None
+        if inner is None:
+            return None
+        found += inner
+    return found
+
+
+def _whole_parents(writer, terms, split) -> list | None:
+    """When part k's bias is part k of the same tensors for every k (each split like the GEMM's
+    result), the plain views of those tensors; else None."""
+    if split is None:
+        return None
+    parents = None
+    for k, (_, found, _) in enumerate(terms):
+        views = []
+        for symbol in found:
+            more = _part_views(writer, symbol)
+            if more is None:
+                return None
+            views += more
+        atoms = [writer.ir.atom(writer.views[v.name].atom) for v in views]
+        if any(a.params != (split[0], k, split[1], split[2]) for a in atoms):
+            return None
+        these = sorted((a.args[0] for a in atoms), key=sympy.default_sort_key)
+        if parents is None:
+            parents = these
+        elif these != parents:
+            return None
+    return parents
 
 
 def _apply(writer, atom, terms, split) -> None:

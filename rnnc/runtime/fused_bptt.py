@@ -3,7 +3,7 @@
 The forward runs the generated loop (:mod:`rnnc.runtime.fused_codegen`) without a tape and keeps
 each step's states and the few values its partial derivatives share with it. The backward
 stacks those once, evaluates every partial derivative for all steps at once (``linearise``),
-walks time in reverse along the states only (``reverse_step``: pointwise products and one GEMM per
+walks time in reverse along the states only (``backward``: pointwise products and one GEMM per
 ``weight @ state`` per step), then computes the cotangents of the inputs and weights for all
 steps at once (``reverse_all``: a weight matrix's cotangent is one GEMM over all B * T rows, an
 input's is written once, not stacked from steps). No autograd runs inside, so the same code is the
@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from rnnc.runtime.arguments import Call
 
@@ -70,18 +71,10 @@ def fused_forward(runner, call: Call, flat: list[torch.Tensor]):
     step_seqs, back_seqs = module.prologue(inputs, consts, like)
     seqs = [s.unflatten(0, (B, T)).unbind(1) for s in step_seqs]
     states = tuple(flat[n_in + n_w + i].to(cdt) for i in range(n_s))
-    history, saved = [states], []
-    outputs: list[list[torch.Tensor]] = [[] for _ in plan.ir.outputs]
-    step = module.step
-    for t in range(T):
-        states, out, keep = step(consts, [s[t] for s in seqs], states, B, like)
-        history.append(states)
-        saved.append(keep)
-        for acc, value in zip(outputs, out):
-            acc.append(value)
+    history, saved, outputs = module.forward(consts, seqs, states, T, B, like)
     stacked = [torch.stack(acc, dim=1).to(call.dtype) for acc in outputs]
     given = {id(t) for t in flat}
-    finals = [s.clone() if id(s) in given else s for s in states]
+    finals = [s.clone() if id(s) in given else s for s in history[-1]]
     return stacked, finals, Tape(consts, back_seqs, history, saved, like, stacked)
 
 
@@ -109,14 +102,9 @@ def fused_backward(runner, call: Call, tape: Tape, flat, d_outputs, d_finals, we
         for g, o in zip(d_outputs, plan.ir.outputs)
     ]
     dout_steps = [g.unbind(1) for g in douts]
-    zeros = [torch.zeros_like(s) for s in history[-1]]
-    carry = tuple(z if g is None else g.to(cdt) for g, z in zip(d_finals, zeros))
-    carries: list[tuple] = [()] * T
-    reverse_step, consts = module.reverse_step, tape.consts
-    for t in range(T - 1, -1, -1):
-        carries[t] = carry
-        back = reverse_step(consts, [r[t] for r in row_steps], fixed, carry, [d[t] for d in dout_steps], B, like)
-        carry = tuple(z if g is None else g for g, z in zip(back, zeros))
+    carry = tuple(torch.zeros_like(s) if g is None else g.to(cdt) for g, s in zip(d_finals, history[-1]))
+    consts = tape.consts
+    carry, carries = module.backward(consts, row_steps, fixed, carry, dout_steps, T, B, like)
     grads: list[torch.Tensor | None] = [None] * (n_in + n_w)
     if weights_too:
         carry_rows = [_rows([c[i] for c in carries]) for i in range(n_s)]
@@ -145,6 +133,7 @@ class FusedBackprop(torch.autograd.Function):
         return (*outputs, *finals)
 
     @staticmethod
+    @once_differentiable  # the backward runs no autograd: a second derivative is refused, not wrong
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
         flat, ctx.tape.outputs = saved[: ctx.n_flat], list(saved[ctx.n_flat :])
@@ -153,7 +142,6 @@ class FusedBackprop(torch.autograd.Function):
         n_out = len(runner.plan.ir.outputs)
         weights_too = any(ctx.needs_input_grad[2 : 2 + n_in + n_w])
         result = fused_backward(runner, call, ctx.tape, flat, grads[:n_out], grads[n_out:], weights_too)
-        ctx.tape = None
         return (None, None, *result)
 
 

@@ -13,7 +13,7 @@ Example:
     >>> from rnnc.compiler import analyse_source
     >>> from rnnc.runtime.fused_codegen import fused_source
     >>> text = fused_source(analyse_source(open("examples/elman.rnn").read()))
-    >>> step = text[text.index("def reverse_step") : text.index("def reverse_all")]
+    >>> step = text[text.index("def backward(") : text.index("def reverse_all")]
     >>> "gemm.per_head_gemm_backward(" in step, "gemm.weight_cotangent(" in step
     (True, False)
 """
@@ -140,9 +140,9 @@ class _Pass:
         if self.mode == "step" and all(f is not None and not f[2] and self.w.vec_rows.get(f[1]) for f in factors):
             # per step: one stack and one product instead of a product per part and a stack (the
             # products are dead then); for all steps at once the products are read elsewhere too
-            seeds = self.assign(
-                self.temp(), f"ops.join_parts([{', '.join(f[0] for f in factors)}], {shape}, {axis}, {count}, {drop})"
-            )
+            # every seed has the part's shape (each product was in place): one stack, no checks
+            join = "torch.stack" if drop else "torch.cat"
+            seeds = self.assign(self.temp(), f"{join}([{', '.join(f[0] for f in factors)}], {2 + axis})")
             partials = self.w.joined([f[1] for f in factors], shape, axis, count, drop)
             return self._product(seeds, partials, False)
         listed = ", ".join(grads.get(i, "None") for i in range(count))

@@ -36,6 +36,7 @@ from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.binding import ShapeBinder
 from rnnc.runtime.custom_ops import register
+from rnnc.runtime.fused_codegen import fusion_pays
 from rnnc.runtime.loop_codegen import loop_source
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.varlen import each_sequence, sequence_bounds
@@ -84,7 +85,7 @@ class ReferenceRunner:
         register(self)  # the custom ops find it by its token under torch.compile
         self._forward = None
         self._backward = None
-        self._fused = None if mode == "fused" and plan.strategy == "sequential" else False
+        self._fused = None if mode == "fused" and fusion_pays(plan) else False
 
     @property
     def forward_text(self) -> str:
