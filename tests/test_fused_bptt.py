@@ -1,0 +1,163 @@
+"""The reference's fused BPTT (the default backward of sequential cells with a GEMM in the step)
+against the plain autograd loop (``backend="reference-autograd"``): outputs, final states and the
+gradient of every input, weight and initial state to 1e-12 in float64, on every sequential zoo and
+paper cell, at T = 1 and T = 37 with odd dims; the generator on every other cell too (forced, since
+it is not their default); its structure; where it does not run; and what it refuses.
+
+The independent references (the papers' float64 loops, torch.nn) check the default reference,
+hence this path, in tests/test_zoo.py and tests/test_paper_cells.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cells import all_gradients, random_call, rel_err
+from conftest import PAPER_CELLS, ZOO
+from refs import data
+
+import rnnc
+from rnnc.runtime import fused_bptt
+
+FUSED = ["elman", "gated_accumulator", "gru", "lmu", "lstm", "lti", "slstm"]  # fusion_pays: the default
+SEQUENTIAL_UNFUSED = ["indrnn", "m2rnn", "tanh_accumulator"]
+TIGHT = 1e-12
+
+
+def _pair(name: str):
+    return (
+        rnnc.compile(f"examples/{name}.rnn", backend="reference-autograd"),
+        rnnc.compile(f"examples/{name}.rnn", backend="reference"),
+    )
+
+
+def _draw(cell, seed: int, **config):
+    torch.manual_seed(seed)
+    tensors, states = random_call(cell.plan.ir, positive=("dt", "e"), **config)
+    if cell.name == "slstm":  # the normaliser state must start positive
+        states["n"] = (states["n"].detach().abs() + 1).requires_grad_()
+    return tensors, states
+
+
+def _compare(plain, fused, seed: int, **config) -> None:
+    tensors, states = _draw(plain, seed, **config)
+    leaves = [*tensors.values(), *states.values()]
+    results = []
+    for cell in (plain, fused):
+        out = cell(state=states, **tensors)
+        results.append((out, all_gradients(out.outputs, out.state, leaves, seed)))
+    (ours_plain, grads_plain), (ours, grads) = results
+    assert any(type(v.grad_fn).__name__ == "FusedBackpropBackward" for v in ours.outputs.values()), "did not fuse"
+    where = f"{plain.name}, seed {seed}, {config}"
+    for key in ours_plain.outputs:
+        assert rel_err(ours.outputs[key], ours_plain.outputs[key]) < TIGHT, (where, key)
+    for key in ours_plain.state:
+        assert rel_err(ours.state[key], ours_plain.state[key]) < TIGHT, (where, key)
+    for name, expected, got in zip([*tensors, *(f"state {s}" for s in states)], grads_plain, grads):
+        assert expected is not None and got is not None, (where, name)
+        assert expected.norm() > 0, f"{where}: the gradient of {name} is zero, the check would prove nothing"
+        assert rel_err(got, expected) < TIGHT, (where, name, rel_err(got, expected))
+
+
+def test_the_lists_are_the_sequential_cells_and_the_default():
+    sequential = {n for n in ZOO + PAPER_CELLS if _pair(n)[0].strategy == "sequential"}
+    assert sequential == set(FUSED) | set(SEQUENTIAL_UNFUSED)
+    assert {n for n in sequential if _pair(n)[1]._runner._fused is not False} == set(FUSED)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_matches_the_autograd_loop_at_one_step(name):
+    _compare(*_pair(name), data.fresh_seed(), B=3, T=1, NH=2)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_matches_the_autograd_loop_at_37_steps_and_odd_dims(name):
+    plain, fused = _pair(name)
+    dims = {d: (24 if i == 0 else 48) for i, d in enumerate(plain.plan.ir.dims)}
+    _compare(plain, fused, data.fresh_seed(), B=3, T=37, NH=2, dims=dims, scale=0.3)
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO + PAPER_CELLS if n not in FUSED])
+def test_the_generator_is_right_where_it_is_not_the_default(name):
+    plain, fused = _pair(name)
+    fused._runner._fused = None  # build the fused module anyway
+    _compare(plain, fused, data.fresh_seed(), B=2, T=5, NH=2)
+
+
+def test_lstm_backward_has_one_gemm_per_step_and_one_for_the_weight():
+    cell = rnnc.compile("examples/lstm.rnn", backend="reference")
+    text = cell._runner.fused_text if cell._runner.fused is not None else ""
+    forward = text[text.index("def forward(") : text.index("def linearise(")]
+    loop = text[text.index("def backward(") : text.index("def reverse_all(")]
+    after = text[text.index("def reverse_all(") :]
+    assert forward.count("gemm.per_head_gemm_add(") == 1 and "in_x" not in forward  # x + b inside the GEMM
+    assert loop.count("gemm.per_head_gemm_backward(") == 1 and "weight_cotangent" not in loop
+    assert after.count("gemm.weight_cotangent(") == 1  # R's cotangent: one GEMM over all B * T rows
+    assert "autograd" not in text.replace("no autograd", "")
+
+
+def test_where_it_does_not_run():
+    cell = rnnc.compile("examples/lstm.rnn", backend="reference")
+    tensors, states = _draw(cell, data.fresh_seed(), B=2, T=4, NH=1)
+    with torch.no_grad():
+        assert cell(state=states, **tensors).h.grad_fn is None
+    frozen = {k: v.detach() for k, v in tensors.items()}
+    assert cell(state={k: v.detach() for k, v in states.items()}, **frozen).h.grad_fn is None
+    for name in SEQUENTIAL_UNFUSED:
+        other = rnnc.compile(f"examples/{name}.rnn", backend="reference")
+        out = other(state=_draw(other, 1, B=2, T=3, NH=1)[1], **_draw(other, 1, B=2, T=3, NH=1)[0])
+        assert all(type(v.grad_fn).__name__ != "FusedBackpropBackward" for v in out.outputs.values())
+
+
+def test_only_the_initial_state_needs_a_gradient():
+    plain, fused = _pair("gru")
+    tensors, states = _draw(plain, data.fresh_seed(), B=3, T=6, NH=2)
+    tensors = {k: v.detach() for k, v in tensors.items()}
+    grads = []
+    for cell in (plain, fused):
+        out = cell(state=states, **tensors)
+        grads.append(torch.autograd.grad((out.h**2).sum() + out.state["h"].sum(), states["h"]))
+    assert rel_err(grads[1][0], grads[0][0]) < TIGHT
+
+
+def test_retain_graph_backward_twice_and_a_changed_output_refused():
+    cell = rnnc.compile("examples/lstm.rnn", backend="reference")
+    tensors, states = _draw(cell, data.fresh_seed(), B=2, T=5, NH=1)
+    out = cell(state=states, **tensors)
+    loss = (out.h**2).sum()
+    first = torch.autograd.grad(loss, tensors["R"], retain_graph=True)[0]
+    assert torch.equal(torch.autograd.grad(loss, tensors["R"])[0], first)
+    out = cell(state=states, **tensors)
+    out.h.mul_(2)  # the backward reads the outputs it returned: autograd's version check says so
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (out.h**2).sum().backward()
+
+
+def test_a_second_derivative_is_refused_not_wrong():
+    cell = rnnc.compile("examples/elman.rnn", backend="reference")
+    tensors, states = _draw(cell, data.fresh_seed(), B=2, T=3, NH=1)
+    (g,) = torch.autograd.grad((cell(state=states, **tensors).h ** 2).sum(), tensors["x"], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+    plain = rnnc.compile("examples/elman.rnn", backend="reference-autograd")  # has second derivatives
+    (g,) = torch.autograd.grad((plain(state=states, **tensors).h ** 2).sum(), tensors["x"], create_graph=True)
+    g.sum().backward()
+
+
+def test_the_compiled_custom_op_backward_is_the_fused_one(monkeypatch):
+    cell = rnnc.compile("examples/lstm.rnn", backend="reference")
+    tensors, states = _draw(cell, data.fresh_seed(), B=2, T=4, NH=1)
+    calls = []
+    original = fused_bptt.fused_gradients
+    monkeypatch.setattr(fused_bptt, "fused_gradients", lambda *a: calls.append(1) or original(*a))
+
+    def loss(tensors, states):
+        out = cell(state=states, **tensors)
+        return (out.h.double() ** 2).sum() + out.state["c"].double().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    leaves = [*tensors.values(), *states.values()]
+    grads = torch.autograd.grad(compiled(tensors, states), leaves)
+    eager = torch.autograd.grad(loss(tensors, states), leaves)
+    assert calls and all(rel_err(g, e) < 1e-10 for g, e in zip(grads, eager))
