@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import sympy
 
-from rnnc.runtime.loop_codegen import LOOP, gemm_side
+from rnnc.runtime.loop_codegen import gemm_side
+from rnnc.runtime.loop_writer import LOOP
 
 
 def fold_gemm_biases(writer) -> None:

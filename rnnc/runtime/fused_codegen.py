@@ -30,18 +30,8 @@ import sympy
 
 from rnnc.compiler import Plan
 from rnnc.compiler.derivatives import derive
-from rnnc.runtime.loop_codegen import (
-    CONST,
-    LOOP,
-    SEQ,
-    _atom_phases,
-    _cse,
-    _Writer,
-    emit_forward,
-    forward_items,
-    gemm_side,
-    view_code,
-)
+from rnnc.runtime.loop_codegen import _atom_phases, _cse, emit_forward, forward_items, gemm_side
+from rnnc.runtime.loop_writer import CONST, LOOP, SEQ, _Writer, view_code
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.names import internal, prefixed
 

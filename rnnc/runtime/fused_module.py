@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from rnnc.runtime.fused_codegen import HEADER, VEC
 from rnnc.runtime.fused_reverse import identifiers, prune
-from rnnc.runtime.loop_codegen import CONST, LOOP, SEQ, _pack, _unpack
+from rnnc.runtime.loop_codegen import _pack, _unpack
+from rnnc.runtime.loop_writer import CONST, LOOP, SEQ
 from rnnc.templates.names import derived
 
 

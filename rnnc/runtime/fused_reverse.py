@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 
 from rnnc.compiler.shapes import same_shape
-from rnnc.runtime.loop_codegen import SEQ, _emission_order, _full_shape, _pack
+from rnnc.runtime.loop_codegen import _emission_order, _full_shape, _pack
+from rnnc.runtime.loop_writer import SEQ
 from rnnc.runtime.torch_printer import to_torch
 from rnnc.templates.names import comment, derived, prefixed
 
