@@ -181,6 +181,8 @@ def test_lstm_backward_has_one_gemm_per_step_and_one_for_the_weight():
     assert forward.count("gemm.per_head_gemm_add(") == 1 and "in_x" not in forward  # x + b inside the GEMM
     assert loop.count("gemm.per_head_gemm_backward(") == 1 and "weight_cotangent" not in loop
     assert after.count("gemm.weight_cotangent(") == 1  # R's cotangent: one GEMM over all B * T rows
+    # the GEMM result's cotangent kept by the backward, every step: nothing computed again for x, R, b
+    assert "kept0[t] = " in loop and "ALL_CARRIES = ()" in text and "join_parts" not in after
     assert "autograd" not in text.replace("no autograd", "")
 
 

@@ -104,11 +104,13 @@ def fused_backward(runner, call: Call, tape: Tape, flat, d_outputs, d_finals, we
     dout_steps = [g.unbind(1) for g in douts]
     carry = tuple(torch.zeros_like(s) if g is None else g.to(cdt) for g, s in zip(d_finals, history[-1]))
     consts = tape.consts
-    carry, carries = module.backward(consts, row_steps, fixed, carry, dout_steps, T, B, like)
+    carry, carries, kept = module.backward(consts, row_steps, fixed, carry, dout_steps, T, B, like)
     grads: list[torch.Tensor | None] = [None] * (n_in + n_w)
     if weights_too:
-        carry_rows = [_rows([c[i] for c in carries]) for i in range(n_s)]
-        d_in, d_w = module.reverse_all(consts, rows, fixed, carry_rows, [g.flatten(0, 1) for g in douts], B * T, like)
+        carry_rows = [_rows([c[j] for c in carries]) for j in range(len(module.ALL_CARRIES))]
+        kept_rows = [_rows(steps) for steps in kept]
+        d_out = [g.flatten(0, 1) for g in douts]
+        d_in, d_w = module.reverse_all(consts, rows, fixed, carry_rows, d_out, kept_rows, B * T, like)
         for i, g in enumerate(d_in):
             if g is not None:
                 grads[i] = g.reshape(B, T, *g.shape[1:]).expand(flat[i].shape).to(flat[i].dtype)

@@ -13,9 +13,9 @@ from the partials of the marked IR (:func:`rnnc.compiler.derivatives.derive`), w
 * ``backward(consts, rows, fixed, carry, douts, steps, batch, like)``: the loop over time in
   reverse, only along the states: each step from the cotangents of the new states (``carry``) and
   of the outputs at that step to those of the previous states, one GEMM per ``weight @ state``;
-* ``reverse_all(...)``: the same step for all steps at once, given every step's carry, to the
-  inputs (every row) and the weights (summed: a weight matrix's cotangent is one GEMM over
-  all B * T rows).
+* ``reverse_all(...)``: the same step for all steps at once, given every step's carry and the
+  GEMM results' cotangents that ``backward`` kept, to the inputs (every row) and the weights
+  (summed: a weight matrix's cotangent is one GEMM over all B * T rows).
 
 Example:
     >>> from rnnc.compiler import analyse_source
@@ -297,6 +297,8 @@ def fused_source(plan: Plan) -> str:
         var, _, code = line.strip().partition(" = ")
         if var in results[0] and code.split("  #")[0] in writer.loop_defined:
             writer.aliases.setdefault(code.split("  #")[0], var)
-    step_lines, step_returns = write_reverse(writer, "step")
-    all_lines, all_returns = write_reverse(writer, "all")
-    return module_text(plan, writer, results, (step_lines, step_returns), (all_lines, all_returns))
+    step_lines, step_returns, per_step = write_reverse(writer, "step")
+    given = {name: f"cot_{writer.atom_var[name]}" for name in per_step}  # their values for all steps
+    all_lines, all_returns, _ = write_reverse(writer, "all", given)
+    kept = [(per_step[name], var) for name, var in given.items()]
+    return module_text(plan, writer, results, (step_lines, step_returns), (all_lines, all_returns), kept)

@@ -26,9 +26,10 @@ def _names(packed: str) -> list[str]:
     return [n.strip() for n in packed.strip("()").split(",") if n.strip()]
 
 
-def module_text(plan, writer, results, step_pass, all_pass) -> str:
+def module_text(plan, writer, results, step_pass, all_pass, kept: list[tuple[str, str]]) -> str:
     """The module's text; ``results`` are the step's new states' and outputs' variables, the passes
-    (lines, return expression) of :func:`rnnc.runtime.fused_reverse.write_reverse`."""
+    (lines, return expression) of :func:`rnnc.runtime.fused_reverse.write_reverse`, ``kept`` the
+    step pass's variables that the backward keeps for every step and their names in ``reverse_all``."""
     ir = plan.ir
     passes_read = set()
     for lines, returns in (step_pass, all_pass):
@@ -60,12 +61,16 @@ def module_text(plan, writer, results, step_pass, all_pass) -> str:
         code = code.split("  # ")[0]
         if var in results[1] and code in results[0]:
             outputs_news.setdefault(results[0].index(code), results[1].index(var))
+    all_read = identifiers(all_pass[1]).union(*(identifiers(line) for line in all_pass[0]))
+    carries = [i for i, d in enumerate(ir.states) if derived("carry", user=d.name) in all_read]
+    kept = [(step, var) for step, var in kept if var in all_read]
     text = HEADER.format(cell=ir.cell, key=plan.key())
     text += f"# linearise reads the previous states {tuple(vec_states)} and the new states {tuple(vec_news)};\n"
     text += "# the new states that are outputs, as (state, output):\n"
     text += f"LINEARISE_STATES = {tuple(vec_states)!r}\nLINEARISE_NEWS = {tuple(vec_news)!r}\n"
     text += f"OUTPUT_NEWS = {tuple(sorted(outputs_news.items()))!r}\n"
-    text += f"# the rows of linearise that backward reads, one step at a time\nSTEP_ROWS = {tuple(step_rows)!r}\n\n"
+    text += f"# the rows of linearise that backward reads, one step at a time\nSTEP_ROWS = {tuple(step_rows)!r}\n"
+    text += f"# the states whose carries into every step reverse_all reads\nALL_CARRIES = {tuple(carries)!r}\n\n"
     text += "\ndef prepare(weights, sizes, like):\n" + "".join(line + "\n" for line in const_lines)
     text += f"    return {_pack(consts)}\n\n\n"
     text += "def prologue(inputs, consts, like):\n" + _unpack(consts, "consts")
@@ -78,12 +83,13 @@ def module_text(plan, writer, results, step_pass, all_pass) -> str:
     text += _unpack([states[i] for i in vec_states], "states") + _unpack([news[i] for i in vec_news], "news")
     text += _unpack(saved, "saved") + "".join(line + "\n" for line in vec_lines)
     text += f"    return {_pack(rows)}, {_pack(fixed)}\n\n\n"
-    text += _backward(ir, consts, [rows[i] for i in step_rows], fixed, step_pass)
-    text += "def reverse_all(consts, rows, fixed, carry, dout, batch, like):\n"
-    text += "    # every step at once: the cotangents of the inputs and the weights\n"
+    text += _backward(ir, consts, [rows[i] for i in step_rows], fixed, step_pass, carries, [s for s, _ in kept])
+    text += "def reverse_all(consts, rows, fixed, carry, dout, kept, batch, like):\n"
+    text += "    # every step at once: the cotangents of the inputs and the weights (kept: what the\n"
+    text += "    # backward kept of every step, the cotangents of its weight @ state GEMMs)\n"
     text += _unpack(consts, "consts") + _unpack(rows, "rows") + _unpack(fixed, "fixed")
-    text += _unpack([derived("carry", user=d.name) for d in ir.states], "carry")
-    text += _unpack([derived("dout", user=o.name) for o in ir.outputs], "dout")
+    text += _unpack([derived("carry", user=ir.states[i].name) for i in carries], "carry")
+    text += _unpack([derived("dout", user=o.name) for o in ir.outputs], "dout") + _unpack([v for _, v in kept], "kept")
     text += "".join(line + "\n" for line in all_pass[0])
     text += f"    return {all_pass[1]}\n"
     return text
@@ -106,14 +112,15 @@ def _forward(ir, consts, seqs, states, lines, results, saved) -> str:
     return text + f"    return history, saved, {outs}\n\n\n"
 
 
-def _backward(ir, consts, rows, fixed, step_pass) -> str:
+def _backward(ir, consts, rows, fixed, step_pass, carries: list[int], kept: list[str]) -> str:
     carry = [derived("carry", user=d.name) for d in ir.states]
     dout = [derived("dout", user=o.name) for o in ir.outputs]
     returns = _names(step_pass[1])
     text = "def backward(consts, rows, fixed, carry, douts, steps, batch, like):\n"
     text += "    # the loop over time in reverse, along the states only: from the cotangents of the\n"
     text += "    # final states (carry) and of every step's outputs (per-step values) to those of the\n"
-    text += "    # initial states; returns them and the carry into every step (the new states' cotangents)\n"
+    text += "    # initial states; returns them, the carry into every step (the new states' cotangents) of\n"
+    text += "    # the states in ALL_CARRIES and every step's values of the variables reverse_all reads (kept)\n"
     text += _unpack(consts, "consts") + _unpack(fixed, "fixed")
     text += _unpack([f"row{i}" for i in range(len(rows))], "rows")
     text += _unpack([f"dout{i}" for i in range(len(dout))], "douts") + _unpack(carry, "carry")
@@ -122,11 +129,13 @@ def _backward(ir, consts, rows, fixed, step_pass) -> str:
         if var == "None":  # no path from the new state back to the previous one
             zero[name] = f"zero{len(zero)}"
             text += f"    {zero[name]} = torch.zeros_like({name})\n"
-    text += "    carries = [None] * steps\n    for t in range(steps - 1, -1, -1):\n"
-    body = [f"    carries[t] = {_pack(carry)}"] if carry else ["    carries[t] = ()"]
+    text += "    carries = [None] * steps\n" + "".join(f"    kept{i} = [None] * steps\n" for i in range(len(kept)))
+    text += "    for t in range(steps - 1, -1, -1):\n"
+    body = [f"    carries[t] = {_pack([carry[i] for i in carries])}" if carries else "    carries[t] = ()"]
     body += [f"    {var} = row{i}[t]" for i, var in enumerate(rows)]
     body += [f"    {var} = dout{i}[t]" for i, var in enumerate(dout)] + step_pass[0]
+    body += [f"    kept{i}[t] = {var}" for i, var in enumerate(kept)]
     text += _indented(body)
     if carry:
         text += f"        {', '.join(carry)} = {', '.join(zero.get(c, r) for r, c in zip(returns, carry))}\n"
-    return text + f"    return {_pack(carry)}, carries\n\n\n"
+    return text + f"    return {_pack(carry)}, carries, {_pack([f'kept{i}' for i in range(len(kept))])}\n\n\n"

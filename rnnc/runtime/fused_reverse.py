@@ -7,7 +7,10 @@ each pointwise expression sends ``seed * partial`` to every atom it reads that l
 (cotangents an atom receives with one partial are summed first, and equal products are written
 once), then each structural atom applies its adjoint: a ``weight @ state`` GEMM sends
 ``g @ weight`` to its vector and, in ``all``, one GEMM over every row to its weight; the parts of a
-split are joined into their parent with one stack.
+split are joined into their parent with one stack. The ``step`` pass names each GEMM result's
+cotangent, which the backward keeps for every step; ``all`` reads those instead of computing them
+again, and a weight whose parts each add to a part of such a result (LSTM's ``b``) sums it over
+the rows, so the products and carries that only fed them are not computed at all.
 
 Example:
     >>> from rnnc.compiler import analyse_source
@@ -33,7 +36,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Pass:
-    def __init__(self, writer, mode: str):
+    def __init__(self, writer, mode: str, given: dict[str, str] | None = None):
         self.w = writer
         self.ir = writer.ir
         self.mode = mode
@@ -47,6 +50,11 @@ class _Pass:
         self.factors: dict[str, tuple[str, str, bool]] = {}  # product variable -> (seed, partial, a number)
         self.temps = 0
         self.reach = self._reach(TARGETS[mode])
+        self.given = given or {}  # all: atom -> the variable of its cotangent, kept per step by the step pass
+        self.gemm_cotangents: dict[str, str] = {}  # step: GEMM atom -> the variable of its cotangent
+        self.join_codes: dict[tuple, str] = {}  # (parts' cotangents, axis, count, drop) -> the first join's code
+        self.row_sums: dict[str, str] = {}  # a weight's cotangent -> the product that it sums over the rows
+        self.kept_products: dict[str, str] = {}  # a product equal to a given cotangent -> that cotangent
 
     # ------------------------------------------------------------ which atoms lead to a target
 
@@ -112,6 +120,7 @@ class _Pass:
         for seed, *rest in terms:
             groups.setdefault(tuple(rest), []).append(seed)
         pieces = [] if base is None else [base]
+        summed = None  # the product, when the cotangent is one product summed over the rows (a weight's)
         for (code, number, axes, rank, shape, full), seeds in groups.items():
             seed = seeds[0] if len(seeds) == 1 else self.assign(self.temp(), " + ".join(seeds))
             product = self._product(seed, code, number)
@@ -119,12 +128,23 @@ class _Pass:
                 pieces.append(product)
             else:
                 pieces.append(f"ops.unview_to({product}, {axes!r}, {rank}, {self._shape(atom)})")
+                if self._in_place(atom, axes, rank, shape, full, batched=True):
+                    summed = product
         for (axis, count, drop), grads in joins.items():
             pieces.append(self._join(atom, grads, axis, count, drop))
         if var is None:
             var = self.w.atom_var[name]
             var = f"g{var}" if var[1:].isdigit() else prefixed("g", var)
-        return self.assign(var, self._sum(pieces), f"d {name}")
+        code = self._sum(pieces)
+        if name in self.given:  # the step pass kept it, step by step: the products here die unless read elsewhere
+            self.rendered.setdefault(code, self.given[name])
+            if code in self.factors:  # one product: whoever reads it reads the kept value
+                self.kept_products[code] = self.given[name]
+            return self.given[name]
+        var = self.assign(var, code, f"d {name}")
+        if summed is not None and len(pieces) == 1:
+            self.row_sums[var] = summed
+        return var
 
     def _sum(self, pieces: list[str]) -> str:
         products = [p for p in pieces if p in self.factors and not self.factors[p][2]]
@@ -146,8 +166,24 @@ class _Pass:
             seeds = self.assign(self.temp(), f"{join}([{', '.join(f[0] for f in factors)}], {2 + axis})")
             partials = self.w.joined([f[1] for f in factors], shape, axis, count, drop)
             return self._product(seeds, partials, False)
+        summed = [self.row_sums.get(grads.get(i)) for i in range(count)]
+        if all(summed):  # each part a product summed over the rows: the rows' join, summed once
+            rows = self._joined(summed, f"(batch,) + {self.w.tail(atom.name)}", axis, count, drop)
+            return f"ops.fit_cotangent({rows}, {shape})"
+        if all(i in grads for i in range(count)):
+            return self._joined([grads[i] for i in range(count)], shape, axis, count, drop)
         listed = ", ".join(grads.get(i, "None") for i in range(count))
         return f"ops.join_parts([{listed}], {shape}, {axis}, {count}, {drop})"
+
+    def _joined(self, grads: list[str], shape: str, axis: int, count: int, drop: int) -> str:
+        """The join of every part's cotangent: the variable of an equal join (the same cotangents,
+        whatever the shape's spelling) when there is one, else its code (assigned when it is not
+        the whole of a cotangent)."""
+        key = (tuple(grads), axis, count, drop)
+        listed = ", ".join(grads)
+        code = self.join_codes.setdefault(key, f"ops.join_parts([{listed}], {shape}, {axis}, {count}, {drop})")
+        known = self.rendered.get(code)
+        return known if known is not None else code
 
     def _product(self, seed: str, code: str, number: bool) -> str:
         """The variable of ``seed * partial`` (a number or a VEC variable); its factors are remembered."""
@@ -158,16 +194,17 @@ class _Pass:
         else:
             var = self.assign(self.temp(), f"{seed} * ({code})" if code.startswith("-") else f"{seed} * {code}")
         self.factors.setdefault(var, (seed, code, number))
-        return var
+        return self.kept_products.get(var, var)
 
     def _batched(self, atom) -> bool:
         return atom.op in ("state", "new") or self.w.atom_phase[atom.name] >= SEQ
 
-    def _in_place(self, atom, axes, rank: int, shape, full: bool) -> bool:
-        """Whether a term already has the atom's layout (a plain view of the same shape, every row)."""
+    def _in_place(self, atom, axes, rank: int, shape, full: bool, batched: bool = False) -> bool:
+        """Whether a term already has the atom's layout (a plain view of the same shape, every row);
+        ``batched``: but for the rows, which a weight's cotangent sums."""
         own = len(atom.shape)
         plain = rank == own and tuple(axes) == tuple(range(-own, 0))
-        return full and plain and same_shape(tuple(shape), tuple(atom.shape)) and self._batched(atom)
+        return full and plain and same_shape(tuple(shape), tuple(atom.shape)) and (batched or self._batched(atom))
 
     def _shape(self, atom) -> str:
         return f"({'batch' if self._batched(atom) else 1},) + {self.w.tail(atom.name)}"
@@ -233,9 +270,12 @@ class _Pass:
         return _full_shape(self.w, atom.args[i], atom.arg_shapes[i])
 
 
-def write_reverse(writer, mode: str) -> tuple[list[str], str]:
-    """(lines, return expression) of the ``step`` or ``all`` pass (see the module docstring)."""
-    p = _Pass(writer, mode)
+def write_reverse(writer, mode: str, given: dict[str, str] | None = None) -> tuple[list[str], str, dict]:
+    """(lines, return expression, GEMM cotangents) of the ``step`` or ``all`` pass (see the module
+    docstring). The step pass names the variable of each ``weight @ state`` result's cotangent
+    (atom -> variable); the all pass reads ``given`` ones (atom -> variable of all steps' values)
+    instead of computing them again."""
+    p = _Pass(writer, mode, given)
     ir = writer.ir
     for r in ir.outputs:
         p.propagate(("output", r.name, 0), derived("dout", user=r.name), True)
@@ -252,6 +292,8 @@ def write_reverse(writer, mode: str) -> tuple[list[str], str]:
         elif p.reach[name]:
             g = p.materialize(name)
             if g is not None:
+                if mode == "step" and name in writer.gemms:
+                    p.gemm_cotangents[name] = g
                 p.adjoint(ir.atom(name), g)
     if mode == "step":
         returns = _pack([p.materialize(d.name) or "None" for d in ir.states])
@@ -259,7 +301,7 @@ def write_reverse(writer, mode: str) -> tuple[list[str], str]:
         inputs = [p.materialize(d.name) or "None" for d in ir.inputs]
         weights = [p.materialize(d.name) or "None" for d in ir.weights]
         returns = f"{_pack(inputs)}, {_pack(weights)}"
-    return prune(p.lines, identifiers(returns)), returns
+    return prune(p.lines, identifiers(returns) | set(p.gemm_cotangents.values())), returns, p.gemm_cotangents
 
 
 def identifiers(code: str) -> set[str]:
