@@ -40,7 +40,6 @@ class Tape:
     history: list
     saved: list
     like: torch.Tensor
-    outputs: list  # stacked [B, T, ...]: the new states that are outputs, when in the compute dtype
 
 
 def sizes_of(plan, call: Call) -> dict:
@@ -73,47 +72,77 @@ def fused_forward(runner, call: Call, flat: list[torch.Tensor]):
     states = tuple(flat[n_in + n_w + i].to(cdt) for i in range(n_s))
     history, saved, outputs = module.forward(consts, seqs, states, T, B, like)
     stacked = [torch.stack(acc, dim=1).to(call.dtype) for acc in outputs]
-    given = {id(t) for t in flat}
-    finals = [s.clone() if id(s) in given else s for s in history[-1]]
-    return stacked, finals, Tape(consts, back_seqs, history, saved, like, stacked)
+    finals = [s.clone() for s in history[-1]]  # the tape keeps the last states: the caller gets its own
+    return stacked, finals, Tape(consts, back_seqs, history, saved, like)
 
 
-def _rows(steps: list[torch.Tensor]) -> torch.Tensor:
-    """Per-step tensors ``[B, ...]`` as one ``[B * T, ...]`` (row ``b * T + t``, as the prologue's)."""
-    return torch.stack(steps, dim=1).flatten(0, 1)
+PIECE = 1 << 16  # linearise runs on pieces of time whose widest per-step value has about this many entries
+
+
+def piece_steps(history: list, saved: list) -> int:
+    """How many steps one piece of the backward holds: :data:`PIECE` entries of its widest value.
+
+    Example:
+        >>> piece_steps([(torch.zeros(16, 1, 128),)], [(torch.zeros(16, 1, 512),)])
+        8
+    """
+    widest = max([t.numel() for t in (*history[0], *saved[0])], default=1)
+    return max(1, PIECE // max(widest, 1))
+
+
+def _time_rows(steps) -> torch.Tensor:
+    """Per-step tensors ``[B, ...]`` as one ``[n * B, ...]``, time-major (row ``t * B + b``)."""
+    return torch.stack(list(steps), dim=0).flatten(0, 1)
 
 
 def fused_backward(runner, call: Call, tape: Tape, flat, d_outputs, d_finals, weights_too: bool = True):
-    """Cotangents of every flat argument (inputs, weights, initial states); a cotangent may be None."""
+    """Cotangents of every flat argument (inputs, weights, initial states); a cotangent may be None.
+
+    Time is walked backwards in pieces of a few steps: ``linearise`` evaluates the partials of a
+    piece's B * n rows at once (small enough to stay in cache, where all T steps at once would
+    send a dozen temporaries of B * T rows through memory), then ``backward`` runs the piece's
+    steps. ``reverse_all`` gets every step's rows time-major (row ``t * B + b``).
+    """
     module, plan = runner.fused, runner.plan
     n_in, n_w, n_s = _counts(plan)
-    cdt, B, T, like = call.compute_dtype, call.B, call.T, tape.like
-    history, as_outputs = tape.history, dict(module.OUTPUT_NEWS)
-    prev = [_rows([h[i] for h in history[:-1]]) for i in module.LINEARISE_STATES]
-    news = []
-    for i in module.LINEARISE_NEWS:
-        out = tape.outputs[as_outputs[i]] if i in as_outputs else None
-        news.append(out.flatten(0, 1) if out is not None and out.dtype == cdt else _rows([h[i] for h in history[1:]]))
-    saved = [_rows([k[j] for k in tape.saved]) for j in range(len(tape.saved[0]))]
-    rows, fixed = module.linearise(tape.consts, tape.seqs, prev, news, saved, B * T, like)
-    row_steps = [rows[i].unflatten(0, (B, T)).unbind(1) for i in module.STEP_ROWS]
+    cdt, B, T, like, consts = call.compute_dtype, call.B, call.T, tape.like, tape.consts
+    history, saved = tape.history, tape.saved
+    per_row = [s.dim() > 0 and s.shape[0] == B * T for s in tape.seqs]
+    seqs = [s.unflatten(0, (B, T)) if row else s for s, row in zip(tape.seqs, per_row)]
     douts = [
         torch.zeros((B, T, call.NH, *call.shape_of(o.shape)), dtype=cdt, device=call.device) if g is None else g.to(cdt)
         for g, o in zip(d_outputs, plan.ir.outputs)
     ]
     dout_steps = [g.unbind(1) for g in douts]
     carry = tuple(torch.zeros_like(s) if g is None else g.to(cdt) for g, s in zip(d_finals, history[-1]))
-    consts = tape.consts
-    carry, carries, kept = module.backward(consts, row_steps, fixed, carry, dout_steps, T, B, like)
+    span = piece_steps(history, saved)
+    pieces = []  # (rows reverse_all reads, carries, kept values) of each piece, the last piece first
+    for start in range(((T - 1) // span) * span, -1, -span):
+        stop = min(T, start + span)
+        n = stop - start
+        prev = [_time_rows(h[i] for h in history[start:stop]) for i in module.LINEARISE_STATES]
+        news = [_time_rows(h[i] for h in history[start + 1 : stop + 1]) for i in module.LINEARISE_NEWS]
+        keep = [_time_rows(k[j] for k in saved[start:stop]) for j in range(len(saved[0]))]
+        piece_seqs = [s[:, start:stop].transpose(0, 1).flatten(0, 1) if row else s for s, row in zip(seqs, per_row)]
+        rows, fixed = module.linearise(consts, piece_seqs, prev, news, keep, n * B, like)
+        row_steps = [rows[i].unflatten(0, (n, B)).unbind(0) for i in module.STEP_ROWS]
+        piece_douts = [d[start:stop] for d in dout_steps]
+        carry, carries, kept = module.backward(consts, row_steps, fixed, carry, piece_douts, n, B, like)
+        pieces.append(([rows[i] for i in module.ALL_ROWS], carries, kept))
     grads: list[torch.Tensor | None] = [None] * (n_in + n_w)
     if weights_too:
-        carry_rows = [_rows([c[j] for c in carries]) for j in range(len(module.ALL_CARRIES))]
-        kept_rows = [_rows(steps) for steps in kept]
-        d_out = [g.flatten(0, 1) for g in douts]
-        d_in, d_w = module.reverse_all(consts, rows, fixed, carry_rows, d_out, kept_rows, B * T, like)
+        pieces.reverse()
+        all_rows: list[torch.Tensor | None] = [None] * len(rows)
+        for j, i in enumerate(module.ALL_ROWS):
+            all_rows[i] = torch.cat([p[0][j] for p in pieces])
+        carries = [c for p in pieces for c in p[1]]
+        carry_rows = [_time_rows(c[j] for c in carries) for j in range(len(module.ALL_CARRIES))]
+        kept_rows = [_time_rows(v for p in pieces for v in p[2][j]) for j in range(len(kept))]
+        d_out = [_time_rows(dout_steps[i]) if i in module.ALL_DOUTS else None for i in range(len(douts))]
+        d_in, d_w = module.reverse_all(consts, all_rows, fixed, carry_rows, d_out, kept_rows, B * T, like)
         for i, g in enumerate(d_in):
-            if g is not None:
-                grads[i] = g.reshape(B, T, *g.shape[1:]).expand(flat[i].shape).to(flat[i].dtype)
+            if g is not None:  # time-major rows back to [B, T, ...]
+                grads[i] = g.unflatten(0, (T, B)).transpose(0, 1).expand(flat[i].shape).to(flat[i].dtype)
         for i, g in enumerate(d_w):
             if g is not None:
                 grads[n_in + i] = g.squeeze(0).expand(flat[n_in + i].shape).to(flat[n_in + i].dtype)
@@ -129,16 +158,14 @@ class FusedBackprop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner, call, *flat):
         outputs, finals, tape = fused_forward(runner, call, list(flat))
-        tape.outputs = []  # read back from save_for_backward, which checks that nothing changed them
-        ctx.runner, ctx.call, ctx.tape, ctx.n_flat = runner, call, tape, len(flat)
-        ctx.save_for_backward(*flat, *outputs)
+        ctx.runner, ctx.call, ctx.tape = runner, call, tape  # the tape: tensors no caller sees
+        ctx.save_for_backward(*flat)
         return (*outputs, *finals)
 
     @staticmethod
     @once_differentiable  # the backward runs no autograd: a second derivative is refused, not wrong
     def backward(ctx, *grads):
-        saved = ctx.saved_tensors
-        flat, ctx.tape.outputs = saved[: ctx.n_flat], list(saved[ctx.n_flat :])
+        flat = ctx.saved_tensors
         runner, call = ctx.runner, ctx.call
         n_in, n_w, _ = _counts(runner.plan)
         n_out = len(runner.plan.ir.outputs)

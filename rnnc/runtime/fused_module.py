@@ -55,22 +55,18 @@ def module_text(plan, writer, results, step_pass, all_pass, kept: list[tuple[str
     read = read.union(*(identifiers(line) for line in seq_lines))
     consts = [v for v in dict.fromkeys([*writer.exports[CONST], *writer.vec_exports[CONST]]) if v in read]
     const_lines = prune(writer.lines[CONST], set(consts))
-    outputs_news = {}  # a state whose new value is an output: its stacked output is its news
-    for line in loop_lines:
-        var, _, code = line.strip().partition(" = ")
-        code = code.split("  # ")[0]
-        if var in results[1] and code in results[0]:
-            outputs_news.setdefault(results[0].index(code), results[1].index(var))
     all_read = identifiers(all_pass[1]).union(*(identifiers(line) for line in all_pass[0]))
     carries = [i for i, d in enumerate(ir.states) if derived("carry", user=d.name) in all_read]
+    all_rows = [i for i, v in enumerate(rows) if v in all_read]
+    all_douts = [i for i, o in enumerate(ir.outputs) if derived("dout", user=o.name) in all_read]
     kept = [(step, var) for step, var in kept if var in all_read]
     text = HEADER.format(cell=ir.cell, key=plan.key())
-    text += f"# linearise reads the previous states {tuple(vec_states)} and the new states {tuple(vec_news)};\n"
-    text += "# the new states that are outputs, as (state, output):\n"
+    text += f"# linearise reads the previous states {tuple(vec_states)} and the new states {tuple(vec_news)}\n"
     text += f"LINEARISE_STATES = {tuple(vec_states)!r}\nLINEARISE_NEWS = {tuple(vec_news)!r}\n"
-    text += f"OUTPUT_NEWS = {tuple(sorted(outputs_news.items()))!r}\n"
     text += f"# the rows of linearise that backward reads, one step at a time\nSTEP_ROWS = {tuple(step_rows)!r}\n"
-    text += f"# the states whose carries into every step reverse_all reads\nALL_CARRIES = {tuple(carries)!r}\n\n"
+    text += f"# the states whose carries into every step reverse_all reads\nALL_CARRIES = {tuple(carries)!r}\n"
+    text += "# the rows of linearise and the outputs' cotangents that reverse_all reads\n"
+    text += f"ALL_ROWS = {tuple(all_rows)!r}\nALL_DOUTS = {tuple(all_douts)!r}\n\n"
     text += "\ndef prepare(weights, sizes, like):\n" + "".join(line + "\n" for line in const_lines)
     text += f"    return {_pack(consts)}\n\n\n"
     text += "def prologue(inputs, consts, like):\n" + _unpack(consts, "consts")
