@@ -26,7 +26,16 @@ from rnnc.runtime.loop_writer import LOOP
 
 
 def fold_gemm_biases(writer) -> None:
-    """Fold what can be folded, for every GEMM of the step (see the module docstring)."""
+    """Fold what can be folded, for every GEMM of the step (see the module docstring); the biases
+    are written later (:func:`emit_biases`). :func:`rnnc.runtime.fused_codegen.forward_writer` calls both.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.fused_codegen import forward_writer
+        >>> writer, results = forward_writer(analyse_source(open("examples/lstm.rnn").read()))
+        >>> writer.gemm_bias, len(writer.pending_biases)
+        ({'R @ h': 't5_bias'}, 1)
+    """
     for atom in writer.ir.atoms:
         if atom.op != "matmul" or writer.atom_phase[atom.name] != LOOP:
             continue
@@ -109,7 +118,15 @@ def _fold(writer, atom) -> None:
 
 def emit_biases(writer, pending) -> None:
     """Write the biases that :func:`fold_gemm_biases` promised (after the forward, when every
-    state-free atom they read has its variable)."""
+    state-free atom they read has its variable).
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.fused_codegen import forward_writer
+        >>> writer, results = forward_writer(analyse_source(open("examples/lstm.rnn").read()))
+        >>> [line.strip() for line in writer.lines[1] if line.strip().startswith("t5_bias")]
+        ['t5_bias = ops.gemm_bias([t5_b], tail5, None, 1, 0)  # added in R @ h']
+    """
     for atom, terms, split, phase, bias in pending:
         whole = _whole_parents(writer, terms, split)
         if whole is not None:  # x[k] + b[k] for every part k: the bias is x + b, one add for all steps

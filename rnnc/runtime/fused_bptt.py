@@ -43,7 +43,19 @@ class Tape:
 
 
 def sizes_of(plan, call: Call) -> dict:
-    """The ``sizes`` the fused module's ``prepare`` reads: dims, NH and every result's and atom's tail."""
+    """The ``sizes`` the fused module's ``prepare`` reads: dims, NH and every result's and atom's tail.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.reference import ReferenceRunner
+        >>> from rnnc.runtime.reference_bptt import flat_from_call
+        >>> run = ReferenceRunner(analyse_source(open("examples/elman.rnn").read()))
+        >>> tensors = {"x": torch.ones(2, 3, 1, 4), "R": torch.zeros(1, 4, 4), "b": torch.zeros(1, 4)}
+        >>> call = run.bind(tensors, {})
+        >>> sizes = sizes_of(run.plan, call)
+        >>> sizes["H"], sizes["NH"], sizes["tail h"]
+        (4, 1, (1, 4))
+    """
     ir = plan.ir.marked if plan.ir.marked is not None else plan.ir
     sizes = {**call.dims, "NH": call.NH}
     for r in (*ir.updates, *ir.outputs):
@@ -59,7 +71,19 @@ def _counts(plan) -> tuple[int, int, int]:
 
 
 def fused_forward(runner, call: Call, flat: list[torch.Tensor]):
-    """(outputs, finals, tape) of a dense call, no autograd; ``flat`` is inputs, weights, initial states."""
+    """(outputs, finals, tape) of a dense call, no autograd; ``flat`` is inputs, weights, initial states.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.reference import ReferenceRunner
+        >>> from rnnc.runtime.reference_bptt import flat_from_call
+        >>> run = ReferenceRunner(analyse_source(open("examples/elman.rnn").read()))
+        >>> tensors = {"x": torch.ones(2, 3, 1, 4), "R": torch.zeros(1, 4, 4), "b": torch.zeros(1, 4)}
+        >>> call = run.bind(tensors, {})
+        >>> outputs, finals, tape = fused_forward(run, call, flat_from_call(run.plan, call))
+        >>> tuple(outputs[0].shape), len(tape.history), round(finals[0][0, 0, 0].item(), 4)
+        ((2, 3, 1, 4), 4, 0.7616)
+    """
     module, plan = runner.fused, runner.plan
     n_in, n_w, n_s = _counts(plan)
     cdt, B, T = call.compute_dtype, call.B, call.T
@@ -102,6 +126,19 @@ def fused_backward(runner, call: Call, tape: Tape, flat, d_outputs, d_finals, we
     piece's B * n rows at once (small enough to stay in cache, where all T steps at once would
     send a dozen temporaries of B * T rows through memory), then ``backward`` runs the piece's
     steps. ``reverse_all`` gets every step's rows time-major (row ``t * B + b``).
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.reference import ReferenceRunner
+        >>> from rnnc.runtime.reference_bptt import flat_from_call
+        >>> run = ReferenceRunner(analyse_source(open("examples/elman.rnn").read()))
+        >>> tensors = {"x": torch.ones(2, 3, 1, 4), "R": torch.zeros(1, 4, 4), "b": torch.zeros(1, 4)}
+        >>> call = run.bind(tensors, {})
+        >>> flat = flat_from_call(run.plan, call)
+        >>> _, _, tape = fused_forward(run, call, flat)
+        >>> d_x, d_R, d_b, d_h0 = fused_backward(run, call, tape, flat, [None], [torch.ones(2, 1, 4)])
+        >>> round(d_x[0, 2, 0, 0].item(), 4), d_x[0, 0, 0, 0].item(), tuple(d_R.shape), tuple(d_h0.shape)
+        (0.42, 0.0, (1, 4, 4), (2, 1, 4))
     """
     module, plan = runner.fused, runner.plan
     n_in, n_w, n_s = _counts(plan)
@@ -175,7 +212,19 @@ class FusedBackprop(torch.autograd.Function):
 
 
 def run_fused(runner, call: Call):
-    """(outputs, finals) of a dense call whose backward is the fused BPTT."""
+    """(outputs, finals) of a dense call whose backward is the fused BPTT.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.reference import ReferenceRunner
+        >>> from rnnc.runtime.reference_bptt import flat_from_call
+        >>> run = ReferenceRunner(analyse_source(open("examples/elman.rnn").read()))
+        >>> tensors = {"x": torch.ones(2, 3, 1, 4), "R": torch.zeros(1, 4, 4), "b": torch.zeros(1, 4)}
+        >>> call = run.bind(tensors, {})
+        >>> outputs, finals = run_fused(run, run.bind({**tensors, "x": tensors["x"].requires_grad_()}, {}))
+        >>> type(outputs["h"].grad_fn).__name__, tuple(finals["h"].shape)
+        ('FusedBackpropBackward', (2, 1, 4))
+    """
     from rnnc.runtime.reference_bptt import flat_from_call
 
     ir = runner.plan.ir
@@ -185,7 +234,20 @@ def run_fused(runner, call: Call):
 
 
 def fused_gradients(runner, call: Call, flat, d_outputs, d_finals) -> list[torch.Tensor | None]:
-    """Cotangents of ``flat`` (the custom op's backward): the forward replayed, then the fused BPTT."""
+    """Cotangents of ``flat`` (the custom op's backward): the forward replayed, then the fused BPTT.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.reference import ReferenceRunner
+        >>> from rnnc.runtime.reference_bptt import flat_from_call
+        >>> run = ReferenceRunner(analyse_source(open("examples/elman.rnn").read()))
+        >>> tensors = {"x": torch.ones(2, 3, 1, 4), "R": torch.zeros(1, 4, 4), "b": torch.zeros(1, 4)}
+        >>> call = run.bind(tensors, {})
+        >>> flat = flat_from_call(run.plan, call)
+        >>> grads = fused_gradients(run, call, flat, [torch.ones(2, 3, 1, 4)], [None])
+        >>> [tuple(g.shape) for g in grads][:2]
+        [(2, 3, 1, 4), (1, 4, 4)]
+    """
     with torch.no_grad():
         _, _, tape = fused_forward(runner, call, list(flat))
         return fused_backward(runner, call, tape, flat, d_outputs, d_finals)

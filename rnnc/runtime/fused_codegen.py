@@ -51,7 +51,12 @@ class FusedUnsupported(Exception):
 
 
 def partial_key(kind: str, name: str, index: int, label: str) -> str:
-    """The item key of one partial derivative (an expression's, with respect to a view it reads)."""
+    """The item key of one partial derivative (an expression's, with respect to a view it reads).
+
+    Example:
+        >>> partial_key("update", "c", 0, "c")
+        'partial update c 0 c'
+    """
     return f"partial {kind} {name} {index} {label}"
 
 
@@ -278,9 +283,28 @@ def fused_source(plan: Plan) -> str:
         >>> "def backward(consts, rows, fixed, carry, douts, steps, batch, like):" in text
         True
     """
-    from rnnc.runtime.fused_bias import emit_biases, fold_gemm_biases
     from rnnc.runtime.fused_module import module_text
     from rnnc.runtime.fused_reverse import write_reverse
+
+    writer, results = forward_writer(plan)
+    step_lines, step_returns, per_step = write_reverse(writer, "step")
+    given = {name: f"cot_{writer.atom_var[name]}" for name in per_step}  # their values for all steps
+    all_lines, all_returns, _ = write_reverse(writer, "all", given)
+    kept = [(per_step[name], var) for name, var in given.items()]
+    return module_text(plan, writer, results, (step_lines, step_returns), (all_lines, all_returns), kept)
+
+
+def forward_writer(plan: Plan) -> tuple[FusedWriter, list[list[str]]]:
+    """The writer with the forward written (GEMM biases folded, every partial an item) and the
+    step's new states' and outputs' variables: what the reverse passes start from.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> writer, (news, outputs) = forward_writer(analyse_source(open("examples/lstm.rnn").read()))
+        >>> news, outputs, sorted(writer.gemms)
+        (['u_h', 'u_c'], ['o_h'], ['R @ h'])
+    """
+    from rnnc.runtime.fused_bias import emit_biases, fold_gemm_biases
 
     writer = FusedWriter(plan)
     _atom_phases(writer)
@@ -297,8 +321,4 @@ def fused_source(plan: Plan) -> str:
         var, _, code = line.strip().partition(" = ")
         if var in results[0] and code.split("  #")[0] in writer.loop_defined:
             writer.aliases.setdefault(code.split("  #")[0], var)
-    step_lines, step_returns, per_step = write_reverse(writer, "step")
-    given = {name: f"cot_{writer.atom_var[name]}" for name in per_step}  # their values for all steps
-    all_lines, all_returns, _ = write_reverse(writer, "all", given)
-    kept = [(per_step[name], var) for name, var in given.items()]
-    return module_text(plan, writer, results, (step_lines, step_returns), (all_lines, all_returns), kept)
+    return writer, results

@@ -29,7 +29,19 @@ def _names(packed: str) -> list[str]:
 def module_text(plan, writer, results, step_pass, all_pass, kept: list[tuple[str, str]]) -> str:
     """The module's text; ``results`` are the step's new states' and outputs' variables, the passes
     (lines, return expression) of :func:`rnnc.runtime.fused_reverse.write_reverse`, ``kept`` the
-    step pass's variables that the backward keeps for every step and their names in ``reverse_all``."""
+    step pass's variables that the backward keeps for every step and their names in ``reverse_all``.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.fused_codegen import forward_writer
+        >>> from rnnc.runtime.fused_reverse import write_reverse
+        >>> plan = analyse_source(open("examples/elman.rnn").read())
+        >>> writer, results = forward_writer(plan)
+        >>> step, all_steps = write_reverse(writer, "step"), write_reverse(writer, "all", {"R @ h": "cot_t4"})
+        >>> text = module_text(plan, writer, results, step[:2], all_steps[:2], [(step[2]["R @ h"], "cot_t4")])
+        >>> [line for line in text.splitlines() if line.startswith("ALL_CARRIES")]
+        ['ALL_CARRIES = ()']
+    """
     ir = plan.ir
     passes_read = set()
     for lines, returns in (step_pass, all_pass):

@@ -274,7 +274,16 @@ def write_reverse(writer, mode: str, given: dict[str, str] | None = None) -> tup
     """(lines, return expression, GEMM cotangents) of the ``step`` or ``all`` pass (see the module
     docstring). The step pass names the variable of each ``weight @ state`` result's cotangent
     (atom -> variable); the all pass reads ``given`` ones (atom -> variable of all steps' values)
-    instead of computing them again."""
+    instead of computing them again.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> from rnnc.runtime.fused_codegen import forward_writer
+        >>> writer, results = forward_writer(analyse_source(open("examples/lstm.rnn").read()))
+        >>> lines, returns, kept = write_reverse(writer, "step")
+        >>> returns, kept
+        ('(q7, q8,)', {'R @ h': 'q6'})
+    """
     p = _Pass(writer, mode, given)
     ir = writer.ir
     for r in ir.outputs:

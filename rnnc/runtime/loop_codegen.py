@@ -107,7 +107,13 @@ def _atom_phases(writer: _Writer) -> None:
 
 def gemm_side(atom, arg_phases: list[int], phase: int) -> int | None:
     """For a ``weight @ vector`` (or ``vector @ weight``) in a later phase than its weight-only
-    matrix, the vector's argument (then it is one GEMM over the batch); else None."""
+    matrix, the vector's argument (then it is one GEMM over the batch); else None.
+
+    Example:
+        >>> import types
+        >>> gemm_side(types.SimpleNamespace(arg_shapes=[("H", "H"), ("H",)]), [CONST, LOOP], LOOP)
+        1
+    """
     ranks = [len(s) for s in atom.arg_shapes]
     if arg_phases[0] == CONST < phase and ranks[0] >= 2 and ranks[1] == 1:
         return 1
@@ -165,7 +171,15 @@ def loop_source(plan: Plan) -> str:
 
 
 def forward_items(writer: _Writer) -> list[tuple[str, sympy.Expr, int]]:
-    """(key, expression, rank) of every atom argument, update and output, state-free subtrees hoisted."""
+    """(key, expression, rank) of every atom argument, update and output, state-free subtrees hoisted.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> writer = _Writer(analyse_source(open("examples/lstm.rnn").read()))
+        >>> _atom_phases(writer)
+        >>> [key for key, _, _ in forward_items(writer)][:3]
+        ['arg R @ h 0', 'arg R @ h 1', 'arg (R @ h)[0] 0']
+    """
     ir = writer.ir
     items = []
     for atom in ir.atoms:
@@ -179,7 +193,15 @@ def forward_items(writer: _Writer) -> list[tuple[str, sympy.Expr, int]]:
 
 
 def emit_forward(writer: _Writer, reduced: dict) -> list[list[str]]:
-    """Emit every atom, update and output into its phase; returns the new states' and outputs' variables."""
+    """Emit every atom, update and output into its phase; returns the new states' and outputs' variables.
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> writer = _Writer(analyse_source(open("examples/lstm.rnn").read()))
+        >>> _atom_phases(writer)
+        >>> emit_forward(writer, {key: (expr, rank) for key, expr, rank in forward_items(writer)})
+        [['u_h', 'u_c'], ['o_h']]
+    """
     ir = writer.ir
     for atom in ir.atoms:
         if atom.is_leaf:
