@@ -21,7 +21,7 @@ from rnnc.errors import BackendError
 from rnnc.runtime.custom_ops import flat_arguments, run_as_op
 from rnnc.runtime.reference import ReferenceRunner
 
-BACKENDS = ("auto", "reference", "reference-bptt", "triton")
+BACKENDS = ("auto", "reference", "reference-autograd", "reference-bptt", "triton")
 PRECISIONS = ("ieee", "tf32")  # how float32 inputs meet at tl.dot: exact products, or TF32 tensor cores
 
 
@@ -75,10 +75,10 @@ class Cell:
         self.precision = precision  # float32 tl.dot: "ieee" (exact) or "tf32" (tensor cores)
         self._origin = origin  # (source text, file name, cell name) when compiled from text
         self.gpu, self.dtype = gpu, dtype  # rnnc.compile's tiling choices (checked there), or None
-        mode = "bptt" if backend == "reference-bptt" else "autograd"
+        mode = {"reference-bptt": "bptt", "reference-autograd": "autograd"}.get(backend, "fused")
         self._runner = ReferenceRunner(plan, mode)
         self._kernels = None  # the Triton kernels, built on first use: import triton only then
-        self._no_kernels = backend in ("reference", "reference-bptt")
+        self._no_kernels = backend in ("reference", "reference-autograd", "reference-bptt")
         self._pinned: dict = {}
         self._fallback: BackendError | None = None  # why no template covers the cell, once known
         self._warned = False  # backend="auto" warns once when it falls back to the reference

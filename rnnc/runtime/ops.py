@@ -38,14 +38,19 @@ def unview(g: torch.Tensor, axes: tuple[int, ...], rank: int, like: torch.Size) 
         >>> tuple(unview(torch.ones(2, 3, 5, 4), (-1, -2), 2, torch.Size([1, 3, 4, 5])).shape)
         (1, 3, 4, 5)
     """
+    g = _unplaced(g, axes, rank)
+    return g.sum_to_size(like) if g.shape != like else g
+
+
+def _unplaced(g: torch.Tensor, axes: tuple[int, ...], rank: int) -> torch.Tensor:
+    """``g`` summed over the index space's axes that the view does not map, its own axes in order."""
     unmapped = [2 + rank + j for j in range(-rank, 0) if j not in axes]
     if unmapped:
         g = g.sum(dim=unmapped, keepdim=True)
     order = sorted(range(len(axes)), key=lambda i: axes[i])
     g = g.reshape(*g.shape[:2], *(g.shape[2 + rank + axes[i]] for i in order))
     inverse = [order.index(i) for i in range(len(axes))]
-    g = g.permute(0, 1, *(2 + p for p in inverse))
-    return g.sum_to_size(like) if g.shape != like else g
+    return g.permute(0, 1, *(2 + p for p in inverse))
 
 
 def fit(value, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -294,3 +299,68 @@ def parts(t: torch.Tensor, axis: int, count: int, drop: int) -> tuple[torch.Tens
     if drop:
         return t.unbind(dim)
     return t.split(t.shape[dim] // count, dim)
+
+
+def unview_to(g: torch.Tensor, axes: tuple[int, ...], rank: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """:func:`unview`, then summed or broadcast to exactly ``shape`` (an atom's, batch first).
+
+    Example:
+        >>> tuple(unview_to(torch.ones(4, 1, 3, 2), (-2,), 2, (1, 1, 3)).shape)
+        (1, 1, 3)
+    """
+    return fit_cotangent(_unplaced(g, axes, rank), shape)
+
+
+def fit_cotangent(g: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``g`` summed over the axes where ``shape`` is 1 and broadcast where ``g`` is: a cotangent of that shape.
+
+    Example:
+        >>> fit_cotangent(torch.ones(4, 1, 3), (1, 2, 3)).tolist()
+        [[[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]]]
+    """
+    if tuple(g.shape) == tuple(shape):
+        return g
+    summed = [i for i, (a, b) in enumerate(zip(g.shape, shape)) if b == 1 and a != 1]
+    if summed:
+        g = g.sum(dim=summed, keepdim=True)
+    return g if tuple(g.shape) == tuple(shape) else g.expand(shape)
+
+
+def join_parts(grads: list, shape: tuple[int, ...], axis: int, count: int, drop: int) -> torch.Tensor:
+    """The cotangent of a tensor of ``shape`` split into ``count`` parts (see :func:`parts`), from the
+    cotangents of its parts (None: zero); one stack when every part has one.
+
+    Example:
+        >>> join_parts([torch.ones(1, 1, 2), None], (1, 1, 2, 2), 0, 2, 1).tolist()
+        [[[[1.0, 1.0], [0.0, 0.0]]]]
+    """
+    dim = 2 + axis
+    size = shape[dim] // count
+    part = list(shape)
+    if drop:
+        del part[dim]
+    else:
+        part[dim] = size
+    full = [None if g is None else (g if tuple(g.shape) == tuple(part) else g.expand(part)) for g in grads]
+    if all(g is not None for g in full):
+        return torch.stack(full, dim) if drop else torch.cat(full, dim)
+    some = next(g for g in full if g is not None)
+    out = some.new_zeros(shape)
+    for i, g in enumerate(full):
+        if g is not None:
+            out.narrow(dim, i * size, size).copy_(g.unsqueeze(dim) if drop else g)
+    return out
+
+
+def gemm_bias(values: list, tail: tuple[int, ...], axis: int | None, count: int, drop: int) -> torch.Tensor:
+    """The bias of a GEMM whose result (or each of its ``count`` parts along ``axis``) has one
+    value added: ``[rows, *tail]``, rows the values' (1 when every value is weight-only).
+
+    Example:
+        >>> gemm_bias([torch.ones(3, 1, 2), torch.zeros(1, 1, 2)], (1, 2, 2), 0, 2, 1)[:, 0, 1].tolist()
+        [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    """
+    shape = (max(v.shape[0] for v in values), *tail)
+    if axis is None:
+        return values[0].expand(shape)
+    return join_parts(values, shape, axis, count, drop)

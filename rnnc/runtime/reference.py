@@ -3,9 +3,12 @@
 The loop module (:mod:`rnnc.runtime.loop_codegen`) computes weight-only values once, every
 state-free value for all steps at once, and per step only what reads a state: one GEMM per
 ``weight @ state`` over the batch, then the pointwise updates. Time is ``unbind``-ed (no
-per-step slicing whose backward fills full-size zeros). Two modes:
+per-step slicing whose backward fills full-size zeros). Three modes:
 
-* ``autograd``: gradients come from autograd through the loop;
+* ``fused`` (the default): as ``autograd``, except that a sequential cell's dense calls that need
+  gradients run through one autograd node whose backward is a generated BPTT
+  (:mod:`rnnc.runtime.fused_bptt`, registered as the sequential strategy's fast path);
+* ``autograd``: gradients come from autograd through the loop (``backend="reference-autograd"``);
 * ``bptt``: a ``torch.autograd.Function`` whose backward runs time in reverse with the step's
   sympy partial derivatives (:mod:`rnnc.runtime.reference_bptt`).
 
@@ -33,6 +36,7 @@ from rnnc.compiler import Plan
 from rnnc.runtime.arguments import Call, bind
 from rnnc.runtime.binding import ShapeBinder
 from rnnc.runtime.custom_ops import register
+from rnnc.runtime.fused_codegen import fusion_pays
 from rnnc.runtime.loop_codegen import loop_source
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.varlen import each_sequence, sequence_bounds
@@ -55,15 +59,23 @@ def register_fast_path(strategy: str, run: Callable) -> None:
     FAST_PATHS[strategy] = run
 
 
+MODES = ("fused", "autograd", "bptt")
+
+
 class ReferenceRunner:
-    """Callable running a Plan on tensors; ``mode`` is ``autograd`` or ``bptt``."""
+    """Callable running a Plan on tensors; ``mode`` is ``fused``, ``autograd`` or ``bptt``.
+
+    ``fused`` (the default) runs a sequential cell's dense calls that need gradients through one
+    autograd node whose backward is the fused BPTT (:mod:`rnnc.runtime.fused_bptt`), and
+    everything else through the loop with autograd, as ``autograd`` does.
+    """
 
     kind = "reference"
     varlen = True  # runs packed inputs itself (run_packed)
 
-    def __init__(self, plan: Plan, mode: str = "autograd"):
-        if mode not in ("autograd", "bptt"):
-            raise ValueError(f"mode needs 'autograd' or 'bptt', has {mode!r}")
+    def __init__(self, plan: Plan, mode: str = "fused"):
+        if mode not in MODES:
+            raise ValueError(f"mode needs one of {', '.join(map(repr, MODES))}, has {mode!r}")
         self.plan = plan
         self.mode = mode
         self.binder = ShapeBinder(plan.ir)
@@ -73,6 +85,7 @@ class ReferenceRunner:
         register(self)  # the custom ops find it by its token under torch.compile
         self._forward = None
         self._backward = None
+        self._fused = None if mode == "fused" and fusion_pays(plan) else False
 
     @property
     def forward_text(self) -> str:
@@ -98,6 +111,24 @@ class ReferenceRunner:
             self.backward_text = text
             self._backward = load_module(text, f"{self.plan.ir.cell}_backward").step_backward
         return self._backward
+
+    @property
+    def fused(self):
+        """The fused-BPTT module (built on first use), or None where it does not run this cell."""
+        if self._fused is None:
+            from rnnc.runtime.fused_codegen import FusedUnsupported, fused_source
+
+            try:
+                self.fused_text = fused_source(self.plan)
+            except FusedUnsupported:
+                self._fused = False
+            else:
+                self._fused = load_module(self.fused_text, f"{self.plan.ir.cell}_fused")
+        return self._fused or None
+
+    def _fuses(self, call: Call) -> bool:
+        """Whether a call runs the fused BPTT: a dense call of at least one step, in ``fused`` mode."""
+        return call.cu_seqlens is None and call.T > 0 and self._fused is not False and self.fused is not None
 
     def bind(self, tensors: dict, state: dict | None, cu_seqlens=None) -> Call:
         """Check and bind a call's tensors (sizes without sympy once the cell is compiled)."""
@@ -139,6 +170,10 @@ class ReferenceRunner:
 
     def backward(self, call: Call, flat, saved, d_outputs, d_finals) -> list[torch.Tensor | None]:
         """Cotangents of the flat arguments, by BPTT from the sympy partials (no autograd)."""
+        if self._fuses(call):
+            from rnnc.runtime.fused_bptt import fused_gradients
+
+            return fused_gradients(self, call, flat, d_outputs, d_finals)
         from rnnc.runtime.reference_bptt import bptt_gradients
 
         return bptt_gradients(self, call, flat, d_outputs, d_finals)
@@ -146,6 +181,12 @@ class ReferenceRunner:
     def saved_like(self, call: Call, flat, needs_grad: bool) -> list[torch.Tensor]:
         """Empty stand-ins of what :meth:`forward` saves (for torch.compile's fake tensors)."""
         return []
+
+
+def _needs_grad(call: Call) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for group in (call.inputs, call.weights, call.states) for t in group.values())
 
 
 def _initial_states(plan: Plan, call: Call) -> list[torch.Tensor]:
@@ -274,12 +315,23 @@ def _scan_fast_path(runner: ReferenceRunner, call: Call):
     return run_scan(runner, call)
 
 
+def _sequential_fast_path(runner: ReferenceRunner, call: Call):
+    """The fused BPTT for a dense call that needs gradients (``fused`` mode, a cell where it pays)."""
+    if not (_needs_grad(call) and runner._fuses(call)):
+        return None
+    from rnnc.runtime.fused_bptt import run_fused  # one autograd node, a generated backward through time
+
+    return run_fused(runner, call)
+
+
 def _register_strategies() -> None:
-    """The strategies' whole-sequence forms: the scan form of scan cells, the chunked form of chunked cells."""
+    """The strategies' whole-sequence forms: the scan form of scan cells, the chunked form of chunked
+    cells, the fused backward through time of sequential cells."""
     from rnnc.runtime.chunked_torch import chunked_fast_path
 
     register_fast_path("scan", _scan_fast_path)
     register_fast_path("chunked", chunked_fast_path)
+    register_fast_path("sequential", _sequential_fast_path)
 
 
 _register_strategies()
