@@ -202,6 +202,103 @@ def ntm_memory(wl, rl, e, a, Mem0=None):
     return {"read": stack(reads)}, {"Mem": Mem}
 
 
+def qrnn(x, Wz, Wf, Wo, c0=None):
+    """QRNN with width-1 filters and fo-pooling (Bradbury et al. 2017, eqs. 1, 4): Z = tanh(W_z X),
+    F = sigma(W_f X), O = sigma(W_o X) for the whole sequence first, then c_t = f_t c_{t-1} + (1 - f_t) z_t,
+    h_t = o_t c_t."""
+
+    def conv1(W):  # a masked convolution of width 1 over the whole sequence
+        return torch.einsum("hij,bthj->bthi", W, x)
+
+    Z, Fg, Og = torch.tanh(conv1(Wz)), torch.sigmoid(conv1(Wf)), torch.sigmoid(conv1(Wo))
+    c = zeros_if_none(c0, x, Wz.shape[1])
+    hs = []
+    for t in range(x.shape[1]):
+        c = Fg[:, t] * c + (1 - Fg[:, t]) * Z[:, t]
+        hs.append(Og[:, t] * c)
+    return {"h": stack(hs)}, {"c": c}
+
+
+def sru(x, W, Wf, bf, Wr, br, c0=None):
+    """SRU (Lei et al. 2017, arXiv:1709.02755v1, eqs. 3-6): x~ = W x, f = sigma(W_f x + b_f),
+    r = sigma(W_r x + b_r), c_t = f c_{t-1} + (1 - f) x~, h_t = r tanh(c_t) + (1 - r) x_t."""
+    c = zeros_if_none(c0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        f, r = torch.sigmoid(_matvec(Wf, xt) + bf), torch.sigmoid(_matvec(Wr, xt) + br)
+        c = f * c + (1 - f) * _matvec(W, xt)
+        hs.append(r * torch.tanh(c) + (1 - r) * xt)
+    return {"h": stack(hs)}, {"c": c}
+
+
+def sru_2018(x, W, Wf, vf, bf, Wr, vr, br, c0=None):
+    """SRU as published (Lei et al. 2018, EMNLP, eqs. 3-6): f_t = sigma(W_f x_t + v_f c_{t-1} + b_f),
+    c_t = f_t c_{t-1} + (1 - f_t) W x_t, r_t = sigma(W_r x_t + v_r c_{t-1} + b_r), h_t = r_t c_t + (1 - r_t) x_t."""
+    c = zeros_if_none(c0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        f = torch.sigmoid(_matvec(Wf, xt) + vf * c + bf)
+        r = torch.sigmoid(_matvec(Wr, xt) + vr * c + br)  # reads c_{t-1}
+        c = f * c + (1 - f) * _matvec(W, xt)
+        hs.append(r * c + (1 - r) * xt)
+    return {"h": stack(hs)}, {"c": c}
+
+
+def rglru(x, Wa, ba, Wx, bx, Lambda, h0=None):
+    """RG-LRU (De et al. 2024, Griffin, eqs. 1-4) with the power taken literally, not in log space:
+    r = sigma(W_a x + b_a), i = sigma(W_x x + b_x), a_t = sigma(Lambda)^(c r_t), c = 8,
+    h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t)."""
+    h = zeros_if_none(h0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        r, i = torch.sigmoid(_matvec(Wa, xt) + ba), torch.sigmoid(_matvec(Wx, xt) + bx)
+        a = torch.pow(torch.sigmoid(Lambda), 8 * r)
+        h = a * h + torch.sqrt(1 - a**2) * (i * xt)
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def ligru(x, Wz, Uz, Wh, Uh, h0=None):
+    """Light GRU (Ravanelli et al. 2018, eqs. 5-8, no batch norm): z_t = sigma(W_z x_t + U_z h_{t-1}),
+    h~_t = ReLU(W_h x_t + U_h h_{t-1}), h_t = z_t h_{t-1} + (1 - z_t) h~_t."""
+    h = zeros_if_none(h0, x, Uz.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        z = torch.sigmoid(_matvec(Wz, x[:, t]) + _matvec(Uz, h))
+        candidate = torch.relu(_matvec(Wh, x[:, t]) + _matvec(Uh, h))
+        h = z * h + (1 - z) * candidate
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def mega_ema(x, alpha_p, delta_p, beta, eta, h0=None):
+    """Mega's multi-dimensional damped EMA (Ma et al. 2023, eqs. 2-3), per channel j:
+    u^(j) = beta_j x_j, h^(j)_t = alpha_j u^(j)_t + (1 - alpha_j delta_j) h^(j)_{t-1}, y_j = eta_j^T h^(j)_t."""
+    alpha, delta = torch.sigmoid(alpha_p), torch.sigmoid(delta_p)  # [NH, D, N]
+    h = zeros_if_none(h0, x, *alpha.shape[-2:])
+    ys = []
+    for t in range(x.shape[1]):
+        u = torch.einsum("hdn,bhd->bhdn", beta, x[:, t])
+        h = alpha * u + (1 - alpha * delta) * h
+        ys.append(torch.einsum("hdn,bhdn->bhd", eta, h))
+    return {"y": stack(ys)}, {"h": h}
+
+
+def minlstm(x, Wf, bf, Wi, bi, Wh, bh, h0=None):
+    """minLSTM (Feng et al. 2024, Sec. 3.2): f = sigma(Linear(x)), i = sigma(Linear(x)), h~ = Linear(x),
+    h_t = f/(f + i) h_{t-1} + i/(f + i) h~_t."""
+    h = zeros_if_none(h0, x, Wf.shape[1])
+    hs = []
+    for t in range(x.shape[1]):
+        f, i = torch.sigmoid(_matvec(Wf, x[:, t]) + bf), torch.sigmoid(_matvec(Wi, x[:, t]) + bi)
+        h = f / (f + i) * h + i / (f + i) * (_matvec(Wh, x[:, t]) + bh)
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
 LOOPS = {
     "rwkv4": rwkv4,
     "aaren": aaren,
@@ -215,4 +312,11 @@ LOOPS = {
     "gated_accumulator": gated_accumulator,
     "energy_norm": energy_norm,
     "ntm_memory": ntm_memory,
+    "qrnn": qrnn,
+    "sru": sru,
+    "sru_2018": sru_2018,
+    "rglru": rglru,
+    "ligru": ligru,
+    "mega_ema": mega_ema,
+    "minlstm": minlstm,
 }
