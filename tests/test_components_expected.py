@@ -81,6 +81,10 @@ EXPECTED = {
     "ttt_linear": ("chunked", {("W",): "matrix"}),  # the gradient step is identity minus rank one
     "mamba2_ssd": ("chunked", {("h",): "matrix"}),  # [N, P], key axis 0
     "mlstm_plain": ("chunked", {("C",): "matrix", ("n",): "matrix"}),
+    "s4d": ("scan", {("x",): "elementwise"}),  # zero-order hold on a diagonal A, per channel
+    "cema": ("scan", {("h_im", "h_re"): "coupled"}),  # a rotation per entry: 2 x 2 blocks
+    "linoss": ("scan", {("y", "z"): "coupled"}),  # the IMEX step mixes y and z per channel
+    "hedgehog": ("chunked", {("Sp",): "matrix", ("Sm",): "matrix", ("zp",): "matrix", ("zm",): "matrix"}),
 }
 
 

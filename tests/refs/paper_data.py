@@ -269,6 +269,38 @@ SPECS: dict[str, Spec] = {
         {"h": ("V",)},
         _KV,
     ),
+    "s4d": Spec(
+        ("H", "N"),
+        {"u": ("H",)},
+        {"log_dt": ("H",), "A_log": ("H", "N"), "B": ("H", "N"), "C": ("H", "N"), "D": ("H",)},
+        {"x": ("H", "N")},
+        {"y": ("H",)},
+        {"H": 5, "N": 3},
+    ),
+    "cema": Spec(
+        ("D", "N"),
+        {"x": ("D",)},
+        {n: ("D", "N") for n in ("alpha_p", "delta_p", "theta", "beta", "eta")},
+        {"h_re": ("D", "N"), "h_im": ("D", "N")},
+        {"y": ("D",)},
+        {"D": 5, "N": 3},
+    ),
+    "linoss": Spec(
+        ("P", "M"),
+        {"u": ("P",)},
+        {"A_hat": ("M",), "dt_hat": ("M",), "B": ("M", "P"), "C": ("P", "M"), "D": ("P",)},
+        {"y": ("M",), "z": ("M",)},
+        {"x": ("P",)},
+        {"P": 3, "M": 5},
+    ),
+    "hedgehog": Spec(
+        ("K", "F", "V"),
+        {"q": ("K",), "k": ("K",), "v": ("V",)},
+        {"W": ("F", "K")},
+        {"Sp": ("F", "V"), "Sm": ("F", "V"), "zp": ("F",), "zm": ("F",)},
+        {"o": ("V",)},
+        {"K": 5, "F": 7, "V": 3},
+    ),
 }
 
 DRAWS: dict[str, dict[str, str]] = {
@@ -311,6 +343,10 @@ DRAWS: dict[str, dict[str, str]] = {
     "ttt_linear": {"k": "unitkey"},
     "mamba2_ssd": {},
     "mlstm_plain": {},
+    "s4d": {},
+    "cema": {},
+    "linoss": {"B": "matrix", "C": "matrix"},
+    "hedgehog": {"W": "matrix", "zp": "positive", "zm": "positive"},  # softmax features > 0, as z0 should be
 }
 
 CELLS = tuple(SPECS)

@@ -313,6 +313,34 @@ def mlstm_plain(q, k, v, it, ft, ot, C0=None, n0=None):
     return mlstm_unstabilised(q, k, v, it, ft, ot, C0, n0)
 
 
+def hedgehog(q, k, v, W, Sp0=None, Sm0=None, zp0=None, zm0=None):
+    """Hedgehog linear attention (Zhang et al. 2024, Sec. 4.1) in its quadratic form:
+    phi(x) = [softmax(W x), softmax(-W x)], o_t = sum_{i<=t} phi(q_t).phi(k_i) v_i / sum_{i<=t} phi(q_t).phi(k_i),
+    with the initial memories S_0 = [S+_0; S-_0] and normalisers z_0 = [z+_0; z-_0] added to the sums."""
+    F_, V = W.shape[-2], v.shape[-1]
+
+    def phi(x):
+        wx = torch.einsum("hfk,bthk->bthf", W, x)
+        return torch.cat([torch.softmax(wx, -1), torch.softmax(-wx, -1)], -1)  # [B, T, NH, 2F]
+
+    fq, fk = phi(q), phi(k)
+    S0 = torch.cat([zeros_if_none(Sp0, q, F_, V), zeros_if_none(Sm0, q, F_, V)], -2)  # [B, NH, 2F, V]
+    z0 = torch.cat([zeros_if_none(zp0, q, F_), zeros_if_none(zm0, q, F_)], -1)
+    scores = torch.tril(torch.ones(q.shape[1], q.shape[1], dtype=q.dtype))[None, :, :, None] * torch.einsum(
+        "bthf,bshf->btsh", fq, fk
+    )
+    num = torch.einsum("btsh,bshv->bthv", scores, v) + torch.einsum("bthf,bhfv->bthv", fq, S0)
+    den = scores.sum(2) + torch.einsum("bthf,bhf->bth", fq, z0)
+    S = S0 + torch.einsum("bthf,bthv->bhfv", fk, v)
+    z = z0 + fk.sum(1)
+    return {"o": num / den[..., None]}, {
+        "Sp": S[..., :F_, :],
+        "Sm": S[..., F_:, :],
+        "zp": z[..., :F_],
+        "zm": z[..., F_:],
+    }
+
+
 LOOPS = {
     "mlstm": mlstm,
     "rwkv6": rwkv6,
@@ -332,4 +360,5 @@ LOOPS = {
     "ttt_linear": ttt_linear,
     "mamba2_ssd": mamba2_ssd,
     "mlstm_plain": mlstm_plain,
+    "hedgehog": hedgehog,
 }

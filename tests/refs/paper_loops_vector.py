@@ -299,6 +299,56 @@ def minlstm(x, Wf, bf, Wi, bi, Wh, bh, h0=None):
     return {"h": stack(hs)}, {"h": h}
 
 
+def s4d(u, log_dt, A_log, B, C, D, x0=None):
+    """S4D-Real with zero-order hold (Gu et al. 2022, Sec. 3, Listing 1) as the paper computes it: a
+    causal convolution with the SSM kernel K_l = sum_n C_n B_bar_n A_bar_n^l, A_bar = exp(Delta A),
+    B_bar = (A_bar - 1) / A * B, A = -exp(A_log), Delta = exp(log_dt); y = K * u + D u, plus the
+    initial state's term sum_n C_n A_bar_n^(t+1) x_0; x_T = A_bar^T x_0 + sum_s A_bar^(T-1-s) B_bar u_s."""
+    T = u.shape[1]
+    A = -torch.exp(A_log)  # [NH, H, N]
+    dtA = torch.exp(log_dt)[..., None] * A
+    B_bar = (torch.exp(dtA) - 1) / A * B
+    powers = torch.exp(torch.arange(T + 1, dtype=u.dtype)[:, None, None, None] * dtA)  # A_bar^l, [T+1, NH, H, N]
+    kernel = torch.einsum("hdn,lhdn->lhd", C * B_bar, powers[:T])  # [T, NH, H]
+    lags = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # t - s
+    conv = torch.where((lags >= 0)[..., None, None], kernel[lags.clamp_min(0)], 0.0)  # [t, s, NH, H]
+    y = torch.einsum("tshd,bshd->bthd", conv, u) + D * u
+    x0 = zeros_if_none(x0, u, *A.shape[-2:])
+    y = y + torch.einsum("hdn,thdn,bhdn->bthd", C, powers[1:], x0)
+    xT = powers[T] * x0 + torch.einsum("shdn,bshd->bhdn", powers[:T].flip(0) * B_bar, u)
+    return {"y": y}, {"x": xT}
+
+
+def cema(x, alpha_p, delta_p, theta, beta, eta, h_re0=None, h_im0=None):
+    """Megalodon's complex EMA (Ma et al. 2024, eq. 5) in complex arithmetic:
+    h_t = alpha e^{i theta} (beta x_t) + (1 - alpha delta) e^{i theta} h_{t-1}, y_t = Re(eta^T h_t)."""
+    alpha, delta = torch.sigmoid(alpha_p), torch.sigmoid(delta_p)
+    rotation = torch.exp(torch.complex(torch.zeros_like(theta), theta))  # e^{i theta}, [NH, D, N]
+    shape = theta.shape[-2:]
+    h = torch.complex(zeros_if_none(h_re0, x, *shape), zeros_if_none(h_im0, x, *shape))
+    ys = []
+    for t in range(x.shape[1]):
+        u = beta * x[:, t][..., None]
+        h = alpha * rotation * u + (1 - alpha * delta) * rotation * h
+        ys.append(torch.einsum("hdn,bhdn->bhd", eta, h.real))
+    return {"y": stack(ys)}, {"h_re": h.real, "h_im": h.imag}
+
+
+def linoss(u, A_hat, dt_hat, B, C, D, y0=None, z0=None):
+    """LinOSS-IMEX (Rusch & Rus 2025, Sec. 2.2) in the paper's matrix form, per channel:
+    [z_n; y_n] = M [z_{n-1}; y_{n-1}] + F_n, M = [[1, -dt A], [dt, 1 - dt^2 A]], F_n = [dt (B u_n); dt^2 (B u_n)],
+    A = relu(A^), dt = sigma(dt^); x_n = C y_n + D u_n."""
+    A, dt = torch.relu(A_hat), torch.sigmoid(dt_hat)  # [NH, M]
+    transition = torch.stack([torch.stack([torch.ones_like(A), -dt * A], -1), torch.stack([dt, 1 - dt**2 * A], -1)], -2)
+    zy = torch.stack([zeros_if_none(z0, u, A.shape[-1]), zeros_if_none(y0, u, A.shape[-1])], -1)  # [B, NH, M, 2]
+    xs = []
+    for t in range(u.shape[1]):
+        Bu = _matvec(B, u[:, t])
+        zy = torch.einsum("hmij,bhmj->bhmi", transition, zy) + torch.stack([dt * Bu, dt**2 * Bu], -1)
+        xs.append(_matvec(C, zy[..., 1]) + D * u[:, t])
+    return {"x": stack(xs)}, {"y": zy[..., 1], "z": zy[..., 0]}
+
+
 LOOPS = {
     "rwkv4": rwkv4,
     "aaren": aaren,
@@ -319,4 +369,7 @@ LOOPS = {
     "ligru": ligru,
     "mega_ema": mega_ema,
     "minlstm": minlstm,
+    "s4d": s4d,
+    "cema": cema,
+    "linoss": linoss,
 }

@@ -22,7 +22,9 @@ fla ``naive.py`` recurrences are loaded by path and compute in float32; where fl
 * ``fla_mamba2_ssd``: simple GLA as for ``fla_mamba2``, with ``A = -exp(A_log)`` and fla's
   ``[K, V]`` our ``[N, P]``.
 * ``fla_qrnn``, ``fla_rglru``, ``fla_minlstm``, ``fla_mega_ema``: HGRN (``h = exp(g) h + x``) with
-  the cell's decay as ``g`` and its input term as ``x`` (Mega's over the ``D*N`` entries).
+  the cell's decay as ``g`` and its input term as ``x`` (Mega's and S4D's over the ``D*N`` entries).
+* ``fla_hedgehog``: ``naive_recurrent_linear_attn(normalize=True)`` on the softmax features, the
+  two memories and normalisers stacked along the feature axis.
 * ``torch_tanh_accumulator``, ``flashrnn_tanh_accumulator``: Elman with ``R = I``, ``b = 0``;
   ``torch_indrnn``: ``nn.RNN(nonlinearity="relu")`` with ``weight_hh = diag(u)``.
 """
@@ -217,6 +219,38 @@ def fla_mega_ema(x, alpha_p, delta_p, beta, eta, h0=None):
     return {"y": y}, {"h": fin["h"].reshape(Bt, NH, Dm, N)}
 
 
+def fla_s4d(u, log_dt, A_log, B, C, D, x0=None):
+    """S4D's recurrence is HGRN over the H*N entries with g = Delta A, x = B_bar u; y = sum_n C x + D u."""
+    Bt, T, NH, H = u.shape
+    N = A_log.shape[-1]
+    A = -torch.exp(A_log)
+    dtA = torch.exp(log_dt)[..., None] * A
+    inp = ((torch.exp(dtA) - 1) / A * B * u[..., None]).reshape(Bt, T, NH, H * N)
+    g = dtA.expand(Bt, T, NH, H, N).reshape(Bt, T, NH, H * N)
+    out, fin = third_party.fla_hgrn(inp, g, None if x0 is None else x0.reshape(Bt, NH, H * N))
+    y = (C * out["h"].reshape(Bt, T, NH, H, N)).sum(-1) + D * u
+    return {"y": y}, {"x": fin["h"].reshape(Bt, NH, H, N)}
+
+
+def fla_hedgehog(q, k, v, W, Sp0=None, Sm0=None, zp0=None, zm0=None):
+    """Hedgehog is normalised linear attention (fla's linear_attn, normalize=True) on the features
+    phi(x) = [softmax(W x), softmax(-W x)], the two memories stacked along the feature axis."""
+    B, T, NH, K = q.shape
+    F_, V = W.shape[-2], v.shape[-1]
+
+    def phi(x):
+        wx = torch.einsum("hfk,bthk->bthf", W, x)
+        return torch.cat([torch.softmax(wx, -1), torch.softmax(-wx, -1)], -1)
+
+    S0 = torch.cat([_state(Sp0, (B, NH, F_, V), q), _state(Sm0, (B, NH, F_, V), q)], -2)
+    z0 = torch.cat([_state(zp0, (B, NH, F_), q), _state(zm0, (B, NH, F_), q)], -1)[:, None]
+    o, (S, z) = fla_naive("linear_attn").naive_recurrent_linear_attn(
+        phi(q), phi(k), v, scale=1.0, initial_state=(S0, z0), output_final_state=True, normalize=True
+    )
+    S, z = S.to(q.dtype), z[:, 0].to(q.dtype)
+    return {"o": o.to(q.dtype)}, {"Sp": S[..., :F_, :], "Sm": S[..., F_:, :], "zp": z[..., :F_], "zm": z[..., F_:]}
+
+
 FLA = {
     "rwkv6": fla_rwkv6,
     "rwkv7": fla_rwkv7,
@@ -235,6 +269,8 @@ FLA = {
     "rglru": fla_rglru,
     "minlstm": fla_minlstm,
     "mega_ema": fla_mega_ema,
+    "s4d": fla_s4d,
+    "hedgehog": fla_hedgehog,
 }
 FLOAT64 = {"tanh_accumulator": torch_tanh_accumulator, "indrnn": torch_indrnn}
 FLASHRNN = {"tanh_accumulator": flashrnn_tanh_accumulator}
