@@ -345,7 +345,9 @@ DRAWS: dict[str, dict[str, str]] = {
     "mlstm_plain": {},
     "s4d": {},
     "cema": {},
-    "linoss": {"B": "matrix", "C": "matrix"},
+    # A = relu(A^) >= 0 as the paper initialises it (in [0, 1]): A^ drawn where relu is active (a draw with
+    # every A^ < 0 leaves it without a gradient)
+    "linoss": {"A_hat": "positive", "B": "matrix", "C": "matrix"},
     "hedgehog": {"W": "matrix", "zp": "positive", "zm": "positive"},  # softmax features > 0, as z0 should be
 }
 

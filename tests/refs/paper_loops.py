@@ -238,7 +238,7 @@ def delta_monitor(q, k, v, beta, S0=None):
 
 
 def eagle(r, k, v, omega, u, S0=None):
-    """RWKV-5 Eagle (Peng et al. 2024, eqs. 11-14) as the paper's sum over the prefix, not as a
+    """RWKV-5 Eagle (Peng et al. 2024, the Eagle time mixing) as the paper's sum over the prefix, not as a
     recurrence: with the static decay w = exp(-exp(omega)) per key channel,
     wkv_t = diag(u) k_t^T v_t + sum_{i<t} diag(w)^{t-1-i} k_i^T v_i + diag(w)^t S_0, o_t = r_t wkv_t,
     and the final state S_T = sum_{i<T} diag(w)^{T-1-i} k_i^T v_i + diag(w)^T S_0; S [K, V]."""

@@ -203,7 +203,7 @@ def ntm_memory(wl, rl, e, a, Mem0=None):
 
 
 def qrnn(x, Wz, Wf, Wo, c0=None):
-    """QRNN with width-1 filters and fo-pooling (Bradbury et al. 2017, eqs. 1, 4): Z = tanh(W_z X),
+    """QRNN with width-1 filters and fo-pooling (Bradbury et al. 2017, eqs. 1, 3): Z = tanh(W_z X),
     F = sigma(W_f X), O = sigma(W_o X) for the whole sequence first, then c_t = f_t c_{t-1} + (1 - f_t) z_t,
     h_t = o_t c_t."""
 
@@ -220,7 +220,7 @@ def qrnn(x, Wz, Wf, Wo, c0=None):
 
 
 def sru(x, W, Wf, bf, Wr, br, c0=None):
-    """SRU (Lei et al. 2017, arXiv:1709.02755v1, eqs. 3-6): x~ = W x, f = sigma(W_f x + b_f),
+    """SRU (Lei et al. 2017, arXiv:1709.02755v1, Sec. 2): x~ = W x, f = sigma(W_f x + b_f),
     r = sigma(W_r x + b_r), c_t = f c_{t-1} + (1 - f) x~, h_t = r tanh(c_t) + (1 - r) x_t."""
     c = zeros_if_none(c0, x, x.shape[-1])
     hs = []
@@ -233,7 +233,7 @@ def sru(x, W, Wf, bf, Wr, br, c0=None):
 
 
 def sru_2018(x, W, Wf, vf, bf, Wr, vr, br, c0=None):
-    """SRU as published (Lei et al. 2018, EMNLP, eqs. 3-6): f_t = sigma(W_f x_t + v_f c_{t-1} + b_f),
+    """SRU as published (Lei et al. 2018, EMNLP, Sec. 2): f_t = sigma(W_f x_t + v_f c_{t-1} + b_f),
     c_t = f_t c_{t-1} + (1 - f_t) W x_t, r_t = sigma(W_r x_t + v_r c_{t-1} + b_r), h_t = r_t c_t + (1 - r_t) x_t."""
     c = zeros_if_none(c0, x, x.shape[-1])
     hs = []
@@ -262,7 +262,7 @@ def rglru(x, Wa, ba, Wx, bx, Lambda, h0=None):
 
 
 def ligru(x, Wz, Uz, Wh, Uh, h0=None):
-    """Light GRU (Ravanelli et al. 2018, eqs. 5-8, no batch norm): z_t = sigma(W_z x_t + U_z h_{t-1}),
+    """Light GRU (Ravanelli et al. 2018, Sec. 3, no batch norm): z_t = sigma(W_z x_t + U_z h_{t-1}),
     h~_t = ReLU(W_h x_t + U_h h_{t-1}), h_t = z_t h_{t-1} + (1 - z_t) h~_t."""
     h = zeros_if_none(h0, x, Uz.shape[-1])
     hs = []
@@ -275,7 +275,7 @@ def ligru(x, Wz, Uz, Wh, Uh, h0=None):
 
 
 def mega_ema(x, alpha_p, delta_p, beta, eta, h0=None):
-    """Mega's multi-dimensional damped EMA (Ma et al. 2023, eqs. 2-3), per channel j:
+    """Mega's multi-dimensional damped EMA (Ma et al. 2023, Sec. 3.1), per channel j:
     u^(j) = beta_j x_j, h^(j)_t = alpha_j u^(j)_t + (1 - alpha_j delta_j) h^(j)_{t-1}, y_j = eta_j^T h^(j)_t."""
     alpha, delta = torch.sigmoid(alpha_p), torch.sigmoid(delta_p)  # [NH, D, N]
     h = zeros_if_none(h0, x, *alpha.shape[-2:])
@@ -320,7 +320,7 @@ def s4d(u, log_dt, A_log, B, C, D, x0=None):
 
 
 def cema(x, alpha_p, delta_p, theta, beta, eta, h_re0=None, h_im0=None):
-    """Megalodon's complex EMA (Ma et al. 2024, eq. 5) in complex arithmetic:
+    """Megalodon's complex EMA (Ma et al. 2024, Sec. 3.1) in complex arithmetic:
     h_t = alpha e^{i theta} (beta x_t) + (1 - alpha delta) e^{i theta} h_{t-1}, y_t = Re(eta^T h_t)."""
     alpha, delta = torch.sigmoid(alpha_p), torch.sigmoid(delta_p)
     rotation = torch.exp(torch.complex(torch.zeros_like(theta), theta))  # e^{i theta}, [NH, D, N]
