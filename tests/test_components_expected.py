@@ -68,6 +68,23 @@ EXPECTED = {
     "gated_accumulator": ("sequential", {("h",): "nonlinear", ("c",): "elementwise"}),
     "energy_norm": ("scan", {("e",): "elementwise", ("s",): "elementwise"}),
     "ntm_memory": ("scan", {("Mem",): "elementwise"}),  # NTM's erase is a Hadamard product
+    # --- paper cells written as their papers write them (gates from x_t only are scans) ---
+    "qrnn": ("scan", {("c",): "elementwise"}),
+    "sru": ("scan", {("c",): "elementwise"}),
+    "sru_2018": ("sequential", {("c",): "nonlinear"}),  # v_f . c_{t-1} inside the gate's sigmoid
+    "rglru": ("scan", {("h",): "elementwise"}),
+    "ligru": ("sequential", {("h",): "nonlinear"}),
+    "minlstm": ("scan", {("h",): "elementwise"}),
+    "mega_ema": ("scan", {("h",): "elementwise"}),
+    "eagle": ("chunked", {("S",): "matrix"}),  # a static diagonal decay from a weight
+    "deltanet_l2": ("chunked", {("S",): "matrix"}),  # [V, K], keys normalised in the cell
+    "ttt_linear": ("chunked", {("W",): "matrix"}),  # the gradient step is identity minus rank one
+    "mamba2_ssd": ("chunked", {("h",): "matrix"}),  # [N, P], key axis 0
+    "mlstm_plain": ("chunked", {("C",): "matrix", ("n",): "matrix"}),
+    "s4d": ("scan", {("x",): "elementwise"}),  # zero-order hold on a diagonal A, per channel
+    "cema": ("scan", {("h_im", "h_re"): "coupled"}),  # a rotation per entry: 2 x 2 blocks
+    "linoss": ("scan", {("y", "z"): "coupled"}),  # the IMEX step mixes y and z per channel
+    "hedgehog": ("chunked", {("Sp",): "matrix", ("Sm",): "matrix", ("zp",): "matrix", ("zm",): "matrix"}),
 }
 
 

@@ -6,8 +6,10 @@ stabiliser), all in float64.
 What exists where (fla-core 0.6.0): naive recurrences for gla, simple_gla, hgrn, delta_rule,
 gated_delta_rule, gated_delta_product, kda, linear_attn, rwkv6 (recurrent_naive), generalized_delta_rule
 (dplr: RWKV-7) and titans (a layer-normed mini-batch variant, not the paper's plain linear memory: no
-cross-check); rwkv4 and rwkv7 have Triton kernels only. No third-party reference here for mLSTM,
-Aaren, LMU, M²RNN, LRU, Longhorn, Titans or the cells of rnnc's own. Set RNNC_REFS_SEED to replay.
+cross-check), ttt (with the paper's LayerNorm and residual, not the plain linear inner model: the
+delta rule checks TTT-Linear instead); rwkv4 and rwkv7 have Triton kernels only. No third-party
+reference here for mLSTM, Aaren, LMU, M²RNN, LRU, Longhorn, Titans, SRU, Light GRU or the cells of
+rnnc's own. Set RNNC_REFS_SEED to replay.
 """
 
 from __future__ import annotations

@@ -29,6 +29,12 @@ from refs.data import Spec, concrete, fresh_seed
 
 _QKV = {"q": ("K",), "k": ("K",), "v": ("V",)}
 _KV = {"K": 5, "V": 3}
+_HD = {"H": 5, "D": 3}
+
+
+def _gate_weights(*names: str) -> dict[str, tuple[str, ...]]:
+    return {n: ("H", "D") for n in names}
+
 
 SPECS: dict[str, Spec] = {
     "mlstm": Spec(
@@ -180,6 +186,121 @@ SPECS: dict[str, Spec] = {
         {"read": ("V",)},
         {"M": 5, "V": 3},
     ),
+    "qrnn": Spec(("H", "D"), {"x": ("D",)}, _gate_weights("Wz", "Wf", "Wo"), {"c": ("H",)}, {"h": ("H",)}, _HD),
+    "sru": Spec(
+        ("D",),
+        {"x": ("D",)},
+        {"W": ("D", "D"), "Wf": ("D", "D"), "bf": ("D",), "Wr": ("D", "D"), "br": ("D",)},
+        {"c": ("D",)},
+        {"h": ("D",)},
+        {"D": 5},
+    ),
+    "sru_2018": Spec(
+        ("D",),
+        {"x": ("D",)},
+        {
+            "W": ("D", "D"),
+            "Wf": ("D", "D"),
+            "vf": ("D",),
+            "bf": ("D",),
+            "Wr": ("D", "D"),
+            "vr": ("D",),
+            "br": ("D",),
+        },
+        {"c": ("D",)},
+        {"h": ("D",)},
+        {"D": 5},
+    ),
+    "rglru": Spec(
+        ("D",),
+        {"x": ("D",)},
+        {"Wa": ("D", "D"), "ba": ("D",), "Wx": ("D", "D"), "bx": ("D",), "Lambda": ("D",)},
+        {"h": ("D",)},
+        {"h": ("D",)},
+        {"D": 5},
+    ),
+    "ligru": Spec(
+        ("H", "D"),
+        {"x": ("D",)},
+        {"Wz": ("H", "D"), "Uz": ("H", "H"), "Wh": ("H", "D"), "Uh": ("H", "H")},
+        {"h": ("H",)},
+        {"h": ("H",)},
+        _HD,
+    ),
+    "eagle": Spec(
+        ("K", "V"),
+        {"r": ("K",), "k": ("K",), "v": ("V",)},
+        {"omega": ("K",), "u": ("K",)},
+        {"S": ("K", "V")},
+        {"o": ("V",)},
+        _KV,
+    ),
+    "deltanet_l2": Spec(("K", "V"), {**_QKV, "b": ()}, {}, {"S": ("V", "K")}, {"o": ("V",)}, _KV),
+    "mega_ema": Spec(
+        ("D", "N"),
+        {"x": ("D",)},
+        {n: ("D", "N") for n in ("alpha_p", "delta_p", "beta", "eta")},
+        {"h": ("D", "N")},
+        {"y": ("D",)},
+        {"D": 5, "N": 3},
+    ),
+    "minlstm": Spec(
+        ("H", "D"),
+        {"x": ("D",)},
+        {"Wf": ("H", "D"), "bf": ("H",), "Wi": ("H", "D"), "bi": ("H",), "Wh": ("H", "D"), "bh": ("H",)},
+        {"h": ("H",)},
+        {"h": ("H",)},
+        _HD,
+    ),
+    "ttt_linear": Spec(("K", "V"), {**_QKV, "lr": ()}, {}, {"W": ("V", "K")}, {"z": ("V",)}, _KV),
+    "mamba2_ssd": Spec(
+        ("N", "P"),
+        {"x": ("P",), "B": ("N",), "C": ("N",), "dt": ()},
+        {"A_log": (), "dt_bias": (), "D": ("P",)},
+        {"h": ("N", "P")},
+        {"y": ("P",)},
+        {"N": 3, "P": 5},
+    ),
+    "mlstm_plain": Spec(
+        ("K", "V"),
+        {**_QKV, "it": (), "ft": (), "ot": ("V",)},
+        {},
+        {"C": ("V", "K"), "n": ("K",)},
+        {"h": ("V",)},
+        _KV,
+    ),
+    "s4d": Spec(
+        ("H", "N"),
+        {"u": ("H",)},
+        {"log_dt": ("H",), "A_log": ("H", "N"), "B": ("H", "N"), "C": ("H", "N"), "D": ("H",)},
+        {"x": ("H", "N")},
+        {"y": ("H",)},
+        {"H": 5, "N": 3},
+    ),
+    "cema": Spec(
+        ("D", "N"),
+        {"x": ("D",)},
+        {n: ("D", "N") for n in ("alpha_p", "delta_p", "theta", "beta", "eta")},
+        {"h_re": ("D", "N"), "h_im": ("D", "N")},
+        {"y": ("D",)},
+        {"D": 5, "N": 3},
+    ),
+    "linoss": Spec(
+        ("P", "M"),
+        {"u": ("P",)},
+        {"A_hat": ("M",), "dt_hat": ("M",), "B": ("M", "P"), "C": ("P", "M"), "D": ("P",)},
+        {"y": ("M",), "z": ("M",)},
+        {"x": ("P",)},
+        {"P": 3, "M": 5},
+    ),
+    "hedgehog": Spec(
+        ("K", "F", "V"),
+        {"q": ("K",), "k": ("K",), "v": ("V",)},
+        {"W": ("F", "K")},
+        {"Sp": ("F", "V"), "Sm": ("F", "V"), "zp": ("F",), "zm": ("F",)},
+        {"o": ("V",)},
+        {"K": 5, "F": 7, "V": 3},
+    ),
 }
 
 DRAWS: dict[str, dict[str, str]] = {
@@ -209,6 +330,25 @@ DRAWS: dict[str, dict[str, str]] = {
     "gated_accumulator": {"R": "matrix"},
     "energy_norm": {"g": "logdecay", "e": "positive"},
     "ntm_memory": {},
+    "qrnn": {"Wz": "matrix", "Wf": "matrix", "Wo": "matrix"},
+    "sru": {"W": "matrix", "Wf": "matrix", "Wr": "matrix"},
+    "sru_2018": {"W": "matrix", "Wf": "matrix", "Wr": "matrix"},
+    "rglru": {"Wa": "matrix", "Wx": "matrix"},
+    "ligru": {"Wz": "matrix", "Uz": "matrix", "Wh": "matrix", "Uh": "matrix"},
+    "eagle": {},
+    "deltanet_l2": {},  # the cell normalises its keys and queries itself
+    "mega_ema": {},
+    "minlstm": {"Wf": "matrix", "Wi": "matrix", "Wh": "matrix"},
+    # unit keys and eta = sigma(lr) / 2 keep the inner step 2 eta ||k||^2 < 2 a contraction
+    "ttt_linear": {"k": "unitkey"},
+    "mamba2_ssd": {},
+    "mlstm_plain": {},
+    "s4d": {},
+    "cema": {},
+    # A = relu(A^) >= 0 as the paper initialises it (in [0, 1]): A^ drawn where relu is active (a draw with
+    # every A^ < 0 leaves it without a gradient)
+    "linoss": {"A_hat": "positive", "B": "matrix", "C": "matrix"},
+    "hedgehog": {"W": "matrix", "zp": "positive", "zm": "positive"},  # softmax features > 0, as z0 should be
 }
 
 CELLS = tuple(SPECS)

@@ -237,6 +237,110 @@ def delta_monitor(q, k, v, beta, S0=None):
     return {"err": stack(errs), "o": stack(os)}, {"S": S}
 
 
+def eagle(r, k, v, omega, u, S0=None):
+    """RWKV-5 Eagle (Peng et al. 2024, the Eagle time mixing) as the paper's sum over the prefix, not as a
+    recurrence: with the static decay w = exp(-exp(omega)) per key channel,
+    wkv_t = diag(u) k_t^T v_t + sum_{i<t} diag(w)^{t-1-i} k_i^T v_i + diag(w)^t S_0, o_t = r_t wkv_t,
+    and the final state S_T = sum_{i<T} diag(w)^{T-1-i} k_i^T v_i + diag(w)^T S_0; S [K, V]."""
+    T = r.shape[1]
+    S0 = zeros_if_none(S0, r, r.shape[-1], v.shape[-1])
+    log_w = -torch.exp(omega)  # [NH, K]
+    kv = torch.einsum("bthk,bthv->bthkv", k, v)
+
+    def prefix(t):  # sum_{i<t} diag(w)^{t-1-i} k_i^T v_i + diag(w)^t S_0
+        powers = (t - 1 - torch.arange(t, dtype=r.dtype))[None, :, None, None, None]
+        decay = torch.exp(powers * log_w[None, None, :, :, None])  # [1, t, NH, K, 1]
+        return (decay * kv[:, :t]).sum(1) + torch.exp(t * log_w)[None, :, :, None] * S0
+
+    os = [torch.einsum("bhk,bhkv->bhv", r[:, t], prefix(t) + u[None, :, :, None] * kv[:, t]) for t in range(T)]
+    return {"o": stack(os)}, {"S": prefix(T)}
+
+
+def deltanet_l2(q, k, v, b, S0=None):
+    """DeltaNet with L2-normalised keys and queries (Yang et al. 2024, Sec. 2.2, 3.3), in the
+    product form S_t = S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, o_t = S_t q_t, S [V, K],
+    beta = sigma(b); the normalisation is fla's l2norm, x / sqrt(||x||^2 + 1e-6)."""
+    S = zeros_if_none(S0, q, v.shape[-1], q.shape[-1])
+    eye = torch.eye(q.shape[-1], dtype=q.dtype)
+    os = []
+    for t in range(q.shape[1]):
+        kn = k[:, t] * torch.rsqrt((k[:, t] ** 2).sum(-1, keepdim=True) + 1e-6)
+        qn = q[:, t] * torch.rsqrt((q[:, t] ** 2).sum(-1, keepdim=True) + 1e-6)
+        beta = per_head(torch.sigmoid(b[:, t]))
+        S = S @ (eye - beta * torch.einsum("bhi,bhj->bhij", kn, kn)) + beta * torch.einsum("bhv,bhk->bhvk", v[:, t], kn)
+        os.append(torch.einsum("bhvk,bhk->bhv", S, qn))
+    return {"o": stack(os)}, {"S": S}
+
+
+def ttt_linear(q, k, v, lr, W0=None):
+    """TTT-Linear's inner loop (Sun et al. 2024, Sec. 2.1-2.3), one step of gradient descent on
+    l(W) = ||W k_t - v_t||^2 per token, the gradient taken by autograd (not by hand):
+    W_t = W_{t-1} - eta_t grad l(W_{t-1}), eta_t = sigma(lr_t) / 2, z_t = W_t q_t; W [V, K]."""
+    W = zeros_if_none(W0, q, v.shape[-1], q.shape[-1])
+    zs = []
+    for t in range(q.shape[1]):
+        W_in = W if W.requires_grad else W.detach().requires_grad_()
+        loss = ((torch.einsum("bhvk,bhk->bhv", W_in, k[:, t]) - v[:, t]) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, W_in, create_graph=True)  # per batch and head: the sum separates
+        W = W_in - per_head(0.5 * torch.sigmoid(lr[:, t])) * grad
+        zs.append(torch.einsum("bhvk,bhk->bhv", W, q[:, t]))
+    return {"z": stack(zs)}, {"W": W}
+
+
+def mamba2_ssd(x, B, C, dt, A_log, dt_bias, D, h0=None):
+    """Mamba-2 (Dao & Gu 2024, Sec. 3) in its quadratic "attention" form, not as a recurrence:
+    y = (L o C B^T) (Delta x) + D x with L_{ts} = exp(sum_{s<r<=t} Delta_r A) for s <= t, plus
+    the initial state's term C_t^T exp(sum_{r<=t} Delta_r A) h_0; Delta = softplus(dt + dt_bias),
+    A = -exp(A_log); h_T = exp(cum_T) h_0 + sum_s exp(cum_T - cum_s) Delta_s B_s x_s^T, h [N, P]."""
+    T = x.shape[1]
+    h0 = zeros_if_none(h0, x, B.shape[-1], x.shape[-1])
+    delta = F.softplus(dt + dt_bias)  # [Bt, T, NH]
+    cum = torch.cumsum(delta * -torch.exp(A_log), dim=1)  # sum_{r<=t} Delta_r A
+    seg = cum[:, :, None] - cum[:, None, :]  # [Bt, t, s, NH]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, :, :, None]
+    L = torch.where(causal, torch.exp(torch.where(causal, seg, 0.0)), 0.0)
+    scores = L * torch.einsum("bthn,bshn->btsh", C, B)
+    y = torch.einsum("btsh,bshp->bthp", scores, delta[..., None] * x) + D * x
+    y = y + torch.exp(cum)[..., None] * torch.einsum("bthn,bhnp->bthp", C, h0)
+    last = torch.exp(cum[:, -1:] - cum)  # [Bt, T, NH]
+    hT = torch.exp(cum[:, -1])[..., None, None] * h0 + torch.einsum("bsh,bshn,bshp->bhnp", last * delta, B, x)
+    return {"y": y}, {"h": hT}
+
+
+def mlstm_plain(q, k, v, it, ft, ot, C0=None, n0=None):
+    """mLSTM without the stabiliser (xLSTM eqs. 19-27): ``mlstm_unstabilised`` with the cell's names
+    for the gate pre-activations (i~, f~, o~)."""
+    return mlstm_unstabilised(q, k, v, it, ft, ot, C0, n0)
+
+
+def hedgehog(q, k, v, W, Sp0=None, Sm0=None, zp0=None, zm0=None):
+    """Hedgehog linear attention (Zhang et al. 2024, Sec. 4.1) in its quadratic form:
+    phi(x) = [softmax(W x), softmax(-W x)], o_t = sum_{i<=t} phi(q_t).phi(k_i) v_i / sum_{i<=t} phi(q_t).phi(k_i),
+    with the initial memories S_0 = [S+_0; S-_0] and normalisers z_0 = [z+_0; z-_0] added to the sums."""
+    F_, V = W.shape[-2], v.shape[-1]
+
+    def phi(x):
+        wx = torch.einsum("hfk,bthk->bthf", W, x)
+        return torch.cat([torch.softmax(wx, -1), torch.softmax(-wx, -1)], -1)  # [B, T, NH, 2F]
+
+    fq, fk = phi(q), phi(k)
+    S0 = torch.cat([zeros_if_none(Sp0, q, F_, V), zeros_if_none(Sm0, q, F_, V)], -2)  # [B, NH, 2F, V]
+    z0 = torch.cat([zeros_if_none(zp0, q, F_), zeros_if_none(zm0, q, F_)], -1)
+    scores = torch.tril(torch.ones(q.shape[1], q.shape[1], dtype=q.dtype))[None, :, :, None] * torch.einsum(
+        "bthf,bshf->btsh", fq, fk
+    )
+    num = torch.einsum("btsh,bshv->bthv", scores, v) + torch.einsum("bthf,bhfv->bthv", fq, S0)
+    den = scores.sum(2) + torch.einsum("bthf,bhf->bth", fq, z0)
+    S = S0 + torch.einsum("bthf,bthv->bhfv", fk, v)
+    z = z0 + fk.sum(1)
+    return {"o": num / den[..., None]}, {
+        "Sp": S[..., :F_, :],
+        "Sm": S[..., F_:, :],
+        "zp": z[..., :F_],
+        "zm": z[..., F_:],
+    }
+
+
 LOOPS = {
     "mlstm": mlstm,
     "rwkv6": rwkv6,
@@ -251,4 +355,10 @@ LOOPS = {
     "linear_attention_normalised": linear_attention_normalised,
     "ema_gla": ema_gla,
     "delta_monitor": delta_monitor,
+    "eagle": eagle,
+    "deltanet_l2": deltanet_l2,
+    "ttt_linear": ttt_linear,
+    "mamba2_ssd": mamba2_ssd,
+    "mlstm_plain": mlstm_plain,
+    "hedgehog": hedgehog,
 }

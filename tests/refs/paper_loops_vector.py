@@ -202,6 +202,153 @@ def ntm_memory(wl, rl, e, a, Mem0=None):
     return {"read": stack(reads)}, {"Mem": Mem}
 
 
+def qrnn(x, Wz, Wf, Wo, c0=None):
+    """QRNN with width-1 filters and fo-pooling (Bradbury et al. 2017, eqs. 1, 3): Z = tanh(W_z X),
+    F = sigma(W_f X), O = sigma(W_o X) for the whole sequence first, then c_t = f_t c_{t-1} + (1 - f_t) z_t,
+    h_t = o_t c_t."""
+
+    def conv1(W):  # a masked convolution of width 1 over the whole sequence
+        return torch.einsum("hij,bthj->bthi", W, x)
+
+    Z, Fg, Og = torch.tanh(conv1(Wz)), torch.sigmoid(conv1(Wf)), torch.sigmoid(conv1(Wo))
+    c = zeros_if_none(c0, x, Wz.shape[1])
+    hs = []
+    for t in range(x.shape[1]):
+        c = Fg[:, t] * c + (1 - Fg[:, t]) * Z[:, t]
+        hs.append(Og[:, t] * c)
+    return {"h": stack(hs)}, {"c": c}
+
+
+def sru(x, W, Wf, bf, Wr, br, c0=None):
+    """SRU (Lei et al. 2017, arXiv:1709.02755v1, Sec. 2): x~ = W x, f = sigma(W_f x + b_f),
+    r = sigma(W_r x + b_r), c_t = f c_{t-1} + (1 - f) x~, h_t = r tanh(c_t) + (1 - r) x_t."""
+    c = zeros_if_none(c0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        f, r = torch.sigmoid(_matvec(Wf, xt) + bf), torch.sigmoid(_matvec(Wr, xt) + br)
+        c = f * c + (1 - f) * _matvec(W, xt)
+        hs.append(r * torch.tanh(c) + (1 - r) * xt)
+    return {"h": stack(hs)}, {"c": c}
+
+
+def sru_2018(x, W, Wf, vf, bf, Wr, vr, br, c0=None):
+    """SRU as published (Lei et al. 2018, EMNLP, Sec. 2): f_t = sigma(W_f x_t + v_f c_{t-1} + b_f),
+    c_t = f_t c_{t-1} + (1 - f_t) W x_t, r_t = sigma(W_r x_t + v_r c_{t-1} + b_r), h_t = r_t c_t + (1 - r_t) x_t."""
+    c = zeros_if_none(c0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        f = torch.sigmoid(_matvec(Wf, xt) + vf * c + bf)
+        r = torch.sigmoid(_matvec(Wr, xt) + vr * c + br)  # reads c_{t-1}
+        c = f * c + (1 - f) * _matvec(W, xt)
+        hs.append(r * c + (1 - r) * xt)
+    return {"h": stack(hs)}, {"c": c}
+
+
+def rglru(x, Wa, ba, Wx, bx, Lambda, h0=None):
+    """RG-LRU (De et al. 2024, Griffin, eqs. 1-4) with the power taken literally, not in log space:
+    r = sigma(W_a x + b_a), i = sigma(W_x x + b_x), a_t = sigma(Lambda)^(c r_t), c = 8,
+    h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t)."""
+    h = zeros_if_none(h0, x, x.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        r, i = torch.sigmoid(_matvec(Wa, xt) + ba), torch.sigmoid(_matvec(Wx, xt) + bx)
+        a = torch.pow(torch.sigmoid(Lambda), 8 * r)
+        h = a * h + torch.sqrt(1 - a**2) * (i * xt)
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def ligru(x, Wz, Uz, Wh, Uh, h0=None):
+    """Light GRU (Ravanelli et al. 2018, Sec. 3, no batch norm): z_t = sigma(W_z x_t + U_z h_{t-1}),
+    h~_t = ReLU(W_h x_t + U_h h_{t-1}), h_t = z_t h_{t-1} + (1 - z_t) h~_t."""
+    h = zeros_if_none(h0, x, Uz.shape[-1])
+    hs = []
+    for t in range(x.shape[1]):
+        z = torch.sigmoid(_matvec(Wz, x[:, t]) + _matvec(Uz, h))
+        candidate = torch.relu(_matvec(Wh, x[:, t]) + _matvec(Uh, h))
+        h = z * h + (1 - z) * candidate
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def mega_ema(x, alpha_p, delta_p, beta, eta, h0=None):
+    """Mega's multi-dimensional damped EMA (Ma et al. 2023, Sec. 3.1), per channel j:
+    u^(j) = beta_j x_j, h^(j)_t = alpha_j u^(j)_t + (1 - alpha_j delta_j) h^(j)_{t-1}, y_j = eta_j^T h^(j)_t."""
+    alpha, delta = torch.sigmoid(alpha_p), torch.sigmoid(delta_p)  # [NH, D, N]
+    h = zeros_if_none(h0, x, *alpha.shape[-2:])
+    ys = []
+    for t in range(x.shape[1]):
+        u = torch.einsum("hdn,bhd->bhdn", beta, x[:, t])
+        h = alpha * u + (1 - alpha * delta) * h
+        ys.append(torch.einsum("hdn,bhdn->bhd", eta, h))
+    return {"y": stack(ys)}, {"h": h}
+
+
+def minlstm(x, Wf, bf, Wi, bi, Wh, bh, h0=None):
+    """minLSTM (Feng et al. 2024, Sec. 3.2): f = sigma(Linear(x)), i = sigma(Linear(x)), h~ = Linear(x),
+    h_t = f/(f + i) h_{t-1} + i/(f + i) h~_t."""
+    h = zeros_if_none(h0, x, Wf.shape[1])
+    hs = []
+    for t in range(x.shape[1]):
+        f, i = torch.sigmoid(_matvec(Wf, x[:, t]) + bf), torch.sigmoid(_matvec(Wi, x[:, t]) + bi)
+        h = f / (f + i) * h + i / (f + i) * (_matvec(Wh, x[:, t]) + bh)
+        hs.append(h)
+    return {"h": stack(hs)}, {"h": h}
+
+
+def s4d(u, log_dt, A_log, B, C, D, x0=None):
+    """S4D-Real with zero-order hold (Gu et al. 2022, Sec. 3, Listing 1) as the paper computes it: a
+    causal convolution with the SSM kernel K_l = sum_n C_n B_bar_n A_bar_n^l, A_bar = exp(Delta A),
+    B_bar = (A_bar - 1) / A * B, A = -exp(A_log), Delta = exp(log_dt); y = K * u + D u, plus the
+    initial state's term sum_n C_n A_bar_n^(t+1) x_0; x_T = A_bar^T x_0 + sum_s A_bar^(T-1-s) B_bar u_s."""
+    T = u.shape[1]
+    A = -torch.exp(A_log)  # [NH, H, N]
+    dtA = torch.exp(log_dt)[..., None] * A
+    B_bar = (torch.exp(dtA) - 1) / A * B
+    powers = torch.exp(torch.arange(T + 1, dtype=u.dtype)[:, None, None, None] * dtA)  # A_bar^l, [T+1, NH, H, N]
+    kernel = torch.einsum("hdn,lhdn->lhd", C * B_bar, powers[:T])  # [T, NH, H]
+    lags = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # t - s
+    conv = torch.where((lags >= 0)[..., None, None], kernel[lags.clamp_min(0)], 0.0)  # [t, s, NH, H]
+    y = torch.einsum("tshd,bshd->bthd", conv, u) + D * u
+    x0 = zeros_if_none(x0, u, *A.shape[-2:])
+    y = y + torch.einsum("hdn,thdn,bhdn->bthd", C, powers[1:], x0)
+    xT = powers[T] * x0 + torch.einsum("shdn,bshd->bhdn", powers[:T].flip(0) * B_bar, u)
+    return {"y": y}, {"x": xT}
+
+
+def cema(x, alpha_p, delta_p, theta, beta, eta, h_re0=None, h_im0=None):
+    """Megalodon's complex EMA (Ma et al. 2024, Sec. 3.1) in complex arithmetic:
+    h_t = alpha e^{i theta} (beta x_t) + (1 - alpha delta) e^{i theta} h_{t-1}, y_t = Re(eta^T h_t)."""
+    alpha, delta = torch.sigmoid(alpha_p), torch.sigmoid(delta_p)
+    rotation = torch.exp(torch.complex(torch.zeros_like(theta), theta))  # e^{i theta}, [NH, D, N]
+    shape = theta.shape[-2:]
+    h = torch.complex(zeros_if_none(h_re0, x, *shape), zeros_if_none(h_im0, x, *shape))
+    ys = []
+    for t in range(x.shape[1]):
+        u = beta * x[:, t][..., None]
+        h = alpha * rotation * u + (1 - alpha * delta) * rotation * h
+        ys.append(torch.einsum("hdn,bhdn->bhd", eta, h.real))
+    return {"y": stack(ys)}, {"h_re": h.real, "h_im": h.imag}
+
+
+def linoss(u, A_hat, dt_hat, B, C, D, y0=None, z0=None):
+    """LinOSS-IMEX (Rusch & Rus 2025, Sec. 2.2) in the paper's matrix form, per channel:
+    [z_n; y_n] = M [z_{n-1}; y_{n-1}] + F_n, M = [[1, -dt A], [dt, 1 - dt^2 A]], F_n = [dt (B u_n); dt^2 (B u_n)],
+    A = relu(A^), dt = sigma(dt^); x_n = C y_n + D u_n."""
+    A, dt = torch.relu(A_hat), torch.sigmoid(dt_hat)  # [NH, M]
+    transition = torch.stack([torch.stack([torch.ones_like(A), -dt * A], -1), torch.stack([dt, 1 - dt**2 * A], -1)], -2)
+    zy = torch.stack([zeros_if_none(z0, u, A.shape[-1]), zeros_if_none(y0, u, A.shape[-1])], -1)  # [B, NH, M, 2]
+    xs = []
+    for t in range(u.shape[1]):
+        Bu = _matvec(B, u[:, t])
+        zy = torch.einsum("hmij,bhmj->bhmi", transition, zy) + torch.stack([dt * Bu, dt**2 * Bu], -1)
+        xs.append(_matvec(C, zy[..., 1]) + D * u[:, t])
+    return {"x": stack(xs)}, {"y": zy[..., 1], "z": zy[..., 0]}
+
+
 LOOPS = {
     "rwkv4": rwkv4,
     "aaren": aaren,
@@ -215,4 +362,14 @@ LOOPS = {
     "gated_accumulator": gated_accumulator,
     "energy_norm": energy_norm,
     "ntm_memory": ntm_memory,
+    "qrnn": qrnn,
+    "sru": sru,
+    "sru_2018": sru_2018,
+    "rglru": rglru,
+    "ligru": ligru,
+    "mega_ema": mega_ema,
+    "minlstm": minlstm,
+    "s4d": s4d,
+    "cema": cema,
+    "linoss": linoss,
 }
