@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rnnc.errors import BackendError, LocatedBackendError
 from rnnc.templates.chunked_lines import MASK, ZERO, StepLines, step_offsets
 from rnnc.templates.chunked_spec import ChunkedSpec, stage_spec
 from rnnc.templates.chunked_state import StateLines
@@ -73,8 +74,33 @@ class ChunkedModule:
 
 
 def render_chunked(plan) -> ChunkedModule:
-    """The Triton module (forward and backward kernels) of a Plan's chunked stage."""
-    return render_spec(stage_spec(plan), plan.key())
+    """The Triton module (forward and backward kernels) of a Plan's chunked stage.
+
+    A piece the kernels cannot lower is refused with a BackendError located at the chunked
+    component's update (the message names the piece).
+
+    Example:
+        >>> from rnnc.compiler import analyse_source
+        >>> source = "cell c(K, V) { input q: [K]; input k: [K]; input v: [V]; state S: [K, V]; "
+        >>> source += "S = S + outer(exp(k - max(k)), v); emit o = q @ S }"
+        >>> try:
+        ...     render_chunked(analyse_source(source, "c.rnn"))
+        ... except LocatedBackendError as exc:
+        ...     print(str(exc).splitlines()[0][:59])
+        c.rnn:1:75: error: the chunked kernels do not cover cell c:
+    """
+    try:
+        spec = stage_spec(plan)
+    except LocatedBackendError:
+        raise
+    except BackendError as exc:
+        stage = next((s for s in plan.stages if s.strategy == "chunked"), None)
+        spans = [plan.components[i].span for i in (stage.components if stage else ())]
+        span = next((x for x in spans if x is not None), None)
+        if span is None:
+            raise
+        raise LocatedBackendError(str(exc), span) from None
+    return render_spec(spec, plan.key())
 
 
 def state_pointer(*role: str, state: str) -> str:
