@@ -116,8 +116,10 @@ def _chunked(ir: IR, components, forms, outputs):
         pieces, axes, stray = _output_pieces(ir, outputs, group, shapes, ranks)
         if stray is None:
             break
-        if stray[0] in [s for c in vectors for s in c.states]:
-            group.remove(stray[0])  # a vector read other than by contraction: it runs in the scan stage
+        # a vector read other than by contraction (as a query of a matrix state: c' @ S') runs in the scan stage
+        movable = [s for s in stray[0] if s in [t for c in vectors for t in c.states]]
+        if movable:
+            group.remove(movable[0])
             continue
         return stray[1]
     keyed = _key_axes(group, forms, axes, shapes)
@@ -185,7 +187,7 @@ def _chunked(ir: IR, components, forms, outputs):
 
 
 def _output_pieces(ir: IR, outputs: dict, group: list[str], shapes, ranks):
-    """(pieces, {state: read axes}, None), or (None, None, (a state used otherwise, why))."""
+    """(pieces, {state: read axes}, None), or (None, None, (the states used otherwise, why))."""
     pieces, axes = [], {s: set() for s in group}
     count = 0
     names = {tensor_symbol(s): (s, False) for s in group} | {tensor_symbol(s + "'"): (s, True) for s in group}
@@ -207,7 +209,8 @@ def _output_pieces(ir: IR, outputs: dict, group: list[str], shapes, ranks):
         rest = expr.xreplace(table)
         stray = sorted({names[s][0] for s in rest.free_symbols if s in names})
         if stray:
-            return None, None, (stray[0], f"output {name} uses {stray[0]} other than through query @ {stray[0]} reads")
+            why = f"output {name} uses {stray[0]} other than through query @ {stray[0]} reads"
+            return None, None, (tuple(stray), why)
         shape = next(o.shape for o in ir.outputs if o.name == name)
         pieces.append(OutputPiece(name, shape, rest, tuple(reads)))
     return tuple(pieces), axes, None
