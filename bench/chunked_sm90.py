@@ -70,6 +70,8 @@ def compile_one(cell: str, forward: bool, tiles: dict) -> dict:
     }
     if forward:
         constexprs["STORE_STATES"] = True
+    else:
+        constexprs["TALL"] = False  # as the launcher sets it for sm_90 (rnnc.runtime.triton_chunked.tall_products)
     types = signature(kernel, stage, forward)
     # as Triton's JIT specialises a launch at these sizes: every pointer is 16-byte aligned, every size divisible by 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if types[name] != "constexpr"}

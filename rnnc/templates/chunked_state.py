@@ -57,6 +57,11 @@ class StateLines:
         self.last_row = self.n_sub - 1
         self.reads = [(k, r) for k, r in enumerate(self.spec.reads) if r.state == self.state.name]
         self.width = "BU" if self.state.vector else "BV"
+        # backward's [CHUNK, BK] products computed as their transposes where TALL (see _dot_wide; the launcher
+        # sets it where tensor cores take no tall products of their own, before sm_90): the last product of a
+        # chunk's backward sets the warps of all, a tall state update without a correction, a wide key
+        # cotangent with one, which keeps its wide products wide
+        self.tall = "False" if self.state.corrected else "TALL"
 
     # --- rows -------------------------------------------------------------------------------
     def _place(self, tiles: list[str], vector: bool = False) -> str:
@@ -259,7 +264,7 @@ class StateLines:
         for k, r in self.reads:
             strict = not r.new
             which = self._query_decay(strict)
-            lines.append(f"dqd{k} = _dot(dyr{k}, tl.trans({st}), {DOTS})")
+            lines.append(f"dqd{k} = _dot_across(dyr{k}, tl.trans({st}), {self.tall}, {DOTS})")
             lines += self._add(f"dqr{k}", decayed(p, f"dqd{k}", which, s.decay))
             if s.decay != "identity":
                 lines.append(f"{p}_d{which} += {_row_sum(f'qd{k} * dqd{k}', s.decay)}")
@@ -326,7 +331,7 @@ class StateLines:
         rows = f"{scale}e"
         lines = [f"{tile}_dst = _dot({tile}, {dst}, {DOTS})"]  # each decayed key row against the state's cotangent
         lines += self._add(self._cotangent(value), f"{rows}[:, None] * {tile}_dst")
-        d_tile = f"_dot({rows}[:, None] * {value}, tl.trans({dst}), {DOTS})"
+        d_tile = f"_dot_across({rows}[:, None] * {value}, tl.trans({dst}), {self.tall}, {DOTS})"
         d_rows = f"tl.sum({value} * {tile}_dst, axis=1)"
         if s.decay == "diagonal":
             lines.append(f"dKd_ = {d_tile}")
@@ -361,7 +366,8 @@ class StateLines:
             return lines + [f"{d_query}, {d_key}, {p}_dpairs = {call}, {p}_dpairs, CHUNK, {flag})"]
         decays = "True" if s.decay == "scalar" else "False"
         factor = self._factor(strict)
-        call = f"_scores_backward({d_scores}, {query}, {key}, {factor}, {scale}, CHUNK, {flag}, {decays}, {DOTS})"
+        flags = f"CHUNK, {flag}, {decays}, {self.tall}, {DOTS}"
+        call = f"_scores_backward({d_scores}, {query}, {key}, {factor}, {scale}, {flags})"
         lines = [f"dq_, dk_, wt_, ds_ = {call}"]
         lines += self._add(d_query, "dq_") + self._add(d_key, "dk_") + self._add(d_scale, "ds_")
         if s.decay == "scalar":
