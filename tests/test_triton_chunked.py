@@ -109,19 +109,19 @@ def test_a_pinned_tiling_is_used_in_the_interpreter(monkeypatch):
     assert rel_err(ours.o, theirs["o"]) < 1e-9
 
 
-@pytest.mark.parametrize("name", ["gla", "simple_gla", "rwkv6", "mlstm"])
+@pytest.mark.parametrize("name", ["gla", "simple_gla", "rwkv6", "mlstm", "gated_deltanet", "kda"])
 def test_backward_with_its_products_transposed_is_exact(name):
-    """TALL (the launcher's choice before sm_90: backward's [CHUNK, BK] products as their transposes) is exact:
-    pinned here, seen by the launch, and every gradient matches the float64 loop."""
+    """ALIGN (the launcher's choice before sm_90: backward's products across the orientation of its last one
+    computed as their transposes) is exact: pinned here, seen by the launch, every gradient matches the loop."""
     run = triton_cell(name)
-    run.kernels.pinned = {"TALL": True}
+    run.kernels.pinned = {"ALIGN": True}
     module = run.kernels.stage.kernels
     real, seen = module.backward_kernel, []
 
     class Recording:
         def __getitem__(self, grid):
             def launch(*args, **meta):
-                seen.append(meta["TALL"])
+                seen.append(meta["ALIGN"])
                 return real[grid](*args, **meta)
 
             return launch

@@ -201,21 +201,22 @@ class ChunkedStage:
             else torch.full(sh, float("nan"), dtype=shape.compute, device=device)
             for s, sh in zip(self.spec.states, shapes)
         ]
-        tall = bool((params or {}).get("TALL", False))  # [CHUNK, BK] products as their transposes (the template)
+        align = bool((params or {}).get("ALIGN", False))  # products turned to the last one's orientation
         self.kernels.backward_kernel[grid](
-            *leaves, *saved, *d_outputs, *d_finals, *d_leaves, *d_initial, *sizes, TALL=tall, **meta
+            *leaves, *saved, *d_outputs, *d_finals, *d_leaves, *d_initial, *sizes, ALIGN=align, **meta
         )
         return d_leaves, d_initial
 
 
-def tall_products(call: Call) -> bool:
-    """Whether backward computes its [CHUNK, BK] products as their transposes (the template's TALL): on NVIDIA
-    GPUs before sm_90, whose tensor cores lay every chained product out as the tall state updates (sm_90 takes
-    those on warpgroup MMA and keeps the rest wide); never in the interpreter (a pinned TALL is honoured).
+def align_products(call: Call) -> bool:
+    """Whether backward computes the products across its last one's orientation as their transposes (the
+    template's ALIGN): on NVIDIA GPUs before sm_90, where every chained product takes the last one's warps
+    (sm_90 takes the tall state updates on warpgroup MMA, where turning the rest costs registers); never in
+    the interpreter (a pinned ALIGN is honoured).
 
     Example:
         >>> from types import SimpleNamespace as NS
-        >>> tall_products(NS(device=torch.device("cpu")))
+        >>> align_products(NS(device=torch.device("cpu")))
         False
     """
     target = dry_run_target()
@@ -265,7 +266,7 @@ class ChunkedKernels(GeneratedKernels):
     def _params(self, call: Call) -> dict:
         params = self.model_params(call) if on_gpu(call) else dict(self.pinned)
         precision = self.precision if call.compute_dtype == torch.float32 else "ieee"
-        return {"TALL": tall_products(call), **params, "DOT_PRECISION": precision}
+        return {"ALIGN": align_products(call), **params, "DOT_PRECISION": precision}
 
     def _shape(self, call: Call) -> Shape:
         K, V = self.stage.sizes(call.dims)

@@ -57,11 +57,12 @@ class StateLines:
         self.last_row = self.n_sub - 1
         self.reads = [(k, r) for k, r in enumerate(self.spec.reads) if r.state == self.state.name]
         self.width = "BU" if self.state.vector else "BV"
-        # backward's [CHUNK, BK] products computed as their transposes where TALL (see _dot_wide; the launcher
-        # sets it where tensor cores take no tall products of their own, before sm_90): the last product of a
-        # chunk's backward sets the warps of all, a tall state update without a correction, a wide key
-        # cotangent with one, which keeps its wide products wide
-        self.tall = "False" if self.state.corrected else "TALL"
+        # where ALIGN (the launcher sets it before sm_90, whose tensor cores take every product on mma v2),
+        # backward computes the products across the orientation of its last one as their transposes (see
+        # _dot_wide): that is a tall state update without a correction (the [CHUNK, BK] products turn), a wide
+        # key cotangent with one (the [BK, BV] state updates turn)
+        self.wide = "False" if self.state.corrected else "ALIGN"
+        self.tall = "ALIGN" if self.state.corrected else "False"
 
     # --- rows -------------------------------------------------------------------------------
     def _place(self, tiles: list[str], vector: bool = False) -> str:
@@ -264,11 +265,11 @@ class StateLines:
         for k, r in self.reads:
             strict = not r.new
             which = self._query_decay(strict)
-            lines.append(f"dqd{k} = _dot_across(dyr{k}, tl.trans({st}), {self.tall}, {DOTS})")
+            lines.append(f"dqd{k} = _dot_across(dyr{k}, tl.trans({st}), {self.wide}, {DOTS})")
             lines += self._add(f"dqr{k}", decayed(p, f"dqd{k}", which, s.decay))
             if s.decay != "identity":
                 lines.append(f"{p}_d{which} += {_row_sum(f'qd{k} * dqd{k}', s.decay)}")
-            lines += self._add(f"{p}_ds0", f"_dot(tl.trans(qd{k}), dyr{k}, {DOTS})")
+            lines += self._add(f"{p}_ds0", f"_dot_across(tl.trans(qd{k}), dyr{k}, {self.tall}, {DOTS})")
             if s.corrected:
                 lines += self._add(f"{p}_dX", f"_dot(tl.trans({p}_P{k}u), dyr{k}, {DOTS})")
                 d_scores = f"_dot(dyr{k}, tl.trans({p}_X), {DOTS})"
@@ -283,7 +284,7 @@ class StateLines:
             lines += self._add(f"{p}_dW", decayed(p, f"{p}_dWd", "before", s.decay))
             if s.decay != "identity":
                 lines.append(f"{p}_dbefore += {_row_sum(f'{p}_Wd * {p}_dWd', s.decay)}")
-            lines += self._add(f"{p}_ds0", f"_dot(tl.trans({p}_Wd), {p}_dR, {DOTS})")
+            lines += self._add(f"{p}_ds0", f"_dot_across(tl.trans({p}_Wd), {p}_dR, {self.tall}, {DOTS})")
             for w in range(len(s.writes)):
                 lines += self._add(f"{p}_dB{w}", f"_dot(tl.trans({p}_Mw{w}), {p}_dR, {DOTS})")
                 d_scores = f"_dot({p}_dR, tl.trans({p}_B{w}), {DOTS})"
@@ -331,7 +332,7 @@ class StateLines:
         rows = f"{scale}e"
         lines = [f"{tile}_dst = _dot({tile}, {dst}, {DOTS})"]  # each decayed key row against the state's cotangent
         lines += self._add(self._cotangent(value), f"{rows}[:, None] * {tile}_dst")
-        d_tile = f"_dot_across({rows}[:, None] * {value}, tl.trans({dst}), {self.tall}, {DOTS})"
+        d_tile = f"_dot_across({rows}[:, None] * {value}, tl.trans({dst}), {self.wide}, {DOTS})"
         d_rows = f"tl.sum({value} * {tile}_dst, axis=1)"
         if s.decay == "diagonal":
             lines.append(f"dKd_ = {d_tile}")
@@ -366,7 +367,7 @@ class StateLines:
             return lines + [f"{d_query}, {d_key}, {p}_dpairs = {call}, {p}_dpairs, CHUNK, {flag})"]
         decays = "True" if s.decay == "scalar" else "False"
         factor = self._factor(strict)
-        flags = f"CHUNK, {flag}, {decays}, {self.tall}, {DOTS}"
+        flags = f"CHUNK, {flag}, {decays}, {self.wide}, {DOTS}"
         call = f"_scores_backward({d_scores}, {query}, {key}, {factor}, {scale}, {flags})"
         lines = [f"dq_, dk_, wt_, ds_ = {call}"]
         lines += self._add(d_query, "dq_") + self._add(d_key, "dk_") + self._add(d_scale, "ds_")
