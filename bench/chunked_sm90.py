@@ -43,7 +43,7 @@ def signature(kernel, stage: ChunkedStage, forward: bool) -> dict:
     for name in kernel.arg_names:
         if name in leaves or (forward and name.startswith("out_ptr")):
             types[name] = "*bf16"
-        elif name.endswith("_ptr"):
+        elif "ptr" in name.split("_"):  # init_ptr_S, saved_ptr_S, grad_ptr_in_q, grad_out_ptr_o, ...
             types[name] = "*fp32"
         elif name == "seq_starts":
             types[name] = "*i64"
@@ -70,6 +70,8 @@ def compile_one(cell: str, forward: bool, tiles: dict) -> dict:
     }
     if forward:
         constexprs["STORE_STATES"] = True
+    else:
+        constexprs["ALIGN"] = False  # as the launcher sets it for sm_90 (triton_chunked.align_products)
     types = signature(kernel, stage, forward)
     # as Triton's JIT specialises a launch at these sizes: every pointer is 16-byte aligned, every size divisible by 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if types[name] != "constexpr"}

@@ -96,6 +96,15 @@ def test_dot_kernels_use_tensor_cores_without_stack_in_bf16(case):
         assert kernel.stack_bytes == 0, kernel.notes
 
 
+@pytest.mark.parametrize("cell,gpu", [("gla", "h100"), ("gla", "a100"), ("deltanet", "h100")])
+def test_chunked_backward_has_no_stack_at_the_model_tiling(cell, gpu):
+    """Per-channel decays (GLA: the pair products back first; before sm_90 also ALIGN) and a correction
+    (DeltaNet: keys' row scales on the small side) compile without spills at the benchmark shape."""
+    found = report((cell, CHUNKED[1]), gpu=gpu)
+    for kernel in found.kernels:
+        assert kernel.tensor_core_instructions > 0 and kernel.stack_bytes == 0, (kernel.name, kernel.notes)
+
+
 def test_float32_with_tf32_uses_tensor_cores():
     """tf32 puts the sequential kernels' float32 dots on tensor cores."""
     found = report(SEQUENTIAL, dtype="float32", precision="tf32")

@@ -109,6 +109,33 @@ def test_a_pinned_tiling_is_used_in_the_interpreter(monkeypatch):
     assert rel_err(ours.o, theirs["o"]) < 1e-9
 
 
+@pytest.mark.parametrize("name", ["gla", "simple_gla", "rwkv6", "mlstm", "gated_deltanet", "kda"])
+def test_backward_with_its_products_transposed_is_exact(name):
+    """ALIGN (the launcher's choice before sm_90: backward's products across the orientation of its last one
+    computed as their transposes) is exact: pinned here, seen by the launch, every gradient matches the loop."""
+    run = triton_cell(name)
+    run.kernels.pinned = {"ALIGN": True}
+    module = run.kernels.stage.kernels
+    real, seen = module.backward_kernel, []
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                seen.append(meta["ALIGN"])
+                return real[grid](*args, **meta)
+
+            return launch
+
+    module.backward_kernel = Recording()
+    try:
+        found = errors(run, name, (2, 37, 1, 24, 20), torch.float64, seed=37)
+    finally:
+        module.backward_kernel = real
+    assert seen == [True]
+    worst = max(found, key=found.get)
+    assert found[worst] < 1e-9, (worst, found)
+
+
 @pytest.mark.parametrize("name", ["gated_deltanet", "gla", "mlstm"])
 def test_packed_sequences_equal_separate_runs(name):
     """seq_starts: lengths 1, 17 and 40 on one time axis give each sequence its own outputs, finals, gradients."""

@@ -24,12 +24,21 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from rnnc import config
 from rnnc.runtime.arguments import Call
 from rnnc.runtime.binding import concrete_shape
 from rnnc.runtime.chunked_math import log_floor
 from rnnc.runtime.custom_ops import run_kernels
 from rnnc.runtime.decay_guard import DecayGuard
-from rnnc.runtime.launch import DOT_MINIMUM, GeneratedKernels, bind_for_triton, on_gpu, pow2_at_least, triton_dtype
+from rnnc.runtime.launch import (
+    DOT_MINIMUM,
+    GeneratedKernels,
+    bind_for_triton,
+    dry_run_target,
+    on_gpu,
+    pow2_at_least,
+    triton_dtype,
+)
 from rnnc.runtime.modules import load_module
 from rnnc.runtime.scan_stage import ScanStage, scan_components
 from rnnc.templates.chunked_codegen import ChunkedModule, render_chunked
@@ -192,10 +201,31 @@ class ChunkedStage:
             else torch.full(sh, float("nan"), dtype=shape.compute, device=device)
             for s, sh in zip(self.spec.states, shapes)
         ]
+        align = bool((params or {}).get("ALIGN", False))  # products turned to the last one's orientation
         self.kernels.backward_kernel[grid](
-            *leaves, *saved, *d_outputs, *d_finals, *d_leaves, *d_initial, *sizes, **meta
+            *leaves, *saved, *d_outputs, *d_finals, *d_leaves, *d_initial, *sizes, ALIGN=align, **meta
         )
         return d_leaves, d_initial
+
+
+def align_products(call: Call) -> bool:
+    """Whether backward computes the products across its last one's orientation as their transposes (the
+    template's ALIGN): on NVIDIA GPUs before sm_90, where every chained product takes the last one's warps
+    (sm_90 takes the tall state updates on warpgroup MMA, where turning the rest costs registers); never in
+    the interpreter (a pinned ALIGN is honoured).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> align_products(NS(device=torch.device("cpu")))
+        False
+    """
+    target = dry_run_target()
+    if target is not None:
+        profile = target[0]
+        return profile.vendor == "nvidia" and int(profile.compute_capability.split(".")[0]) < 9
+    if call.device.type != "cuda" or config.triton_interpret() or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(call.device)[0] < 9
 
 
 class ChunkedKernels(GeneratedKernels):
@@ -235,7 +265,8 @@ class ChunkedKernels(GeneratedKernels):
 
     def _params(self, call: Call) -> dict:
         params = self.model_params(call) if on_gpu(call) else dict(self.pinned)
-        return {**params, "DOT_PRECISION": self.precision if call.compute_dtype == torch.float32 else "ieee"}
+        precision = self.precision if call.compute_dtype == torch.float32 else "ieee"
+        return {"ALIGN": align_products(call), **params, "DOT_PRECISION": precision}
 
     def _shape(self, call: Call) -> Shape:
         K, V = self.stage.sizes(call.dims)

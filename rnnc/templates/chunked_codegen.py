@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rnnc.errors import BackendError, LocatedBackendError
@@ -155,15 +156,22 @@ def render_spec(spec: ChunkedSpec, key: str) -> ChunkedModule:
     forward_body += [_output_store(steps, m, name, "") for m, name in enumerate(outputs)]
 
     backward_body = steps.leaf_loads() + steps.piece_lines()
+    output_lines, used = steps.cotangent_lines(steps.outputs())
+    reads_needed = set(re.findall(r"\by(\d+)\b", "\n".join(output_lines)))  # the outputs' cotangents read them
+    late = {}
     for lines, name in zip(states, names):
         saved, saved_mask = lines.offsets("saved")
         backward_body += lines.row_lines()
         saved_ptr = state_pointer("saved", state=name)
-        backward_body.append(f"st{lines.j} = tl.load({saved_ptr} + {saved}, mask={saved_mask}, other=0.0).to(COMPUTE)")
-        backward_body += lines.recompute_lines() + lines.end_lines()
+        load = f"st{lines.j} = tl.load({saved_ptr} + {saved}, mask={saved_mask}, other=0.0).to(COMPUTE)"
+        if lines.pairs_first(any(str(k) in reads_needed for k, _ in lines.reads)):
+            scores, rest = lines.split_recompute()
+            backward_body += scores
+            late[lines.j] = [load, *rest, *lines.end_lines()]
+        else:
+            backward_body += [load, *lines.recompute_lines(), *lines.end_lines()]
     backward_body += [_output_store(steps, m, name, "grad") for m, name in enumerate(outputs)]
-    output_lines, used = steps.cotangent_lines(steps.outputs())
-    core = [line for lines in states for line in lines.backward_lines()]
+    core = [line for lines in states for line in lines.backward_lines(late.get(lines.j))]
     piece_lines, piece_used = steps.cotangent_lines(steps.pieces)
     reduction_lines, reduction_used = steps.reduction_cotangents()
     used |= piece_used | reduction_used

@@ -3,15 +3,19 @@
 State ``j`` (tile ``st<j>``, ``[BK, BV]``, or ``[BK, BU]`` for a vector state with its one value column
 padded to BU) over the rows of a chunk (``CHUNK`` = ``STEPS * N_SUB`` rows):
 
-    rows      lam (log decays, floored), W and U (the correction's query and scaled key), A_w and
-              B_w (each write's scaled key and value), qr<k> (each read's query at its row)
+    rows      lam (log decays, floored), W and U (the correction's query and key) with Ur (U's row
+              scales), A_w, Ar_w and B_w (each write's key, its row scales and its value), qr<k>
+              (each read's query at its row)
     forward   X  = (I - P(W, U))^-1 (Wd S + sum_w P(W, A_w) B_w)      (corrections: the UT form)
               Y_k = Qd_k S + P(q_k, U) X + sum_w P(q_k, A_w) B_w       (reads, old or new state)
               S' = exp(last) S + Ud^T X + sum_w Ad_w^T B_w
     backward  the adjoint of each line above, the decays' cotangents as direct sums
 
 ``P(q, a)`` are the decayed causal scores (strict for the old state and for corrections),
-``Qd``, ``Wd``, ``Ud``, ``Ad`` the tiles decayed from the chunk's start or to its end.
+``Qd``, ``Wd``, ``Ud``, ``Ad`` the tiles decayed from the chunk's start or to its end. A key's row
+scales (``beta``, ``c``) and a scalar decay to the chunk's end stay ``[CHUNK]`` vectors applied on the
+small side of each product (the scores' columns, the values' rows): the ``[CHUNK, BK]`` tiles are the
+pieces themselves, so entries sharing a key (DeltaNet's ``k``) share their products and registers.
 
 Example:
     >>> decayed("s0", "x", "through", "scalar")
@@ -20,10 +24,9 @@ Example:
 
 from __future__ import annotations
 
+from rnnc.templates.chunked_adjoints import DOTS, StateAdjoints
 from rnnc.templates.chunked_lines import StepLines
 from rnnc.templates.chunked_spec import StateRows
-
-DOTS = "DOT_DTYPE, DOT_PRECISION, COMPUTE"
 
 
 def decayed(prefix: str, tile: str, which: str, decay: str) -> str:
@@ -40,7 +43,7 @@ def _row_sum(tile: str, decay: str) -> str:
     return f"tl.sum({tile}, axis=1)" if decay == "scalar" else tile
 
 
-class StateLines:
+class StateLines(StateAdjoints):
     """The lines of state ``j`` of a spec."""
 
     def __init__(self, steps: StepLines, j: int):
@@ -53,6 +56,12 @@ class StateLines:
         self.last_row = self.n_sub - 1
         self.reads = [(k, r) for k, r in enumerate(self.spec.reads) if r.state == self.state.name]
         self.width = "BU" if self.state.vector else "BV"
+        # where ALIGN (the launcher sets it before sm_90, whose tensor cores take every product on mma v2),
+        # backward computes the products across the orientation of its last one as their transposes (see
+        # _dot_wide): that is a tall state update without a correction (the [CHUNK, BK] products turn), a wide
+        # key cotangent with one (the [BK, BV] state updates turn)
+        self.wide = "False" if self.state.corrected else "ALIGN"
+        self.tall = "ALIGN" if self.state.corrected else "False"
 
     # --- rows -------------------------------------------------------------------------------
     def _place(self, tiles: list[str], vector: bool = False) -> str:
@@ -86,10 +95,12 @@ class StateLines:
             lines.append(f"{p}_lam = tl.where({p}_lam_raw < FLOOR, FLOOR, {p}_lam_raw)  # exp is 0 below: a reset")
         if s.corrected:
             w = [f"{p}_w{f}" if st.correction else "zero_key" for f, st in enumerate(s.steps)]
-            u = [f"{p}_c{f}[:, None] * {p}_u{f}" if st.correction else "zero_key" for f, st in enumerate(s.steps)]
-            lines += [f"{p}_W = {self._place(w)}", f"{p}_U = {self._place(u)}"]
+            u = [f"{p}_u{f}" if st.correction else "zero_key" for f, st in enumerate(s.steps)]
+            c = [f"{p}_c{f}" if st.correction else "zero_sc" for f, st in enumerate(s.steps)]
+            lines += [f"{p}_W = {self._place(w)}", f"{p}_U = {self._place(u)}", f"{p}_Ur = {self._place(c, True)}"]
         for w, (row, _, _, value) in enumerate(s.writes):
-            lines.append(f"{p}_A{w} = {self._at(f'{p}_scale{w}[:, None] * {p}_key{w}', row, 'zero_key')}")
+            lines.append(f"{p}_A{w} = {self._at(f'{p}_key{w}', row, 'zero_key')}")
+            lines.append(f"{p}_Ar{w} = {self._at(f'{p}_scale{w}', row, 'zero_sc', vector=True)}")
             if value is None:
                 lines.append(f"{p}_B{w} = ones_unit")
             else:
@@ -99,15 +110,27 @@ class StateLines:
         return lines
 
     # --- the chunk's forward ------------------------------------------------------------------
-    def _scores(self, query: str, key: str, strict: bool) -> str:
+    def _factor(self, strict: bool) -> str:
+        """The scalar decays' pair factor (0.0, unused, for identity decays)."""
+        if self.state.decay != "scalar":
+            return "0.0"
+        return f"{self.p}_fs" if strict else f"{self.p}_fi"
+
+    def _score_lines(self, name: str, query: str, key: str, strict: bool) -> list[str]:
+        """``name`` = the causal scores of ``query`` against the entry ``key`` (its row scales on the columns);
+        per-channel decays keep the unscaled scores as ``<name>r`` (their scales' cotangent reads them)."""
         s, p = self.state, self.p
-        flag = "True" if strict else "False"
+        flag, scale = ("True" if strict else "False"), self._scale(key)
         if s.decay == "diagonal":
-            return f"_diagonal_scores({query}, {key}, {p}_lam, CHUNK, {flag})"
-        if s.decay == "scalar":
-            factor = f"{p}_fs" if strict else f"{p}_fi"
-            return f"_scores({query}, {key}, {factor}, CHUNK, {flag}, True, {DOTS})"
-        return f"_scores({query}, {key}, 0.0, CHUNK, {flag}, False, {DOTS})"
+            scaled = f"tl.where(_causal(CHUNK, {flag}), {name}r * {scale}[None, :], 0.0)"  # a NaN scale: no earlier row
+            return [f"{name}r = _diagonal_scores({query}, {key}, {p}_lam, CHUNK, {flag})", f"{name} = {scaled}"]
+        factor = f"{self._factor(strict)} * {scale}[None, :]" if s.decay == "scalar" else f"{scale}[None, :]"
+        return [f"{name} = _scores({query}, {key}, {factor}, CHUNK, {flag}, True, {DOTS})"]
+
+    def _scale(self, key: str) -> str:
+        """The row scales of an entry's key tile: ``s0_U`` -> ``s0_Ur``, ``s0_A1`` -> ``s0_Ar1``."""
+        p = self.p
+        return f"{p}_Ur" if key == f"{p}_U" else key.replace(f"{p}_A", f"{p}_Ar", 1)
 
     def _query_decay(self, strict: bool) -> str:
         return "before" if strict else "through"
@@ -125,12 +148,12 @@ class StateLines:
                 lines.append(f"{p}_fi = _pair_factor({p}_lam, {p}_through, CHUNK, False)")
         st = f"st{self.j}"
         if s.corrected:
-            lines.append(f"{p}_M = {self._scores(f'{p}_W', f'{p}_U', True)}")
+            lines += self._score_lines(f"{p}_M", f"{p}_W", f"{p}_U", True)
             lines.append(f"{p}_T = _unit_lower_inverse({p}_M, CHUNK)")
             lines.append(f"{p}_Wd = {decayed(p, f'{p}_W', 'before', s.decay)}")
             rhs = f"_dot({p}_Wd, {st}, {DOTS})"
             for w in range(len(s.writes)):
-                lines.append(f"{p}_Mw{w} = {self._scores(f'{p}_W', f'{p}_A{w}', True)}")
+                lines += self._score_lines(f"{p}_Mw{w}", f"{p}_W", f"{p}_A{w}", True)
                 rhs += f" + _causal_dot({p}_Mw{w}, {p}_B{w}, True, {DOTS})"
             lines.append(f"{p}_R = {rhs}")
             lines.append(f"{p}_X = _causal_dot({p}_T, {p}_R, False, {DOTS})")
@@ -140,10 +163,10 @@ class StateLines:
             lines.append(f"qd{k} = {decayed(p, f'qr{k}', self._query_decay(strict), s.decay)}")
             y = f"_dot(qd{k}, {st}, {DOTS})"
             if s.corrected:
-                lines.append(f"{p}_P{k}u = {self._scores(f'qr{k}', f'{p}_U', strict)}")
+                lines += self._score_lines(f"{p}_P{k}u", f"qr{k}", f"{p}_U", strict)
                 y += f" + _causal_dot({p}_P{k}u, {p}_X, {flag}, {DOTS})"
             for w in range(len(s.writes)):
-                lines.append(f"{p}_P{k}w{w} = {self._scores(f'qr{k}', f'{p}_A{w}', strict)}")
+                lines += self._score_lines(f"{p}_P{k}w{w}", f"qr{k}", f"{p}_A{w}", strict)
                 y += f" + _causal_dot({p}_P{k}w{w}, {p}_B{w}, {flag}, {DOTS})"
             lines.append(f"yr{k} = {y}")
             steps = self._from(f"yr{k}", self.last_row if r.new else 0)
@@ -152,14 +175,38 @@ class StateLines:
             lines.append(f"y{k} = {steps}")
         return lines
 
+    def split_recompute(self) -> tuple[list[str], list[str]]:
+        """The recompute of a ``pairs_first`` state in two: the reads' scores (before the outputs' cotangents),
+        then its decay sums and decayed queries (after the pair products went back; no reads: none is needed)."""
+        s, p = self.state, self.p
+        scores, rest = [], [f"{p}_through, {p}_before, {p}_to_end, {p}_last = _decay_sums({p}_lam)"]
+        for k, r in self.reads:
+            for w in range(len(s.writes)):
+                scores += self._score_lines(f"{p}_P{k}w{w}", f"qr{k}", f"{p}_A{w}", not r.new)
+            rest.append(f"qd{k} = {decayed(p, f'qr{k}', self._query_decay(not r.new), s.decay)}")
+        return scores, rest
+
+    def _entries(self) -> list[tuple[str, str]]:
+        """(key tile, value tile) of each entry the state after the chunk receives: writes, then the correction."""
+        p = self.p
+        entries = [(f"{p}_A{w}", f"{p}_B{w}") for w in range(len(self.state.writes))]
+        return entries + ([(f"{p}_U", f"{p}_X")] if self.state.corrected else [])
+
     def end_lines(self) -> list[str]:
-        """The entries decayed to the chunk's end (what the state after it receives)."""
+        """The entries decayed to the chunk's end (what the state after it receives): ``<key>d`` the key tile
+        (decayed per channel), ``<scale>e`` its row scales (times a scalar decay)."""
         s, p, lines = self.state, self.p, []
-        if s.corrected:
-            lines.append(f"{p}_Ud = {decayed(p, f'{p}_U', 'to_end', s.decay)}")
-        for w in range(len(s.writes)):
-            lines.append(f"{p}_Ad{w} = {decayed(p, f'{p}_A{w}', 'to_end', s.decay)}")
+        for key, _ in self._entries():
+            tile = f"{key} * tl.exp({p}_to_end)" if s.decay == "diagonal" else key
+            scale = self._scale(key)
+            rows = f"{scale} * tl.exp({p}_to_end)" if s.decay == "scalar" else scale
+            lines += [f"{self._decayed(key)} = {tile}", f"{scale}e = {rows}"]
         return lines
+
+    def _decayed(self, key: str) -> str:
+        """An entry's key tile decayed to the chunk's end, by name: ``s0_U`` -> ``s0_Ud``, ``s0_A1`` -> ``s0_Ad1``."""
+        p = self.p
+        return f"{p}_Ud" if key == f"{p}_U" else key.replace(f"{p}_A", f"{p}_Ad", 1)
 
     def advance_lines(self) -> list[str]:
         """The state after the chunk."""
@@ -169,80 +216,80 @@ class StateLines:
             new = st
         else:
             new = f"tl.exp({p}_last) * {st}" if s.decay == "scalar" else f"tl.exp({p}_last)[:, None] * {st}"
-        if s.corrected:
-            new += f" + _dot(tl.trans({p}_Ud), {p}_X, {DOTS})"
-        for w in range(len(s.writes)):
-            new += f" + _dot(tl.trans({p}_Ad{w}), {p}_B{w}, {DOTS})"
+        for key, value in self._entries():
+            new += f" + _dot(tl.trans({self._decayed(key)}), {self._scale(key)}e[:, None] * {value}, {DOTS})"
         return [*self.end_lines(), f"{st} = {new}"]
 
     # --- the chunk's backward -----------------------------------------------------------------
-    def backward_lines(self) -> list[str]:
+    def backward_lines(self, late: list[str] | None = None) -> list[str]:
         """Cotangents of the rows and of the chunk's starting state from those of its reads and end state.
 
         Reads ``dy<k>`` (per step) and ``dst<j>`` (the state after the chunk); leaves ``dst<j>`` as the
-        cotangent of the state before the chunk and ``d_<piece>`` for each of the state's pieces.
+        cotangent of the state before the chunk and ``d_<piece>`` for each of the state's pieces. With
+        ``late`` (the chunk's recompute past its rows and scores, see ``pairs_first``), the reads' pair
+        products with the writes go back first and ``late`` follows them: the per-channel decays' loops
+        then run while few ``[CHUNK, BK]`` tiles are live.
         """
         s, p, j = self.state, self.p, self.j
         st, dst = f"st{j}", f"dst{j}"
         diag, scalar = s.decay == "diagonal", s.decay == "scalar"
+        self._started: set[str] = set()
         lines = []
-        zero_rows = "rzero_key"
         for k, r in self.reads:
             tile = f"tl.where(uu[None, :] == 0, dy{k}[:, None], 0.0)" if s.vector else f"dy{k}"
             zero = "zero_unit" if s.vector else "zero_val"
             lines.append(f"dyr{k} = {self._at(tile, self.last_row if r.new else 0, zero)}")
-        if s.decay == "identity":
-            lines.append(f"{p}_ds0 = {dst}")
-        else:
-            lines.append(
-                f"{p}_ds0 = {'tl.exp(' + p + '_last)' if scalar else 'tl.exp(' + p + '_last)[:, None]'} * {dst}"
-            )
-            last = f"tl.sum({st} * {dst})" if scalar else f"tl.sum({st} * {dst}, axis=1)"
-            lines.append(f"{p}_dlast = {last} * tl.exp({p}_last)")
+        if s.decay != "identity":
             sums = "rzero_sc" if scalar else "rzero_key"
             lines += [f"{p}_dthrough = {sums}", f"{p}_dbefore = {sums}", f"{p}_dto_end = {sums}"]
-            if scalar:
-                lines += [f"{p}_wi = rzero_pairs", f"{p}_ws = rzero_pairs"]
-            else:
-                lines.append(f"{p}_dpairs = rzero_key")
-        for w in range(len(s.writes)):
-            lines += self._entry_end_backward(f"{p}_B{w}", f"{p}_A{w}", f"{p}_Ad{w}")
-        if s.corrected:
-            lines += self._entry_end_backward(f"{p}_X", f"{p}_U", f"{p}_Ud")
-            lines.append(f"{p}_dW = {zero_rows}")
+            lines += [f"{p}_wi = rzero_pairs", f"{p}_ws = rzero_pairs"] if scalar else [f"{p}_dpairs = rzero_key"]
+        pairs = []
+        for k, r in self.reads:
+            for w in range(len(s.writes)):
+                pairs.append((k, r, w))
+        if late is not None:
+            for k, r, w in pairs:
+                d_scores = f"_dot(dyr{k}, tl.trans({p}_B{w}), {DOTS})"
+                lines += self._scores_backward(d_scores, f"qr{k}", f"{p}_A{w}", not r.new, f"dqr{k}", f"{p}_P{k}w{w}")
+                lines += self._add(f"{p}_dB{w}", f"_dot(tl.trans({p}_P{k}w{w}), dyr{k}, {DOTS})")
+            lines += late
+        if s.decay == "identity":
+            lines += self._add(f"{p}_ds0", dst)
+        else:
+            lines += self._add(f"{p}_ds0", f"tl.exp({p}_last){'' if scalar else '[:, None]'} * {dst}")
+            last = f"tl.sum({st} * {dst})" if scalar else f"tl.sum({st} * {dst}, axis=1)"
+            lines.append(f"{p}_dlast = {last} * tl.exp({p}_last)")
+        for key, value in self._entries():
+            lines += self._entry_end_backward(value, key)
         for k, r in self.reads:
             strict = not r.new
             which = self._query_decay(strict)
-            lines.append(f"dqd{k} = _dot(dyr{k}, tl.trans({st}), {DOTS})")
-            lines.append(f"dqr{k} = {decayed(p, f'dqd{k}', which, s.decay)}")
+            lines.append(f"dqd{k} = _dot_across(dyr{k}, tl.trans({st}), {self.wide}, {DOTS})")
+            lines += self._add(f"dqr{k}", decayed(p, f"dqd{k}", which, s.decay))
             if s.decay != "identity":
                 lines.append(f"{p}_d{which} += {_row_sum(f'qd{k} * dqd{k}', s.decay)}")
-            lines.append(f"{p}_ds0 += _dot(tl.trans(qd{k}), dyr{k}, {DOTS})")
+            lines += self._add(f"{p}_ds0", f"_dot_across(tl.trans(qd{k}), dyr{k}, {self.tall}, {DOTS})")
             if s.corrected:
-                lines.append(f"{p}_dX += _dot(tl.trans({p}_P{k}u), dyr{k}, {DOTS})")
-                lines += self._scores_backward(
-                    f"_dot(dyr{k}, tl.trans({p}_X), {DOTS})", f"qr{k}", f"{p}_U", strict, f"dqr{k}", f"{p}_dU"
-                )
-            for w in range(len(s.writes)):
-                lines.append(f"{p}_dB{w} += _dot(tl.trans({p}_P{k}w{w}), dyr{k}, {DOTS})")
-                lines += self._scores_backward(
-                    f"_dot(dyr{k}, tl.trans({p}_B{w}), {DOTS})", f"qr{k}", f"{p}_A{w}", strict, f"dqr{k}", f"{p}_dA{w}"
-                )
+                lines += self._add(f"{p}_dX", f"_dot(tl.trans({p}_P{k}u), dyr{k}, {DOTS})")
+                d_scores = f"_dot(dyr{k}, tl.trans({p}_X), {DOTS})"
+                lines += self._scores_backward(d_scores, f"qr{k}", f"{p}_U", strict, f"dqr{k}", f"{p}_P{k}u")
+            for w in range(len(s.writes) if late is None else 0):  # pairs first: these went back above
+                lines += self._add(f"{p}_dB{w}", f"_dot(tl.trans({p}_P{k}w{w}), dyr{k}, {DOTS})")
+                d_scores = f"_dot(dyr{k}, tl.trans({p}_B{w}), {DOTS})"
+                lines += self._scores_backward(d_scores, f"qr{k}", f"{p}_A{w}", strict, f"dqr{k}", f"{p}_P{k}w{w}")
         if s.corrected:
             lines.append(f"{p}_dR = _dot(tl.trans({p}_T), {p}_dX, {DOTS})")
             lines.append(f"{p}_dWd = _dot({p}_dR, tl.trans({st}), {DOTS})")
-            lines.append(f"{p}_dW += {decayed(p, f'{p}_dWd', 'before', s.decay)}")
+            lines += self._add(f"{p}_dW", decayed(p, f"{p}_dWd", "before", s.decay))
             if s.decay != "identity":
                 lines.append(f"{p}_dbefore += {_row_sum(f'{p}_Wd * {p}_dWd', s.decay)}")
-            lines.append(f"{p}_ds0 += _dot(tl.trans({p}_Wd), {p}_dR, {DOTS})")
+            lines += self._add(f"{p}_ds0", f"_dot_across(tl.trans({p}_Wd), {p}_dR, {self.tall}, {DOTS})")
             for w in range(len(s.writes)):
-                lines.append(f"{p}_dB{w} += _dot(tl.trans({p}_Mw{w}), {p}_dR, {DOTS})")
-                lines += self._scores_backward(
-                    f"_dot({p}_dR, tl.trans({p}_B{w}), {DOTS})", f"{p}_W", f"{p}_A{w}", True, f"{p}_dW", f"{p}_dA{w}"
-                )
-            lines += self._scores_backward(
-                f"_dot({p}_dR, tl.trans({p}_X), {DOTS})", f"{p}_W", f"{p}_U", True, f"{p}_dW", f"{p}_dU"
-            )
+                lines += self._add(f"{p}_dB{w}", f"_dot(tl.trans({p}_Mw{w}), {p}_dR, {DOTS})")
+                d_scores = f"_dot({p}_dR, tl.trans({p}_B{w}), {DOTS})"
+                lines += self._scores_backward(d_scores, f"{p}_W", f"{p}_A{w}", True, f"{p}_dW", f"{p}_Mw{w}")
+            d_scores = f"_dot({p}_dR, tl.trans({p}_X), {DOTS})"
+            lines += self._scores_backward(d_scores, f"{p}_W", f"{p}_U", True, f"{p}_dW", f"{p}_M")
         if s.decay != "identity":
             straddle = (
                 f"{p}_dpairs"
@@ -259,75 +306,11 @@ class StateLines:
         lines += self._piece_cotangents()
         return lines
 
-    def _entry_end_backward(self, value: str, key: str, decayed_key: str) -> list[str]:
-        """The adjoint of ``S' += decayed_key^T value`` (an entry decayed to the chunk's end): the cotangents
-        ``d<value>`` (``prefix_dB0``, ``prefix_dX``) and ``d<key>``, and the end decays' share."""
-        s, p, dst = self.state, self.p, f"dst{self.j}"
-
-        def cotangent(tile: str) -> str:
-            return tile.replace(f"{p}_", f"{p}_d", 1)
-
-        lines = [
-            f"{cotangent(value)} = _dot({decayed_key}, {dst}, {DOTS})",
-            f"{cotangent(decayed_key)} = _dot({value}, tl.trans({dst}), {DOTS})",
-            f"{cotangent(key)} = {decayed(p, cotangent(decayed_key), 'to_end', s.decay)}",
-        ]
-        if s.decay != "identity":
-            lines.append(f"{p}_dto_end += {_row_sum(f'{decayed_key} * {cotangent(decayed_key)}', s.decay)}")
-        return lines
-
-    def _scores_backward(
-        self, d_scores: str, query: str, key: str, strict: bool, d_query: str, d_key: str
-    ) -> list[str]:
-        """The adjoint of ``P(query, key)`` given its cotangent: adds to ``d_query``, ``d_key`` and the decays."""
-        s, p = self.state, self.p
-        flag = "True" if strict else "False"
-        if s.decay == "diagonal":
-            return [
-                f"dq_, dk_, dl_ = _diagonal_scores_backward({d_scores}, {query}, {key}, {p}_lam, CHUNK, {flag})",
-                f"{d_query} += dq_",
-                f"{d_key} += dk_",
-                f"{p}_dpairs += dl_",
-            ]
-        if s.decay == "scalar":
-            factor = f"{p}_fs" if strict else f"{p}_fi"
-            return [
-                f"dq_, dk_, wt_ = _scores_backward({d_scores}, {query}, {key}, {factor}, CHUNK, {flag}, True, {DOTS})",
-                f"{d_query} += dq_",
-                f"{d_key} += dk_",
-                f"{p}_{'ws' if strict else 'wi'} += wt_",
-            ]
-        return [
-            f"dq_, dk_, wt_ = _scores_backward({d_scores}, {query}, {key}, 0.0, CHUNK, {flag}, False, {DOTS})",
-            f"{d_query} += dq_",
-            f"{d_key} += dk_",
-        ]
-
-    def _piece_cotangents(self) -> list[str]:
-        """The rows' cotangents back to the state's per-step pieces (``d_s<j>_...``, ``d_q<k>``)."""
-        s, p, lines = self.state, self.p, []
-        for f, step in enumerate(s.steps):
-            if step.log_decay is not None:
-                if s.decay == "scalar":
-                    lines.append(f"d_{p}_lam{f} = {self._from(f'{p}_dlam', f, vector=True)}")
-                elif step.decay == "scalar":
-                    lines.append(f"d_{p}_lam{f} = tl.sum(tl.where(mask_tk, {self._from(f'{p}_dlam', f)}, 0.0), axis=1)")
-                else:
-                    lines.append(f"d_{p}_lam{f} = {self._from(f'{p}_dlam', f)}")
-            if step.correction is not None:
-                lines.append(f"d_{p}_w{f} = {self._from(f'{p}_dW', f)}")
-                lines.append(f"dU_ = {self._from(f'{p}_dU', f)}")
-                lines.append(f"d_{p}_c{f} = tl.sum(dU_ * {p}_u{f}, axis=1)")
-                lines.append(f"d_{p}_u{f} = dU_ * {p}_c{f}[:, None]")
-        for w, (row, _, _, value) in enumerate(s.writes):
-            lines.append(f"dA_ = {self._from(f'{p}_dA{w}', row)}")
-            lines.append(f"d_{p}_scale{w} = tl.sum(dA_ * {p}_key{w}, axis=1)")
-            lines.append(f"d_{p}_key{w} = dA_ * {p}_scale{w}[:, None]")
-            if value is not None:
-                lines.append(f"d_{p}_val{w} = {self._from(f'{p}_dB{w}', row)}")
-        for k, r in self.reads:
-            lines.append(f"d_q{k} = {self._from(f'dqr{k}', self.last_row if r.new else 0)}")
-        return lines
+    def pairs_first(self, reads_needed: bool) -> bool:
+        """Whether backward takes the reads' pair products first (``backward_lines``' ``late``): for per-channel
+        decays without a correction (their products are loops over the chunk's rows), when the outputs'
+        cotangents do not need the reads (``reads_needed``: then the whole recompute comes before them)."""
+        return self.state.decay == "diagonal" and not self.state.corrected and not reads_needed and bool(self.reads)
 
     # --- memory ----------------------------------------------------------------------------------
     def offsets(self, kind: str) -> tuple[str, str]:
