@@ -23,8 +23,8 @@ import rnnc
 from rnnc.runtime import fused_bptt
 from rnnc.runtime.reference import run_dense
 
-FUSED = ["elman", "gated_accumulator", "gru", "lmu", "lstm", "lti", "slstm"]  # fusion_pays: the default
-SEQUENTIAL_UNFUSED = ["indrnn", "m2rnn", "tanh_accumulator"]
+FUSED = ["elman", "gated_accumulator", "gru", "ligru", "lmu", "lstm", "lti", "slstm"]  # fusion_pays: the default
+SEQUENTIAL_UNFUSED = ["indrnn", "m2rnn", "sru_2018", "tanh_accumulator"]
 TIGHT = 1e-12
 REF_TOL = 1e-10  # against an independent float64 implementation (other rounding)
 FLOAT32_TOL = 1e-4
