@@ -20,6 +20,7 @@ Example (the interpreter runs it on CPU when TRITON_INTERPRET=1):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import triton
@@ -34,6 +35,7 @@ from rnnc.runtime.launch import (
     DOT_MINIMUM,
     GeneratedKernels,
     bind_for_triton,
+    dot_constexprs,
     dry_run_target,
     on_gpu,
     pow2_at_least,
@@ -122,17 +124,14 @@ class ChunkedStage:
 
     def _launch(self, shape: Shape, params, device) -> tuple[tuple, list, dict, dict]:
         """Grid, size arguments, constexprs and tiles shared by the forward and backward kernels."""
-        import triton.language as tl
-
         tiles = self.tiles(shape.dims, params)
         grid = (triton.cdiv(shape.V, tiles["BV"]), shape.N * shape.NH)
         dims = [int(shape.dims[x.name]) for x in self.spec.leaves if x.role == "dim"]
-        sixteen = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+        # 16-bit inputs meet at the dots in their own dtype (tensor cores), sums stay in COMPUTE
+        call = SimpleNamespace(dtype=shape.dtype, compute_dtype=shape.compute)
         meta = {
             "COMPUTE": triton_dtype(shape.compute),
-            # 16-bit inputs meet at the dots in their own dtype (tensor cores), sums stay in COMPUTE
-            "DOT_DTYPE": sixteen.get(shape.dtype, triton_dtype(shape.compute)),
-            "DOT_PRECISION": (params or {}).get("DOT_PRECISION", "ieee"),
+            **dot_constexprs(call, (params or {}).get("DOT_PRECISION", "ieee")),
             "FLOOR": log_floor(shape.compute),
             "VARLEN": shape.seq_starts is not None,
             **{k: tiles[k] for k in ("CHUNK", "STEPS", "N_SUB", "BK", "BV", "BU", "num_warps", "num_stages")},
@@ -265,8 +264,7 @@ class ChunkedKernels(GeneratedKernels):
 
     def _params(self, call: Call) -> dict:
         params = self.model_params(call) if on_gpu(call) else dict(self.pinned)
-        precision = self.precision if call.compute_dtype == torch.float32 else "ieee"
-        return {"ALIGN": align_products(call), **params, "DOT_PRECISION": precision}
+        return {"ALIGN": align_products(call), **params, "DOT_PRECISION": self.precision}  # fp32 only: dot_constexprs
 
     def _shape(self, call: Call) -> Shape:
         K, V = self.stage.sizes(call.dims)
