@@ -108,9 +108,9 @@ class ChunkedTorch:
         self._pieces, self._outputs = namespace["pieces"], namespace["outputs"]
         self.guard = DecayGuard(spec, self)  # decays taken on trust: a negative one sends the call to the loop
 
-    def prepare(self, leaves: dict, dims: dict):
-        """(L, P, sizes, like, dtype): the leaves in the pieces' layout ``[B, NH, T, ...]``, every piece,
-        (B, NH, T, K, V), a scalar of the compute dtype and the inputs' dtype."""
+    def layout(self, leaves: dict, dims: dict):
+        """(L, sizes, like, dtype): the leaves in the pieces' layout ``[B, NH, T, ...]``, (B, NH, T, K, V),
+        a scalar of the compute dtype and the inputs' dtype."""
         spec = self.spec
         like_input = next(x for x in leaves.values() if isinstance(x, torch.Tensor))
         compute = torch.float64 if like_input.dtype == torch.float64 else torch.float32
@@ -129,19 +129,29 @@ class ChunkedTorch:
         if B is None:
             raise ValueError(f"chunked stage of cell {spec.cell} needs at least one per-step input")
         K, V = concrete_shape((spec.key_dim, spec.value_dim if spec.value_dim is not None else 1), dims)
+        return L, (B, NH, T, K, V), like, like_input.dtype
+
+    def pieces(self, L: dict, sizes: tuple, dims: dict, like: torch.Tensor) -> dict:
+        """Every piece of the stage at every step, from the leaves in the pieces' layout."""
+        B, NH, T, K, V = sizes
         shapes = {"scalar": (B, NH, T), "key": (B, NH, T, K), "value": (B, NH, T, V)}
-        P = self._pieces(L, self.numbers(dims, like), shapes, like)
-        return L, P, (B, NH, T, K, V), like, like_input.dtype
+        return self._pieces(L, self.numbers(dims, like), shapes, like)
 
     @staticmethod
     def numbers(dims: dict, like: torch.Tensor) -> dict:
         """The dims as scalars of ``like``'s dtype (what the generated functions read)."""
         return {k: like.new_tensor(float(v)) for k, v in dims.items()}
 
-    def __call__(self, leaves: dict, initial: dict, dims: dict):
+    def __call__(self, leaves: dict, initial: dict, dims: dict, check_decays: bool = False):
+        """(outputs, finals); with ``check_decays``, None where a decay taken on trust is negative (the loop
+        then runs: ``rnnc.runtime.decay_guard``)."""
         spec = self.spec
-        L, P, (B, NH, T, K, V), like, dtype = self.prepare(leaves, dims)
+        L, sizes, like, dtype = self.layout(leaves, dims)
+        B, NH, T, K, V = sizes
         shapes = {"scalar": (B, NH, T), "key": (B, NH, T, K), "value": (B, NH, T, V)}
+        P = self.pieces(L, sizes, dims, like)
+        if check_decays and self.guard.negative(L, P, self.numbers(dims, like)) is not None:
+            return None
         R, finals = {}, {}
         for state in spec.states:
             s0 = initial.get(state.name)
@@ -276,10 +286,11 @@ class ChunkedCell:
         if self.scan is not None:
             values, finals = self.scan(leaves, initial, dims)
             leaves.update(values)
-        if self.stage.guard.first_negative(leaves, dims) is not None:
-            return None
         own = {s.name for s in self.stage.spec.states}
-        outputs, mine = self.stage(leaves, {k: v for k, v in initial.items() if k in own}, dims)
+        found = self.stage(leaves, {k: v for k, v in initial.items() if k in own}, dims, check_decays=True)
+        if found is None:
+            return None
+        outputs, mine = found
         finals.update(mine)
         return outputs, {name: finals[name] for name in self.state_order}
 

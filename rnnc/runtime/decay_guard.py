@@ -63,6 +63,9 @@ class DecayGuard:
         decays = unproved_decays(spec)
         self.checks = [f"{state}: {decay}" for state, decay, _ in decays]
         self._evaluate = None
+        reductions = {r.symbol for r in spec.reductions}
+        # the in-step reductions (P) are computed only when a decay reads one
+        self._reads_pieces = any(decay.free_symbols & reductions for _, decay, _ in decays)
         if decays:
             lines = ["import torch", "import torch.nn.functional as F", "from rnnc.runtime import ops", ""]
             lines.append("def decays(L, P, dims):")
@@ -85,9 +88,18 @@ class DecayGuard:
 
             self._pieces = ChunkedTorch(self.spec)
         with torch.no_grad():
-            L, P, _, like, _ = self._pieces.prepare(leaves, dims)
-            for label, value in zip(self.checks, self._evaluate(L, P, self._pieces.numbers(dims, like))):
-                if bool((torch.as_tensor(value) < 0).any()):
+            L, sizes, like, _ = self._pieces.layout(leaves, dims)
+            P = self._pieces.pieces(L, sizes, dims, like) if self._reads_pieces else {}
+            return self.negative(L, P, self._pieces.numbers(dims, like))
+
+    def negative(self, L: dict, P: dict, numbers: dict) -> str | None:
+        """The first decay with a negative value, from leaves and pieces already in the pieces' layout."""
+        if self._evaluate is None:
+            return None
+        with torch.no_grad():
+            for label, value in zip(self.checks, self._evaluate(L, P, numbers)):
+                value = torch.as_tensor(value)
+                if value.device.type != "meta" and bool((value < 0).any()):  # a dry run's have no values
                     return label
         return None
 
